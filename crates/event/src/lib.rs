@@ -1,0 +1,20 @@
+//! Storeline's event model: the CloudEvents-shaped envelope, the commerce catalog with validated
+//! payloads, money as integer minor units, typed ids, and the Segment tracking-API mapping.
+//!
+//! This crate is data and pure functions only (no I/O, no clock, no tokio), so every other crate
+//! and every test can use it as is.
+
+mod catalog;
+mod envelope;
+mod error;
+pub mod ids;
+mod money;
+pub mod segment;
+
+pub use catalog::{CATALOG, is_catalog_type, validate_data};
+pub use envelope::{
+    Defaults, Event, ExtensionValue, Incoming, Mode, RESERVED_ATTRIBUTES, SPECVERSION, Scalar,
+    StoredMeta, dedup_key, splice_position,
+};
+pub use error::FieldError;
+pub use money::{Currency, Money, currency_exponent};

@@ -1,0 +1,695 @@
+//! The embedded log: one directory per partition, segment files with a CRC per batch, group
+//! commit with fdatasync, and recovery on open.
+//!
+//! ```text
+//!  <dir>/log.json                      format version and partition count
+//!  <dir>/p-003/00000000000000000000.log   sealed segment (exact size) + .idx
+//!  <dir>/p-003/00000000000000184467.log   active segment (preallocated, zero-filled)
+//! ```
+//!
+//! Each partition has one writer thread ([`writer`]): appends queue up while it is busy, and each
+//! round writes everything queued as ONE batch with one write and one fdatasync, then
+//! acknowledges all of them. One batch per sync is what makes recovery exact: a crash can only
+//! tear the last batch, so a bad batch followed by any valid one is corruption, not a torn tail.
+
+pub mod format;
+pub mod segment;
+pub mod verify;
+mod writer;
+
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
+
+use parking_lot::{Condvar, Mutex, RwLock};
+use serde::{Deserialize, Serialize};
+use tokio::sync::{oneshot, watch};
+
+use self::format::HEADER_LEN;
+use self::segment::{Scan, Segment, scan, segment_path, valid_header_after};
+use crate::{AppendAck, Bounds, Error, EventLog, Record, Result, StoredRecord};
+
+/// Configuration of the embedded log (`[log]` in the config file).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FileLogConfig {
+    /// Number of partitions. Fixed when the data directory is created: changing it would move
+    /// keys to other partitions and break per-key order.
+    pub partitions: u32,
+    /// Size of a segment file. The active segment is preallocated and zero-filled to this size.
+    pub segment_bytes: u64,
+    /// Upper bound on one group-commit batch; a larger queue is written in several rounds.
+    pub max_batch_bytes: u64,
+    /// fdatasync every batch before acknowledging. Turning this off loses acknowledged events on
+    /// a machine crash; it exists for benchmarks that want to see the cost.
+    pub fsync: bool,
+}
+
+impl Default for FileLogConfig {
+    fn default() -> Self {
+        Self {
+            partitions: 8,
+            segment_bytes: 32 << 20,
+            max_batch_bytes: 8 << 20,
+            fsync: true,
+        }
+    }
+}
+
+impl FileLogConfig {
+    /// Checks the values without touching the disk; each problem names its key.
+    pub fn validate(&self, prefix: &str) -> Vec<String> {
+        let mut problems = Vec::new();
+        if self.partitions == 0 || self.partitions > 4096 {
+            problems.push(format!(
+                "{prefix}partitions: must be between 1 and 4096, got {}",
+                self.partitions
+            ));
+        }
+        if self.segment_bytes < 64 * 1024 {
+            problems.push(format!(
+                "{prefix}segment_bytes: must be at least 65536, got {}",
+                self.segment_bytes
+            ));
+        }
+        if self.segment_bytes > u64::from(u32::MAX) {
+            problems.push(format!(
+                "{prefix}segment_bytes: must be below 4 GiB, got {}",
+                self.segment_bytes
+            ));
+        }
+        if self.max_batch_bytes < 4096 || self.max_batch_bytes > self.segment_bytes {
+            problems.push(format!(
+                "{prefix}max_batch_bytes: must be between 4096 and segment_bytes ({}), got {}",
+                self.segment_bytes, self.max_batch_bytes
+            ));
+        }
+        problems
+    }
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct LogMeta {
+    format: u32,
+    partitions: u32,
+}
+
+/// Why a partition cannot be served.
+#[derive(Debug, Clone)]
+enum Failure {
+    Corrupt {
+        segment: PathBuf,
+        position: u64,
+        offset: u64,
+        reason: String,
+    },
+    Stopped(String),
+}
+
+#[derive(Debug)]
+enum Spare {
+    Empty,
+    Preparing,
+    Ready(PathBuf),
+}
+
+struct Pending {
+    records: Vec<Record>,
+    bytes: u64,
+    reply: oneshot::Sender<Result<AppendAck>>,
+}
+
+#[derive(Default)]
+struct Queue {
+    pending: Vec<Pending>,
+    closing: bool,
+}
+
+struct Partition {
+    id: u32,
+    dir: PathBuf,
+    config: FileLogConfig,
+    segments: RwLock<Vec<Arc<Segment>>>,
+    failure: RwLock<Option<Failure>>,
+    end_tx: watch::Sender<u64>,
+    queue: Mutex<Queue>,
+    wake: Condvar,
+    spare: Arc<Mutex<Spare>>,
+    sealed_bytes: AtomicU64,
+    bytes_gauge: metrics::Gauge,
+}
+
+impl Partition {
+    fn active(&self) -> Arc<Segment> {
+        let segs = self.segments.read();
+        Arc::clone(
+            segs.last()
+                .expect("a partition always has an active segment"),
+        )
+    }
+
+    fn failure_error(&self) -> Option<Error> {
+        self.failure.read().as_ref().map(|f| match f {
+            Failure::Corrupt {
+                segment,
+                position,
+                offset,
+                reason,
+            } => Error::Corrupt {
+                segment: segment.clone(),
+                position: *position,
+                offset: *offset,
+                reason: reason.clone(),
+            },
+            Failure::Stopped(reason) => Error::WriterStopped {
+                partition: self.id,
+                reason: reason.clone(),
+            },
+        })
+    }
+
+    fn bounds(&self) -> Bounds {
+        let segs = self.segments.read();
+        Bounds {
+            start: segs.first().map_or(0, |s| s.base_offset),
+            end: segs.last().map_or(0, |s| s.next_offset()),
+        }
+    }
+}
+
+/// The embedded, file-backed [`EventLog`].
+#[derive(Clone)]
+pub struct FileLog {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    dir: PathBuf,
+    partitions: Vec<Arc<Partition>>,
+    writers: Mutex<Vec<std::thread::JoinHandle<()>>>,
+}
+
+impl std::fmt::Debug for FileLog {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FileLog")
+            .field("dir", &self.inner.dir)
+            .finish()
+    }
+}
+
+/// Creates a file of `len` zero bytes at `path` (through a temporary name) and makes it durable.
+pub(crate) fn create_zeroed(path: &Path, len: u64) -> std::io::Result<()> {
+    let tmp = path.with_extension("tmp");
+    let result = (|| {
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&tmp)?;
+        let zeros = vec![0u8; 1 << 20];
+        let mut left = len;
+        while left > 0 {
+            let n = left.min(zeros.len() as u64) as usize;
+            f.write_all(&zeros[..n])?;
+            left -= n as u64;
+        }
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
+}
+
+pub(crate) fn sync_dir(dir: &Path) -> Result<()> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| Error::io(dir, e))
+}
+
+/// The segment files of a partition directory, sorted by base offset.
+pub(crate) fn list_segments(dir: &Path) -> Result<Vec<(u64, PathBuf)>> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).map_err(|e| Error::io(dir, e))? {
+        let path = entry.map_err(|e| Error::io(dir, e))?.path();
+        let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
+            continue;
+        };
+        if let Some(base) = name
+            .strip_suffix(".log")
+            .and_then(|b| b.parse::<u64>().ok())
+        {
+            out.push((base, path));
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+pub(crate) fn partition_dir(dir: &Path, p: u32) -> PathBuf {
+    dir.join(format!("p-{p:03}"))
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+impl FileLog {
+    /// Opens (or creates) the log in `dir`, recovering each partition: a torn tail of the last
+    /// batch is truncated and logged; corruption before it marks the partition failed (its reads
+    /// and appends return [`Error::Corrupt`]) while the other partitions serve.
+    pub fn open(dir: impl Into<PathBuf>, config: FileLogConfig) -> Result<FileLog> {
+        let dir = dir.into();
+        let problems = config.validate("log.");
+        if !problems.is_empty() {
+            return Err(Error::Config(problems.join("; ")));
+        }
+        std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+        let meta_path = dir.join("log.json");
+        match std::fs::read(&meta_path) {
+            Ok(bytes) => {
+                let meta: LogMeta = serde_json::from_slice(&bytes).map_err(|e| {
+                    Error::Config(format!(
+                        "{} is not a valid log description: {e}",
+                        meta_path.display()
+                    ))
+                })?;
+                if meta.partitions != config.partitions {
+                    return Err(Error::Config(format!(
+                        "the log in {} has {} partitions but the configuration says {}; the \
+                         count is fixed when a log is created (changing it would move keys \
+                         between partitions)",
+                        dir.display(),
+                        meta.partitions,
+                        config.partitions
+                    )));
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let meta = LogMeta {
+                    format: 1,
+                    partitions: config.partitions,
+                };
+                let tmp = meta_path.with_extension("tmp");
+                let body = serde_json::to_vec(&meta).unwrap_or_default();
+                std::fs::write(&tmp, body).map_err(|e| Error::io(&tmp, e))?;
+                std::fs::rename(&tmp, &meta_path).map_err(|e| Error::io(&meta_path, e))?;
+                sync_dir(&dir)?;
+            }
+            Err(e) => return Err(Error::io(&meta_path, e)),
+        }
+
+        let mut partitions = Vec::new();
+        for p in 0..config.partitions {
+            partitions.push(Arc::new(open_partition(&dir, p, &config)?));
+        }
+        let mut writers = Vec::new();
+        for p in &partitions {
+            let p = Arc::clone(p);
+            let handle = std::thread::Builder::new()
+                .name(format!("log-writer-{}", p.id))
+                .spawn(move || writer::run(&p))
+                .map_err(|e| Error::io(&dir, e))?;
+            writers.push(handle);
+        }
+        Ok(FileLog {
+            inner: Arc::new(Inner {
+                dir,
+                partitions,
+                writers: Mutex::new(writers),
+            }),
+        })
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.inner.dir
+    }
+
+    fn partition(&self, p: u32) -> Result<&Arc<Partition>> {
+        self.inner
+            .partitions
+            .get(p as usize)
+            .ok_or(Error::NoSuchPartition {
+                partition: p,
+                partitions: self.inner.partitions.len() as u32,
+            })
+    }
+
+    /// Total bytes of record data in a partition.
+    pub fn partition_bytes(&self, p: u32) -> Result<u64> {
+        let part = self.partition(p)?;
+        Ok(part.sealed_bytes.load(Ordering::Relaxed) + part.active().end_pos())
+    }
+}
+
+fn open_partition(dir: &Path, p: u32, config: &FileLogConfig) -> Result<Partition> {
+    let pdir = partition_dir(dir, p);
+    std::fs::create_dir_all(&pdir).map_err(|e| Error::io(&pdir, e))?;
+    // Leftovers of an interrupted segment creation or roll are never part of the log.
+    for entry in std::fs::read_dir(&pdir).map_err(|e| Error::io(&pdir, e))? {
+        let path = entry.map_err(|e| Error::io(&pdir, e))?.path();
+        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+        if name.ends_with(".tmp") || name.starts_with(".spare") {
+            let _ = std::fs::remove_file(&path);
+        }
+    }
+    let mut files = list_segments(&pdir)?;
+    if files.is_empty() {
+        let path = segment_path(&pdir, 0);
+        create_zeroed(&path, config.segment_bytes).map_err(|e| Error::io(&path, e))?;
+        sync_dir(&pdir)?;
+        files.push((0, path));
+    }
+
+    let mut segments = Vec::with_capacity(files.len());
+    let mut failure = None;
+    let mut sealed_bytes = 0;
+    let mut min_ts = i64::MIN;
+    let last = files.len() - 1;
+    for (i, (base, path)) in files.iter().enumerate() {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(path)
+            .map_err(|e| Error::io(path, e))?;
+        let len = file.metadata().map_err(|e| Error::io(path, e))?.len();
+        let next_base = files.get(i + 1).map(|f| f.0);
+        let (scan_result, bad) = if i < last {
+            recover_sealed(&file, path, *base, len, min_ts)?
+        } else {
+            recover_active(&file, path, *base, len, min_ts, config, p)?
+        };
+        if let Some(b) = bad {
+            failure = Some(b);
+        } else if let Some(nb) = next_base
+            && scan_result.next_offset != nb
+        {
+            failure = Some(Failure::Corrupt {
+                segment: path.clone(),
+                position: scan_result.end_pos,
+                offset: scan_result.next_offset,
+                reason: format!(
+                    "segment ends at offset {} but the next one starts at {nb}",
+                    scan_result.next_offset
+                ),
+            });
+        }
+        min_ts = scan_result.last_ts;
+        if i < last {
+            sealed_bytes += scan_result.end_pos;
+        }
+        segments.push(Arc::new(Segment::new(
+            *base,
+            path.clone(),
+            file,
+            &scan_result,
+        )));
+        if failure.is_some() {
+            break;
+        }
+    }
+    if let Some(Failure::Corrupt {
+        segment,
+        position,
+        offset,
+        reason,
+    }) = &failure
+    {
+        tracing::error!(
+            partition = p, segment = %segment.display(), position, offset, reason,
+            "corrupt log partition: it will not be served until repaired (run `storeline log verify`)"
+        );
+    }
+    let end = segments.last().map_or(0, |s| s.next_offset());
+    let (end_tx, _) = watch::channel(end);
+    let bytes_gauge = metrics::gauge!("storeline_log_bytes", "partition" => p.to_string());
+    let part = Partition {
+        id: p,
+        dir: pdir,
+        config: config.clone(),
+        segments: RwLock::new(segments),
+        failure: RwLock::new(failure),
+        end_tx,
+        queue: Mutex::new(Queue::default()),
+        wake: Condvar::new(),
+        spare: Arc::new(Mutex::new(Spare::Empty)),
+        sealed_bytes: AtomicU64::new(sealed_bytes),
+        bytes_gauge,
+    };
+    part.bytes_gauge
+        .set((sealed_bytes + part.active().end_pos()) as f64);
+    Ok(part)
+}
+
+fn read_all(file: &File, path: &Path, from: u64, len: u64) -> Result<Vec<u8>> {
+    use std::os::unix::fs::FileExt;
+    let mut data = vec![0u8; (len.saturating_sub(from)) as usize];
+    file.read_exact_at(&mut data, from)
+        .map_err(|e| Error::io(path, e))?;
+    Ok(data)
+}
+
+/// A sealed segment: its index file (or a rebuilt one), and a check of its last batches.
+fn recover_sealed(
+    file: &File,
+    path: &Path,
+    base: u64,
+    len: u64,
+    min_ts: i64,
+) -> Result<(Scan, Option<Failure>)> {
+    let (mut result, data_from) = match segment::load_index(path, base, len) {
+        Some(index) => {
+            let last = *index.last().expect("load_index returns a non-empty index");
+            let data = read_all(file, path, last.position, len)?;
+            let mut s = scan(&data, 0, last.offset, min_ts);
+            s.end_pos += last.position;
+            if let Some((p, _)) = &mut s.bad {
+                *p += last.position;
+            }
+            s.index = index;
+            (s, last.position)
+        }
+        None => {
+            let data = read_all(file, path, 0, len)?;
+            (scan(&data, 0, base, min_ts), 0)
+        }
+    };
+    let bad = result.bad.take().map(|(position, why)| {
+        let _ = data_from;
+        Failure::Corrupt {
+            segment: path.to_owned(),
+            position,
+            offset: result.next_offset,
+            reason: format!("{why:?} in a sealed segment"),
+        }
+    });
+    Ok((result, bad))
+}
+
+/// The active segment: scan all of it; truncate a torn tail; refuse corruption.
+fn recover_active(
+    file: &File,
+    path: &Path,
+    base: u64,
+    len: u64,
+    min_ts: i64,
+    config: &FileLogConfig,
+    p: u32,
+) -> Result<(Scan, Option<Failure>)> {
+    use std::os::unix::fs::FileExt;
+    let data = read_all(file, path, 0, len)?;
+    let mut result = scan(&data, 0, base, min_ts);
+    if let Some((pos, why)) = result.bad.take() {
+        let pos_us = pos as usize;
+        let search_from = match format::decode_header(&data[pos_us..]) {
+            Ok(h) => (pos_us + h.total_len()).min(data.len()),
+            Err(_) => pos_us + 1,
+        };
+        if let Some(at) = valid_header_after(&data, search_from, result.next_offset) {
+            let failure = Failure::Corrupt {
+                segment: path.to_owned(),
+                position: pos,
+                offset: result.next_offset,
+                reason: format!("{why:?}, and a valid batch follows at byte {at}"),
+            };
+            return Ok((result, Some(failure)));
+        }
+        let last_nonzero = data.iter().rposition(|&b| b != 0).map_or(pos_us, |i| i + 1);
+        let torn = last_nonzero.saturating_sub(pos_us);
+        tracing::warn!(
+            partition = p, segment = %path.display(), position = pos, bytes = torn,
+            reason = ?why, "truncating the torn tail of the log (a write the crash interrupted, never acknowledged)"
+        );
+        let zeros = vec![0u8; torn];
+        file.write_all_at(&zeros, pos)
+            .map_err(|e| Error::io(path, e))?;
+        file.sync_data().map_err(|e| Error::io(path, e))?;
+    }
+    if len < config.segment_bytes && result.end_pos < config.segment_bytes {
+        // A short active segment (cut by a crash during a roll, or by hand): pad it back to the
+        // preallocated size so syncs do not change the file size.
+        let zeros = vec![0u8; (config.segment_bytes - len.max(result.end_pos)) as usize];
+        file.write_all_at(&zeros, len.max(result.end_pos))
+            .map_err(|e| Error::io(path, e))?;
+        file.sync_all().map_err(|e| Error::io(path, e))?;
+    }
+    Ok((result, None))
+}
+
+impl EventLog for FileLog {
+    fn partitions(&self) -> u32 {
+        self.inner.partitions.len() as u32
+    }
+
+    async fn append(&self, partition: u32, records: Vec<Record>) -> Result<AppendAck> {
+        let part = self.partition(partition)?;
+        if let Some(e) = part.failure_error() {
+            return Err(e);
+        }
+        if records.is_empty() {
+            return Ok(AppendAck {
+                base_offset: part.bounds().end,
+                count: 0,
+            });
+        }
+        let bytes = format::encoded_len(&records) as u64;
+        let limit = part.config.segment_bytes;
+        if bytes > limit {
+            return Err(Error::TooLarge {
+                bytes: bytes as usize,
+                limit: limit as usize,
+            });
+        }
+        let started = Instant::now();
+        let (tx, rx) = oneshot::channel();
+        {
+            let mut q = part.queue.lock();
+            if q.closing {
+                return Err(Error::Closed);
+            }
+            q.pending.push(Pending {
+                records,
+                bytes: bytes - HEADER_LEN as u64,
+                reply: tx,
+            });
+        }
+        part.wake.notify_one();
+        let ack = rx.await.map_err(|_| Error::Closed)??;
+        metrics::histogram!("storeline_log_append_seconds").record(started.elapsed().as_secs_f64());
+        Ok(ack)
+    }
+
+    async fn read(&self, partition: u32, from: u64, max: usize) -> Result<Vec<StoredRecord>> {
+        let part = Arc::clone(self.partition(partition)?);
+        tokio::task::spawn_blocking(move || read_partition(&part, from, max))
+            .await
+            .map_err(|e| Error::io("", std::io::Error::other(e)))?
+    }
+
+    async fn offset_for_time(&self, partition: u32, timestamp: i64) -> Result<u64> {
+        let part = Arc::clone(self.partition(partition)?);
+        tokio::task::spawn_blocking(move || {
+            if let Some(Failure::Corrupt { .. }) = &*part.failure.read() {
+                return Err(part.failure_error().expect("failure is set"));
+            }
+            let segs: Vec<Arc<Segment>> = part.segments.read().clone();
+            let i = segs.partition_point(|s| s.last_ts() < timestamp);
+            for s in &segs[i.min(segs.len())..] {
+                if let Some(o) = s.offset_for_time(timestamp)? {
+                    return Ok(o);
+                }
+            }
+            Ok(segs.last().map_or(0, |s| s.next_offset()))
+        })
+        .await
+        .map_err(|e| Error::io("", std::io::Error::other(e)))?
+    }
+
+    fn bounds(&self, partition: u32) -> Result<Bounds> {
+        Ok(self.partition(partition)?.bounds())
+    }
+
+    fn watch(&self, partition: u32) -> Result<watch::Receiver<u64>> {
+        Ok(self.partition(partition)?.end_tx.subscribe())
+    }
+
+    async fn trim(&self, partition: u32, before: u64) -> Result<u64> {
+        let part = self.partition(partition)?;
+        let removed: Vec<Arc<Segment>> = {
+            let mut segs = part.segments.write();
+            let keep_from = segs
+                .iter()
+                .position(|s| {
+                    s.next_offset() > before || Arc::ptr_eq(s, segs.last().expect("non-empty"))
+                })
+                .unwrap_or(segs.len() - 1);
+            segs.drain(..keep_from).collect()
+        };
+        for s in &removed {
+            part.sealed_bytes.fetch_sub(s.end_pos(), Ordering::Relaxed);
+            std::fs::remove_file(&s.path).map_err(|e| Error::io(&s.path, e))?;
+            let _ = std::fs::remove_file(segment::index_path(&s.path));
+        }
+        if !removed.is_empty() {
+            sync_dir(&part.dir)?;
+        }
+        Ok(part.bounds().start)
+    }
+
+    fn health(&self, partition: u32) -> Option<String> {
+        match self.partition(partition) {
+            Ok(p) => p.failure_error().map(|e| e.to_string()),
+            Err(e) => Some(e.to_string()),
+        }
+    }
+
+    async fn close(&self) -> Result<()> {
+        for p in &self.inner.partitions {
+            p.queue.lock().closing = true;
+            p.wake.notify_all();
+        }
+        let handles: Vec<_> = std::mem::take(&mut *self.inner.writers.lock());
+        tokio::task::spawn_blocking(move || {
+            for h in handles {
+                let _ = h.join();
+            }
+        })
+        .await
+        .map_err(|e| Error::io("", std::io::Error::other(e)))?;
+        Ok(())
+    }
+}
+
+fn read_partition(part: &Partition, from: u64, max: usize) -> Result<Vec<StoredRecord>> {
+    if let Some(Failure::Corrupt { .. }) = &*part.failure.read() {
+        return Err(part.failure_error().expect("failure is set"));
+    }
+    let segs: Vec<Arc<Segment>> = part.segments.read().clone();
+    let start = segs.first().map_or(0, |s| s.base_offset);
+    let end = segs.last().map_or(0, |s| s.next_offset());
+    if from < start || from > end {
+        return Err(Error::OffsetOutOfRange {
+            partition: part.id,
+            offset: from,
+            start,
+            end,
+        });
+    }
+    let mut out = Vec::new();
+    let mut i = segs
+        .partition_point(|s| s.base_offset <= from)
+        .saturating_sub(1);
+    let mut next = from;
+    while out.len() < max && i < segs.len() && next < end {
+        segs[i].read(next, max, &mut out)?;
+        next = out.last().map_or(next, |r| r.offset + 1);
+        i += 1;
+    }
+    Ok(out)
+}

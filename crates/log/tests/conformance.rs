@@ -1,0 +1,27 @@
+//! The EventLog conformance suite on every backend in this crate.
+
+use storeline_log::{FileLog, FileLogConfig, MemoryLog, conformance};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn memory_log_keeps_the_contract() {
+    conformance::run_all(|| async { MemoryLog::new(4) }).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn file_log_keeps_the_contract() {
+    let dirs = std::sync::Mutex::new(Vec::new());
+    conformance::run_all(|| {
+        let dir = tempfile::tempdir().unwrap();
+        // Small segments so that trim, rolls and cross-segment reads are exercised.
+        let config = FileLogConfig {
+            partitions: 4,
+            segment_bytes: 64 * 1024,
+            max_batch_bytes: 32 * 1024,
+            fsync: true,
+        };
+        let log = FileLog::open(dir.path(), config).unwrap();
+        dirs.lock().unwrap().push(dir);
+        async move { log }
+    })
+    .await;
+}
