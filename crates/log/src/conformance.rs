@@ -4,6 +4,8 @@
 //! Each check gets a fresh log with at least 4 partitions from the caller's factory and panics
 //! with a message naming the broken rule.
 
+#![allow(clippy::unwrap_used)] // a test suite: a failed unwrap is a failed check
+
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::sync::Arc;

@@ -1,5 +1,7 @@
 //! The EventLog conformance suite on every backend in this crate.
 
+#![allow(clippy::unwrap_used)]
+
 use storeline_log::{FileLog, FileLogConfig, MemoryLog, conformance};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

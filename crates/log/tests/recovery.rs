@@ -2,6 +2,8 @@
 //! a flipped bit before the tail is reported and the partition refused, and a clean reopen keeps
 //! everything.
 
+#![allow(clippy::unwrap_used)]
+
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 

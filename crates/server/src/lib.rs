@@ -1,1 +1,381 @@
-//! placeholder
+//! Storeline's server: the HTTP API over the log, with auth, metrics and graceful shutdown.
+//!
+//! [`run`] wires the parts: it opens the log (recovering it), the key store and the dedup index
+//! (rebuilt from the log), binds the listener and serves until the shutdown future resolves;
+//! then it stops accepting, lets in-flight requests finish, and closes the log (every
+//! acknowledged append is already fsynced; close drains the writers).
+
+pub mod auth;
+pub mod config;
+mod dedup;
+mod error;
+mod ingest;
+mod ops;
+mod read;
+mod segment_api;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::HeaderMap;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use storeline_log::{AppendAck, Bounds, EventLog, FileLog, MemoryLog, Record, StoredRecord};
+use tokio::sync::watch;
+
+use crate::auth::{KeyStore, Scope};
+pub use crate::config::{Config, ConfigError, LogBackend};
+use crate::dedup::{Dedup, Position};
+pub use crate::error::ApiError;
+pub use crate::read::Cursor;
+
+/// The log backends, compiled in and chosen by `[log] backend`.
+pub enum Log {
+    File(FileLog),
+    Memory(MemoryLog),
+}
+
+macro_rules! each_log {
+    ($self:ident, $l:ident => $e:expr) => {
+        match $self {
+            Log::File($l) => $e,
+            Log::Memory($l) => $e,
+        }
+    };
+}
+
+impl EventLog for Log {
+    fn partitions(&self) -> u32 {
+        each_log!(self, l => l.partitions())
+    }
+    async fn append(
+        &self,
+        partition: u32,
+        records: Vec<Record>,
+    ) -> storeline_log::Result<AppendAck> {
+        each_log!(self, l => l.append(partition, records).await)
+    }
+    async fn read(
+        &self,
+        partition: u32,
+        from: u64,
+        max: usize,
+    ) -> storeline_log::Result<Vec<StoredRecord>> {
+        each_log!(self, l => l.read(partition, from, max).await)
+    }
+    async fn offset_for_time(&self, partition: u32, timestamp: i64) -> storeline_log::Result<u64> {
+        each_log!(self, l => l.offset_for_time(partition, timestamp).await)
+    }
+    fn bounds(&self, partition: u32) -> storeline_log::Result<Bounds> {
+        each_log!(self, l => l.bounds(partition))
+    }
+    fn watch(&self, partition: u32) -> storeline_log::Result<watch::Receiver<u64>> {
+        each_log!(self, l => l.watch(partition))
+    }
+    async fn trim(&self, partition: u32, before: u64) -> storeline_log::Result<u64> {
+        each_log!(self, l => l.trim(partition, before).await)
+    }
+    fn health(&self, partition: u32) -> Option<String> {
+        each_log!(self, l => l.health(partition))
+    }
+    async fn close(&self) -> storeline_log::Result<()> {
+        each_log!(self, l => l.close().await)
+    }
+}
+
+pub struct AppState {
+    pub config: Config,
+    pub log: Log,
+    keys: KeyStore,
+    dedup: Dedup,
+    shutdown: watch::Sender<bool>,
+}
+
+pub type SharedState = Arc<AppState>;
+
+/// What the caller of [`run`] learns once the server listens.
+#[derive(Debug, Clone)]
+pub struct Started {
+    pub addr: SocketAddr,
+    /// The admin key created on the first start of an empty data directory (shown once).
+    pub admin_key: Option<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("cannot open the log: {0}")]
+    Log(#[from] storeline_log::Error),
+    #[error(transparent)]
+    Keys(#[from] auth::KeyError),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("server error: {0}")]
+    Serve(#[source] std::io::Error),
+}
+
+/// Opens everything and serves until `shutdown` resolves, then shuts down gracefully.
+pub async fn run(
+    config: Config,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    on_started: impl FnOnce(&Started),
+) -> Result<(), ServerError> {
+    config.validate()?;
+    let metrics = ops::metrics_handle();
+    let started_at = Instant::now();
+    std::fs::create_dir_all(&config.data_dir).map_err(|e| {
+        ServerError::Log(storeline_log::Error::Io {
+            path: config.data_dir.clone(),
+            source: e,
+        })
+    })?;
+    let log = match config.log.backend {
+        LogBackend::File => {
+            let dir = config.log_dir();
+            let file_config = config.log.file();
+            let log = tokio::task::spawn_blocking(move || FileLog::open(dir, file_config))
+                .await
+                .map_err(|e| ServerError::Serve(std::io::Error::other(e)))??;
+            Log::File(log)
+        }
+        LogBackend::Memory => Log::Memory(MemoryLog::new(config.log.partitions)),
+    };
+    let (keys, admin_key) = KeyStore::open(config.keys_file())?;
+    let dedup = Dedup::new(config.ingest.dedup_window);
+    let (shutdown_tx, _) = watch::channel(false);
+    let state = Arc::new(AppState {
+        config,
+        log,
+        keys,
+        dedup,
+        shutdown: shutdown_tx,
+    });
+    let (events, partitions_skipped) = rebuild_dedup(&state).await;
+    tracing::info!(
+        events,
+        partitions_skipped,
+        elapsed_ms = started_at.elapsed().as_millis() as u64,
+        "log opened and dedup index rebuilt"
+    );
+
+    let listener = tokio::net::TcpListener::bind(&state.config.server.listen)
+        .await
+        .map_err(|e| ServerError::Bind {
+            addr: state.config.server.listen.clone(),
+            source: e,
+        })?;
+    let addr = listener.local_addr().map_err(ServerError::Serve)?;
+    on_started(&Started { addr, admin_key });
+    tracing::info!(%addr, data_dir = %state.config.data_dir.display(), "storeline is serving");
+
+    let background = tokio::spawn(background(Arc::clone(&state), metrics.clone()));
+    let app = router(Arc::clone(&state), metrics);
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let signal_state = Arc::clone(&state);
+    tokio::spawn(async move {
+        shutdown.await;
+        tracing::info!("shutting down: no new connections; finishing in-flight requests");
+        signal_state.shutdown.send_replace(true);
+        let _ = stop_tx.send(());
+    });
+    let serve = axum::serve(listener, app).with_graceful_shutdown(async move {
+        let _ = stop_rx.await;
+    });
+    let timeout = state.config.server.shutdown_timeout;
+    let mut serve = std::pin::pin!(serve.into_future());
+    let mut shutdown_rx = state.shutdown.subscribe();
+    let result = tokio::select! {
+        r = &mut serve => r,
+        _ = async {
+            let _ = shutdown_rx.wait_for(|s| *s).await;
+            tokio::time::sleep(timeout).await;
+        } => {
+            tracing::warn!(timeout_s = timeout.as_secs(), "in-flight requests did not finish in time; closing anyway");
+            Ok(())
+        }
+    };
+    background.abort();
+    state.log.close().await?;
+    tracing::info!("log closed cleanly; bye");
+    result.map_err(ServerError::Serve)
+}
+
+fn router(state: SharedState, metrics: metrics_exporter_prometheus::PrometheusHandle) -> Router {
+    Router::new()
+        .route("/v1/events", post(post_events).get(read::get_events))
+        .route("/v1/stream", get(read::stream))
+        .route("/v1/track", post(segment_api::track))
+        .route("/v1/identify", post(segment_api::identify))
+        .route("/v1/page", post(segment_api::page))
+        .route("/v1/screen", post(segment_api::screen))
+        .route("/v1/group", post(segment_api::group))
+        .route("/v1/alias", post(segment_api::alias))
+        .route("/v1/batch", post(segment_api::batch))
+        .route("/v1/import", post(segment_api::batch))
+        .route("/healthz", get(ops::healthz))
+        .route("/readyz", get(ops::readyz))
+        .route("/v1/openapi.json", get(ops::openapi))
+        .route(
+            "/metrics",
+            get(move || ops::render_metrics(metrics.clone())),
+        )
+        .fallback(ops::not_found)
+        .method_not_allowed_fallback(ops::method_not_allowed)
+        .layer(tower_http::decompression::RequestDecompressionLayer::new())
+        .layer(axum::extract::DefaultBodyLimit::disable())
+        .with_state(state)
+}
+
+/// Reads a request body up to the configured limit; larger is 413 with the limit.
+pub(crate) async fn read_body(
+    headers: &HeaderMap,
+    body: Body,
+    limit: usize,
+) -> Result<bytes::Bytes, ApiError> {
+    let declared = headers
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    let compressed = headers.contains_key(axum::http::header::CONTENT_ENCODING);
+    if let Some(n) = declared
+        && n > limit
+        && !compressed
+    {
+        return Err(ApiError::too_large(
+            &format!("the request body ({n} bytes)"),
+            limit,
+        ));
+    }
+    axum::body::to_bytes(body, limit).await.map_err(|e| {
+        let text = format!(
+            "{e}: {}",
+            std::error::Error::source(&e)
+                .map(ToString::to_string)
+                .unwrap_or_default()
+        );
+        if text.contains("length limit") {
+            ApiError::too_large("the request body", limit)
+        } else {
+            ApiError::bad_request(
+                "unreadable_body",
+                format!("could not read the request body: {text}"),
+            )
+        }
+    })
+}
+
+/// Runs a request's storing in its own task, so a client that disconnects mid-request cannot
+/// cancel an append half-way: what was acknowledged to the log is also recorded for dedup.
+pub(crate) async fn store_detached(
+    state: &SharedState,
+    events: Vec<storeline_event::Event>,
+) -> Result<Vec<ingest::Ack>, ApiError> {
+    let st = Arc::clone(state);
+    tokio::spawn(async move { ingest::store(&st, events).await })
+        .await
+        .map_err(|e| {
+            tracing::error!(error = %e, "ingest task failed");
+            ApiError::new(
+                axum::http::StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                "internal error",
+            )
+        })?
+}
+
+pub(crate) fn count_request(endpoint: &'static str, result: &Result<Response, ApiError>) {
+    let outcome = match result {
+        Ok(_) => "ok",
+        Err(e) => e.code,
+    };
+    metrics::counter!("storeline_ingest_requests_total", "endpoint" => endpoint, "outcome" => outcome).increment(1);
+}
+
+async fn post_events(State(state): State<SharedState>, headers: HeaderMap, body: Body) -> Response {
+    let result = async {
+        state
+            .keys
+            .authorize(&headers, Scope::Ingest, "POST /v1/events")?;
+        let bytes = read_body(&headers, body, state.config.ingest.max_body_bytes).await?;
+        let events = ingest::parse_events(&headers, &bytes, &state)?;
+        let acks = store_detached(&state, events).await?;
+        Ok(axum::Json(ingest::ack_body(&acks)).into_response())
+    }
+    .await;
+    count_request("events", &result);
+    result.unwrap_or_else(IntoResponse::into_response)
+}
+
+/// Rebuilds the dedup index from the log's last `dedup_window`. The log is the source of truth.
+async fn rebuild_dedup(state: &AppState) -> (u64, u32) {
+    #[derive(serde::Deserialize)]
+    struct Key<'a> {
+        #[serde(borrow)]
+        source: std::borrow::Cow<'a, str>,
+        #[serde(borrow)]
+        id: std::borrow::Cow<'a, str>,
+    }
+    let since = chrono::Utc::now().timestamp_millis() - state.dedup.window_ms();
+    let mut events = 0;
+    let mut skipped = 0;
+    for p in 0..state.log.partitions() {
+        let result: Result<(), storeline_log::Error> = async {
+            let mut from = state.log.offset_for_time(p, since).await?;
+            loop {
+                let batch = state.log.read(p, from, 4096).await?;
+                let Some(last) = batch.last() else { break };
+                from = last.offset + 1;
+                for rec in &batch {
+                    if let Ok(k) = serde_json::from_slice::<Key<'_>>(&rec.value) {
+                        let key = storeline_event::dedup_key(&k.source, &k.id);
+                        state.dedup.insert(
+                            key,
+                            Position {
+                                partition: p,
+                                offset: rec.offset,
+                            },
+                            rec.timestamp,
+                        );
+                        events += 1;
+                    }
+                }
+            }
+            Ok(())
+        }
+        .await;
+        if let Err(e) = result {
+            skipped += 1;
+            tracing::error!(partition = p, error = %e, "cannot rebuild the dedup index of this partition");
+        }
+    }
+    (events, skipped)
+}
+
+/// Periodic chores: pick up key changes, drop expired dedup days, keep histograms bounded.
+async fn background(state: SharedState, metrics: metrics_exporter_prometheus::PrometheusHandle) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let mut n: u64 = 0;
+    loop {
+        tick.tick().await;
+        n += 1;
+        if let Err(e) = state.keys.reload() {
+            tracing::warn!(error = %e, "cannot reload API keys; keeping the previous set");
+        }
+        if n.is_multiple_of(5) {
+            metrics.run_upkeep();
+        }
+        if n % 3600 == 1 {
+            state.dedup.expire(chrono::Utc::now().timestamp_millis());
+        }
+    }
+}

@@ -1,0 +1,357 @@
+//! `storeline bench ingest`: starts a real server (a child process, fsync on, its own data
+//! directory) and drives it over HTTP from this process with raw keep-alive HTTP/1.1
+//! connections, printing events/s and ack latency percentiles per scenario.
+//!
+//! Closed-loop scenarios find the maximum; the last one is open-loop at half the single-event
+//! maximum, with latency measured from each request's *scheduled* send time, so a stall is
+//! counted in full instead of hiding behind the requests it delayed.
+
+use std::io::BufRead;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::Request;
+use hyper_util::rt::TokioIo;
+
+#[derive(clap::Args, Clone)]
+pub struct IngestArgs {
+    /// Seconds per scenario.
+    #[arg(long, default_value_t = 10)]
+    seconds: u64,
+    /// Connections for the single-event scenarios.
+    #[arg(long, default_value_t = 64)]
+    connections: usize,
+    /// Connections for the batch scenarios.
+    #[arg(long, default_value_t = 8)]
+    batch_connections: usize,
+    /// Turn fsync off in the started server (to see its cost; not a durable figure).
+    #[arg(long)]
+    no_fsync: bool,
+    /// Keep the server's data directory here instead of a temporary one.
+    #[arg(long)]
+    data: Option<std::path::PathBuf>,
+}
+
+struct Server {
+    child: Child,
+    addr: String,
+    key: String,
+    _dir: Option<tempfile::TempDir>,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status();
+        let _ = self.child.wait();
+    }
+}
+
+fn start_server(args: &IngestArgs) -> Result<Server> {
+    let (dir, path) = match &args.data {
+        Some(p) => (None, p.clone()),
+        None => {
+            let d = tempfile::Builder::new()
+                .prefix("storeline-bench")
+                .tempdir_in(".")?;
+            let p = d.path().to_owned();
+            (Some(d), p)
+        }
+    };
+    let (_, key) = storeline_server::auth::create_key(
+        &path.join("keys.json"),
+        "bench",
+        &[storeline_server::auth::Scope::Ingest],
+    )?;
+    let exe = std::env::current_exe().context("cannot find the storeline binary")?;
+    let mut child = Command::new(exe)
+        .args(["serve", "--listen", "127.0.0.1:0", "--data"])
+        .arg(&path)
+        .env(
+            "STORELINE_LOG__FSYNC",
+            if args.no_fsync { "false" } else { "true" },
+        )
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .context("cannot start the server")?;
+    let stdout = child.stdout.take().context("no stdout")?;
+    let mut lines = std::io::BufReader::new(stdout).lines();
+    let addr = loop {
+        let Some(line) = lines.next() else {
+            bail!("the server exited before listening")
+        };
+        if let Some(a) = line?.strip_prefix("storeline listening on http://") {
+            break a.trim().to_owned();
+        }
+    };
+    Ok(Server {
+        child,
+        addr,
+        key,
+        _dir: dir,
+    })
+}
+
+/// One keep-alive HTTP/1.1 connection.
+struct Conn {
+    sender: hyper::client::conn::http1::SendRequest<Full<Bytes>>,
+    host: String,
+    auth: String,
+}
+
+impl Conn {
+    async fn open(addr: &str, key: &str) -> Result<Conn> {
+        let stream = tokio::net::TcpStream::connect(addr).await?;
+        stream.set_nodelay(true)?;
+        let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+        tokio::spawn(conn);
+        Ok(Conn {
+            sender,
+            host: addr.to_owned(),
+            auth: format!("Bearer {key}"),
+        })
+    }
+
+    async fn post(&mut self, body: Vec<u8>, ndjson: bool) -> Result<()> {
+        let req = Request::post("/v1/events")
+            .header("host", &self.host)
+            .header("authorization", &self.auth)
+            .header(
+                "content-type",
+                if ndjson {
+                    "application/x-ndjson"
+                } else {
+                    "application/json"
+                },
+            )
+            .body(Full::new(Bytes::from(body)))?;
+        self.sender.ready().await?;
+        let res = self.sender.send_request(req).await?;
+        let status = res.status();
+        let body = res.into_body().collect().await?.to_bytes();
+        if !status.is_success() {
+            bail!(
+                "server answered {status}: {}",
+                String::from_utf8_lossy(&body)
+            );
+        }
+        Ok(())
+    }
+}
+
+/// A ~360-byte `cart.item_added` event with a unique id.
+fn push_event(out: &mut Vec<u8>, run: &str, n: u64) {
+    use std::io::Write;
+    let _ = write!(
+        out,
+        r#"{{"id":"{run}-{n}","source":"bench","type":"cart.item_added","subject":"cus-{:06}","time":"2026-11-21T10:00:00.000Z","data":{{"cart_id":"cart-{n}","sku":"SKU-{:05}","quantity":1,"unit_price":{{"amount":1999,"currency":"EUR"}},"cart_value":{{"amount":3998,"currency":"EUR"}},"name":"Organic cotton t-shirt, navy, size M","category":"apparel/tops","brand":"Storeline Basics","variant":"navy-m"}}}}"#,
+        n % 100_000,
+        n % 5_000
+    );
+}
+
+#[derive(Default)]
+struct Outcome {
+    events: u64,
+    requests: u64,
+    latencies_us: Vec<u64>,
+    elapsed: Duration,
+}
+
+impl Outcome {
+    fn pct(&mut self, p: f64) -> f64 {
+        if self.latencies_us.is_empty() {
+            return 0.0;
+        }
+        self.latencies_us.sort_unstable();
+        let i = ((self.latencies_us.len() as f64 - 1.0) * p).round() as usize;
+        self.latencies_us[i] as f64 / 1000.0
+    }
+    fn rate(&self) -> f64 {
+        self.events as f64 / self.elapsed.as_secs_f64().max(1e-9)
+    }
+}
+
+/// Closed loop: each connection sends, waits for the ack, sends again, for `secs`.
+async fn closed_loop(
+    server: &Server,
+    run: &str,
+    conns: usize,
+    batch: usize,
+    secs: u64,
+) -> Result<Outcome> {
+    let counter = Arc::new(AtomicU64::new(0));
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..conns {
+        let mut conn = Conn::open(&server.addr, &server.key).await?;
+        let counter = Arc::clone(&counter);
+        let run = run.to_owned();
+        tasks.push(tokio::spawn(async move {
+            let mut out = Outcome::default();
+            while Instant::now() < deadline {
+                let first = counter.fetch_add(batch as u64, Ordering::Relaxed);
+                let mut body = Vec::with_capacity(batch * 400);
+                for n in first..first + batch as u64 {
+                    push_event(&mut body, &run, n);
+                    if batch > 1 {
+                        body.push(b'\n');
+                    }
+                }
+                let t = Instant::now();
+                conn.post(body, batch > 1).await?;
+                out.latencies_us.push(t.elapsed().as_micros() as u64);
+                out.events += batch as u64;
+                out.requests += 1;
+            }
+            anyhow::Ok(out)
+        }));
+    }
+    let mut total = Outcome::default();
+    for t in tasks {
+        let o = t.await??;
+        total.events += o.events;
+        total.requests += o.requests;
+        total.latencies_us.extend(o.latencies_us);
+    }
+    total.elapsed = started.elapsed();
+    Ok(total)
+}
+
+/// Open loop: `rate` single events per second spread over `conns` connections, each on a fixed
+/// schedule; latency counts from the scheduled time.
+async fn open_loop(
+    server: &Server,
+    run: &str,
+    conns: usize,
+    rate: f64,
+    secs: u64,
+) -> Result<Outcome> {
+    let per_conn = rate / conns as f64;
+    let interval = Duration::from_secs_f64(1.0 / per_conn.max(1e-3));
+    let started = Instant::now();
+    let end = started + Duration::from_secs(secs);
+    let counter = Arc::new(AtomicU64::new(0));
+    let mut tasks = Vec::new();
+    for c in 0..conns {
+        let mut conn = Conn::open(&server.addr, &server.key).await?;
+        let counter = Arc::clone(&counter);
+        let run = run.to_owned();
+        // Stagger the connections across one interval.
+        let offset = interval.mul_f64(c as f64 / conns as f64);
+        tasks.push(tokio::spawn(async move {
+            let mut out = Outcome::default();
+            let mut next = started + offset;
+            while next < end {
+                tokio::time::sleep_until(next.into()).await;
+                let n = counter.fetch_add(1, Ordering::Relaxed);
+                let mut body = Vec::with_capacity(400);
+                push_event(&mut body, &run, n);
+                conn.post(body, false).await?;
+                out.latencies_us.push(next.elapsed().as_micros() as u64);
+                out.events += 1;
+                out.requests += 1;
+                next += interval;
+            }
+            anyhow::Ok(out)
+        }));
+    }
+    let mut total = Outcome::default();
+    for t in tasks {
+        let o = t.await??;
+        total.events += o.events;
+        total.requests += o.requests;
+        total.latencies_us.extend(o.latencies_us);
+    }
+    total.elapsed = started.elapsed();
+    Ok(total)
+}
+
+/// Reads `storeline_log_fsync_seconds_count` and `storeline_log_batch_records_{sum,count}`.
+async fn server_counters(server: &Server) -> (f64, f64, f64) {
+    let text = match reqwest::get(format!("http://{}/metrics", server.addr)).await {
+        Ok(r) => r.text().await.unwrap_or_default(),
+        Err(_) => String::new(),
+    };
+    let get = |name: &str| -> f64 {
+        text.lines()
+            .filter(|l| l.starts_with(name) && !l.starts_with('#'))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    };
+    (
+        get("storeline_log_fsync_seconds_count"),
+        get("storeline_log_batch_records_sum"),
+        get("storeline_log_batch_records_count"),
+    )
+}
+
+pub async fn ingest(args: IngestArgs) -> Result<()> {
+    let server = start_server(&args)?;
+    eprintln!(
+        "server at {} (fsync {}), {} s per scenario, {} cores",
+        server.addr,
+        if args.no_fsync { "OFF" } else { "on" },
+        args.seconds,
+        std::thread::available_parallelism().map_or(0, |n| n.get())
+    );
+    // Warm up connections, page cache and the dedup index.
+    closed_loop(&server, "warm", 4, 100, 1).await?;
+    println!(
+        "{:<44} {:>11} {:>9} {:>8} {:>8} {:>9} {:>10}",
+        "scenario", "events/s", "req/s", "p50 ms", "p99 ms", "fsyncs/s", "ev/batch"
+    );
+    let mut single_max = 0.0;
+    let scenarios: [(&str, usize, usize); 3] = [
+        ("NDJSON batches of 1000", args.batch_connections, 1000),
+        ("NDJSON batches of 100", args.batch_connections * 2, 100),
+        ("single events", args.connections, 1),
+    ];
+    for (name, conns, batch) in scenarios {
+        let before = server_counters(&server).await;
+        let mut o = closed_loop(&server, &format!("b{batch}"), conns, batch, args.seconds).await?;
+        let after = server_counters(&server).await;
+        print_row(&format!("{name} ({conns} conns)"), &mut o, before, after);
+        if batch == 1 {
+            single_max = o.rate();
+        }
+    }
+    let half = single_max / 2.0;
+    let before = server_counters(&server).await;
+    let mut o = open_loop(&server, "half", args.connections, half, args.seconds).await?;
+    let after = server_counters(&server).await;
+    print_row(
+        &format!("single events at 50% of max ({:.0}/s, open loop)", half),
+        &mut o,
+        before,
+        after,
+    );
+    Ok(())
+}
+
+fn print_row(name: &str, o: &mut Outcome, before: (f64, f64, f64), after: (f64, f64, f64)) {
+    let secs = o.elapsed.as_secs_f64().max(1e-9);
+    let fsyncs = (after.0 - before.0) / secs;
+    let per_batch = (after.1 - before.1) / (after.2 - before.2).max(1.0);
+    let (p50, p99) = (o.pct(0.5), o.pct(0.99));
+    println!(
+        "{:<44} {:>11.0} {:>9.0} {:>8.2} {:>8.2} {:>9.0} {:>10.1}",
+        name,
+        o.rate(),
+        o.requests as f64 / secs,
+        p50,
+        p99,
+        fsyncs,
+        per_batch
+    );
+}

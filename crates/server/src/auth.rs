@@ -1,0 +1,382 @@
+//! API keys with scopes (`ingest`, `read`, `admin`), stored hashed in `<data>/keys.json`.
+//!
+//! A key is `sl_` + 40 random base62 characters (238 bits), so a plain SHA-256 is the right
+//! hash: there is nothing to brute-force that a slow hash would protect. The server keeps the
+//! hashes in memory and reloads the file when it changes, so `storeline keys create|revoke`
+//! works against a running server.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::time::SystemTime;
+
+use axum::http::{HeaderMap, StatusCode, header};
+use base64::Engine;
+use chrono::{DateTime, Utc};
+use parking_lot::RwLock;
+use rand::Rng;
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use sha2::{Digest, Sha256};
+use storeline_event::ids::KeyId;
+
+use crate::error::ApiError;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, PartialOrd, Ord)]
+#[serde(rename_all = "lowercase")]
+pub enum Scope {
+    Ingest,
+    Read,
+    Admin,
+}
+
+impl Scope {
+    pub fn parse(s: &str) -> Result<Scope, String> {
+        match s {
+            "ingest" => Ok(Scope::Ingest),
+            "read" => Ok(Scope::Read),
+            "admin" => Ok(Scope::Admin),
+            _ => Err(format!("unknown scope '{s}': use ingest, read or admin")),
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Scope::Ingest => "ingest",
+            Scope::Read => "read",
+            Scope::Admin => "admin",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct KeyRecord {
+    pub id: KeyId,
+    pub name: String,
+    pub scopes: Vec<Scope>,
+    /// Hex SHA-256 of the key.
+    pub hash: String,
+    /// The first characters of the key, to recognise it in listings.
+    pub prefix: String,
+    pub created_at: DateTime<Utc>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revoked_at: Option<DateTime<Utc>>,
+}
+
+impl KeyRecord {
+    /// `admin` grants every scope.
+    pub fn allows(&self, scope: Scope) -> bool {
+        self.revoked_at.is_none()
+            && (self.scopes.contains(&scope) || self.scopes.contains(&Scope::Admin))
+    }
+}
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct KeyFile {
+    keys: Vec<KeyRecord>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum KeyError {
+    #[error("cannot read or write the key file {path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the key file {path} is not valid: {reason}")]
+    Invalid { path: PathBuf, reason: String },
+    #[error("no key matches '{0}' (give the key id, e.g. key_01…, or its prefix)")]
+    NotFound(String),
+}
+
+fn hash(key: &str) -> String {
+    let digest = Sha256::digest(key.as_bytes());
+    digest.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn new_secret() -> String {
+    const ALPHABET: &[u8] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
+    let mut rng = rand::rng();
+    let body: String = (0..40)
+        .map(|_| ALPHABET[rng.random_range(0..ALPHABET.len())] as char)
+        .collect();
+    format!("sl_{body}")
+}
+
+fn read_file(path: &Path) -> Result<KeyFile, KeyError> {
+    match std::fs::read(path) {
+        Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| KeyError::Invalid {
+            path: path.to_owned(),
+            reason: e.to_string(),
+        }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(KeyFile::default()),
+        Err(e) => Err(KeyError::Io {
+            path: path.to_owned(),
+            source: e,
+        }),
+    }
+}
+
+fn write_file(path: &Path, file: &KeyFile) -> Result<(), KeyError> {
+    let io = |e| KeyError::Io {
+        path: path.to_owned(),
+        source: e,
+    };
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(io)?;
+    }
+    let tmp = path.with_extension("json.tmp");
+    let body = serde_json::to_vec_pretty(file).unwrap_or_default();
+    std::fs::write(&tmp, body).map_err(io)?;
+    std::fs::File::open(&tmp)
+        .and_then(|f| f.sync_all())
+        .map_err(io)?;
+    std::fs::rename(&tmp, path).map_err(io)?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let _ = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600));
+    }
+    Ok(())
+}
+
+/// Creates a key with these scopes in the key file; returns its record and the secret, which
+/// is not stored anywhere and cannot be shown again.
+pub fn create_key(
+    path: &Path,
+    name: &str,
+    scopes: &[Scope],
+) -> Result<(KeyRecord, String), KeyError> {
+    let mut file = read_file(path)?;
+    let secret = new_secret();
+    let mut scopes = scopes.to_vec();
+    scopes.sort();
+    scopes.dedup();
+    let record = KeyRecord {
+        id: KeyId::generate(),
+        name: name.to_owned(),
+        scopes,
+        hash: hash(&secret),
+        prefix: secret[..8].to_owned(),
+        created_at: Utc::now(),
+        revoked_at: None,
+    };
+    file.keys.push(record.clone());
+    write_file(path, &file)?;
+    Ok((record, secret))
+}
+
+pub fn list_keys(path: &Path) -> Result<Vec<KeyRecord>, KeyError> {
+    Ok(read_file(path)?.keys)
+}
+
+/// Revokes the key with this id, unique prefix, or the key itself; returns it.
+pub fn revoke_key(path: &Path, id_or_prefix: &str) -> Result<KeyRecord, KeyError> {
+    let mut file = read_file(path)?;
+    let matches: Vec<usize> = file
+        .keys
+        .iter()
+        .enumerate()
+        .filter(|(_, k)| {
+            k.id.as_str() == id_or_prefix
+                || k.hash == hash(id_or_prefix)
+                || (id_or_prefix.len() >= 6 && k.prefix.starts_with(id_or_prefix))
+        })
+        .map(|(i, _)| i)
+        .collect();
+    let [i] = matches[..] else {
+        return Err(KeyError::NotFound(id_or_prefix.to_owned()));
+    };
+    if file.keys[i].revoked_at.is_none() {
+        file.keys[i].revoked_at = Some(Utc::now());
+    }
+    let record = file.keys[i].clone();
+    write_file(path, &file)?;
+    Ok(record)
+}
+
+/// The server's view of the key file, reloaded when the file changes.
+#[derive(Debug)]
+pub struct KeyStore {
+    path: PathBuf,
+    state: RwLock<(Option<SystemTime>, HashMap<String, KeyRecord>)>,
+}
+
+impl KeyStore {
+    /// Loads the key file. If there is none, creates an admin key and returns its secret so the
+    /// caller can print it once.
+    pub fn open(path: PathBuf) -> Result<(KeyStore, Option<String>), KeyError> {
+        let mut bootstrap = None;
+        if !path.exists() {
+            let (_, secret) = create_key(&path, "bootstrap admin", &[Scope::Admin])?;
+            bootstrap = Some(secret);
+        }
+        let store = KeyStore {
+            path,
+            state: RwLock::new((None, HashMap::new())),
+        };
+        store.reload()?;
+        Ok((store, bootstrap))
+    }
+
+    /// Re-reads the key file if its modification time changed.
+    pub fn reload(&self) -> Result<(), KeyError> {
+        let mtime = std::fs::metadata(&self.path)
+            .and_then(|m| m.modified())
+            .ok();
+        if mtime.is_some() && self.state.read().0 == mtime {
+            return Ok(());
+        }
+        let file = read_file(&self.path)?;
+        let map = file.keys.into_iter().map(|k| (k.hash.clone(), k)).collect();
+        *self.state.write() = (mtime, map);
+        Ok(())
+    }
+
+    /// Checks the request's key against the scope. The key comes from `Authorization: Bearer`,
+    /// or, for Segment compatibility, as the Basic-auth user name.
+    pub fn authorize(
+        &self,
+        headers: &HeaderMap,
+        scope: Scope,
+        what: &str,
+    ) -> Result<KeyRecord, ApiError> {
+        self.authorize_secret(key_from_headers(headers).as_deref(), scope, what)
+    }
+
+    /// Whether the request carries a key in its headers.
+    pub fn has_header_key(headers: &HeaderMap) -> bool {
+        key_from_headers(headers).is_some()
+    }
+
+    /// Checks a key given any way (headers, or a Segment body's `writeKey`).
+    pub fn authorize_secret(
+        &self,
+        secret: Option<&str>,
+        scope: Scope,
+        what: &str,
+    ) -> Result<KeyRecord, ApiError> {
+        let Some(secret) = secret else {
+            return Err(ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                "missing API key: send `Authorization: Bearer <key>` (Segment clients: the key as the write key)",
+            ));
+        };
+        let h = hash(secret);
+        let found = self.state.read().1.get(&h).cloned();
+        let found = match found {
+            Some(k) => Some(k),
+            None => {
+                let _ = self.reload();
+                self.state.read().1.get(&h).cloned()
+            }
+        };
+        match found {
+            Some(k) if k.revoked_at.is_some() => Err(ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                format!("API key {} was revoked", k.id),
+            )),
+            Some(k) if k.allows(scope) => Ok(k),
+            Some(k) => Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "forbidden",
+                format!(
+                    "this key lacks the '{}' scope needed for {what}",
+                    scope.as_str()
+                ),
+            )
+            .with_details(json!({
+                "required_scope": scope.as_str(),
+                "key_id": k.id,
+                "key_scopes": k.scopes,
+            }))),
+            None => Err(ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                "unknown API key",
+            )),
+        }
+    }
+}
+
+fn key_from_headers(headers: &HeaderMap) -> Option<String> {
+    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?.trim();
+    if let Some(token) = value
+        .strip_prefix("Bearer ")
+        .or_else(|| value.strip_prefix("bearer "))
+    {
+        return Some(token.trim().to_owned());
+    }
+    let basic = value
+        .strip_prefix("Basic ")
+        .or_else(|| value.strip_prefix("basic "))?;
+    let decoded = base64::engine::general_purpose::STANDARD
+        .decode(basic.trim())
+        .ok()?;
+    let text = String::from_utf8(decoded).ok()?;
+    let user = text.split(':').next()?.to_owned();
+    (!user.is_empty()).then_some(user)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_are_stored_hashed_and_checked_by_scope() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("keys.json");
+        let (store, admin) = KeyStore::open(path.clone()).unwrap();
+        let admin = admin.expect("a fresh key file bootstraps an admin key");
+        let (_, ingest) = create_key(&path, "web", &[Scope::Ingest]).unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(
+            !text.contains(&admin) && !text.contains(&ingest),
+            "secrets are never stored"
+        );
+
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::AUTHORIZATION,
+            format!("Bearer {ingest}").parse().unwrap(),
+        );
+        store.authorize(&h, Scope::Ingest, "x").unwrap();
+        let e = store
+            .authorize(&h, Scope::Read, "GET /v1/events")
+            .unwrap_err();
+        assert_eq!(e.status, StatusCode::FORBIDDEN);
+        assert!(e.message.contains("'read'"));
+
+        let basic = base64::engine::general_purpose::STANDARD.encode(format!("{admin}:"));
+        h.insert(
+            header::AUTHORIZATION,
+            format!("Basic {basic}").parse().unwrap(),
+        );
+        store.authorize(&h, Scope::Read, "x").unwrap();
+
+        let listed = list_keys(&path).unwrap();
+        let web = listed.iter().find(|k| k.name == "web").unwrap();
+        revoke_key(&path, web.id.as_str()).unwrap();
+        h.insert(
+            header::AUTHORIZATION,
+            format!("Bearer {ingest}").parse().unwrap(),
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        // Force the reload even on filesystems with coarse mtimes.
+        store.state.write().0 = None;
+        store.reload().unwrap();
+        assert_eq!(
+            store.authorize(&h, Scope::Ingest, "x").unwrap_err().status,
+            StatusCode::UNAUTHORIZED
+        );
+        assert_eq!(
+            store
+                .authorize(&HeaderMap::new(), Scope::Ingest, "x")
+                .unwrap_err()
+                .status,
+            StatusCode::UNAUTHORIZED
+        );
+    }
+}

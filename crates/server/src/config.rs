@@ -1,0 +1,299 @@
+//! Configuration: built-in defaults, then the TOML file, then `STORELINE_*` environment
+//! variables (`STORELINE_SERVER__LISTEN=0.0.0.0:7700`), then command-line flags.
+//!
+//! The structs are the documentation: each field's comment is what `config/storeline.toml`
+//! says. `validate` is pure (no I/O) and reports every problem with its key path.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use figment::Figment;
+use figment::providers::{Env, Format, Serialized, Toml};
+use serde::{Deserialize, Serialize};
+use storeline_log::FileLogConfig;
+
+/// The commented default configuration shipped with Storeline.
+pub const DEFAULT_CONFIG_TOML: &str = include_str!("../../../config/storeline.toml");
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Where the log, keys and state live.
+    pub data_dir: PathBuf,
+    pub server: ServerConfig,
+    pub ingest: IngestConfig,
+    pub log: LogConfig,
+    pub segment: SegmentConfig,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            data_dir: PathBuf::from("./storeline-data"),
+            server: ServerConfig::default(),
+            ingest: IngestConfig::default(),
+            log: LogConfig::default(),
+            segment: SegmentConfig::default(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// Address to listen on. Port 0 picks a free port (printed at start).
+    pub listen: String,
+    /// How long a graceful shutdown waits for in-flight requests.
+    #[serde(with = "humantime_serde_str")]
+    pub shutdown_timeout: Duration,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            listen: "127.0.0.1:7700".into(),
+            shutdown_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct IngestConfig {
+    /// Largest request body accepted (after decompression); larger answers 413.
+    pub max_body_bytes: usize,
+    /// Largest single event accepted; larger answers 413.
+    pub max_event_bytes: usize,
+    /// Most events in one request.
+    pub max_events_per_request: usize,
+    /// How long a `(source, id)` is remembered: a retry within this window is acknowledged with
+    /// the original offset and not stored again. At least 7 days.
+    #[serde(with = "humantime_serde_str")]
+    pub dedup_window: Duration,
+    /// `source` given to events that have none (plain JSON mode only).
+    pub default_source: String,
+}
+
+impl Default for IngestConfig {
+    fn default() -> Self {
+        IngestConfig {
+            max_body_bytes: 16 << 20,
+            max_event_bytes: 256 << 10,
+            max_events_per_request: 10_000,
+            dedup_window: Duration::from_secs(7 * 24 * 3600),
+            default_source: "storeline:http".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogBackend {
+    /// Segment files in `<data_dir>/log` (the default).
+    File,
+    /// In memory: nothing survives a restart. For tests and demos.
+    Memory,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    pub backend: LogBackend,
+    /// See [`FileLogConfig`] for these four.
+    pub partitions: u32,
+    pub segment_bytes: u64,
+    pub max_batch_bytes: u64,
+    pub fsync: bool,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        let f = FileLogConfig::default();
+        LogConfig {
+            backend: LogBackend::File,
+            partitions: f.partitions,
+            segment_bytes: f.segment_bytes,
+            max_batch_bytes: f.max_batch_bytes,
+            fsync: f.fsync,
+        }
+    }
+}
+
+impl LogConfig {
+    pub fn file(&self) -> FileLogConfig {
+        FileLogConfig {
+            partitions: self.partitions,
+            segment_bytes: self.segment_bytes,
+            max_batch_bytes: self.max_batch_bytes,
+            fsync: self.fsync,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SegmentConfig {
+    /// `source` of events received through the Segment-compatible endpoints.
+    pub source: String,
+    /// Currency of Segment prices that carry no `currency` property.
+    pub default_currency: String,
+}
+
+impl Default for SegmentConfig {
+    fn default() -> Self {
+        SegmentConfig {
+            source: "segment".into(),
+            default_currency: "USD".into(),
+        }
+    }
+}
+
+/// Durations as strings such as `"15m"`, `"7d"`, `"250ms"`.
+mod humantime_serde_str {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&humantime::format_duration(*d).to_string())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let s = String::deserialize(d)?;
+        humantime::parse_duration(&s).map_err(|e| {
+            serde::de::Error::custom(format!(
+                "'{s}' is not a duration ({e}); write e.g. \"30s\", \"15m\", \"7d\""
+            ))
+        })
+    }
+}
+
+/// Errors of loading a configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot load configuration: {0}")]
+    Load(String),
+    #[error("invalid configuration:\n  {}", .0.join("\n  "))]
+    Invalid(Vec<String>),
+}
+
+impl Config {
+    /// Defaults, then `file` (if given), then `STORELINE_*` variables. Does not validate.
+    pub fn load(file: Option<&Path>) -> Result<Config, ConfigError> {
+        let mut fig = Figment::from(Serialized::defaults(Config::default()));
+        if let Some(f) = file {
+            if !f.exists() {
+                return Err(ConfigError::Load(format!(
+                    "config file {} does not exist",
+                    f.display()
+                )));
+            }
+            fig = fig.merge(Toml::file(f));
+        }
+        // STORELINE_URL and STORELINE_API_KEY are for the client commands, not the server.
+        fig = fig.merge(
+            Env::prefixed("STORELINE_")
+                .split("__")
+                .ignore(&["url", "api_key"]),
+        );
+        fig.extract::<Config>().map_err(|e| {
+            let msgs: Vec<String> = e.into_iter().map(|e| e.to_string()).collect();
+            ConfigError::Load(msgs.join("; "))
+        })
+    }
+
+    /// Every problem with the values, each naming its key. No I/O.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let mut problems = Vec::new();
+        if self.server.listen.parse::<SocketAddr>().is_err() {
+            problems.push(format!(
+                "server.listen: '{}' is not an address such as 127.0.0.1:7700",
+                self.server.listen
+            ));
+        }
+        if self.ingest.dedup_window < Duration::from_secs(7 * 24 * 3600) {
+            problems.push(format!(
+                "ingest.dedup_window: must be at least 7 days, got {}",
+                humantime::format_duration(self.ingest.dedup_window)
+            ));
+        }
+        if self.ingest.max_event_bytes == 0
+            || self.ingest.max_event_bytes > self.ingest.max_body_bytes
+        {
+            problems
+                .push("ingest.max_event_bytes: must be between 1 and ingest.max_body_bytes".into());
+        }
+        if self.ingest.max_body_bytes as u64 > self.log.segment_bytes / 2 {
+            problems.push(format!(
+                "ingest.max_body_bytes: must be at most half of log.segment_bytes ({})",
+                self.log.segment_bytes
+            ));
+        }
+        if self.ingest.max_events_per_request == 0 {
+            problems.push("ingest.max_events_per_request: must be at least 1".into());
+        }
+        if self.ingest.default_source.is_empty() {
+            problems.push("ingest.default_source: must not be empty".into());
+        }
+        if let Err(e) = storeline_event::Currency::parse(&self.segment.default_currency) {
+            problems.push(format!("segment.default_currency: {e}"));
+        }
+        problems.extend(self.log.file().validate("log."));
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(ConfigError::Invalid(problems))
+        }
+    }
+
+    pub fn log_dir(&self) -> PathBuf {
+        self.data_dir.join("log")
+    }
+
+    pub fn keys_file(&self) -> PathBuf {
+        self.data_dir.join("keys.json")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_shipped_file_parses_and_equals_the_defaults() {
+        let parsed: Config =
+            toml::from_str(DEFAULT_CONFIG_TOML).expect("config/storeline.toml parses");
+        assert_eq!(
+            parsed,
+            Config::default(),
+            "config/storeline.toml documents the real defaults"
+        );
+        parsed.validate().unwrap();
+    }
+
+    #[test]
+    fn validation_names_every_bad_key() {
+        let mut c = Config::default();
+        c.server.listen = "nowhere".into();
+        c.ingest.dedup_window = Duration::from_secs(3600);
+        c.log.partitions = 0;
+        let ConfigError::Invalid(problems) = c.validate().unwrap_err() else {
+            panic!()
+        };
+        assert!(problems.iter().any(|p| p.starts_with("server.listen")));
+        assert!(
+            problems
+                .iter()
+                .any(|p| p.starts_with("ingest.dedup_window"))
+        );
+        assert!(problems.iter().any(|p| p.starts_with("log.partitions")));
+    }
+
+    #[test]
+    fn unknown_keys_are_refused() {
+        let e = toml::from_str::<Config>("[server]\nlisten = \"127.0.0.1:1\"\nlistne = 1\n")
+            .unwrap_err();
+        assert!(e.to_string().contains("listne"), "{e}");
+    }
+}

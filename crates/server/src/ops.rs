@@ -1,0 +1,123 @@
+//! Operations endpoints: `/metrics` (Prometheus text), `/healthz`, `/readyz`, the OpenAPI
+//! document, and the JSON 404/405 answers.
+
+use std::sync::OnceLock;
+
+use axum::extract::State;
+use axum::http::{StatusCode, Uri, header};
+use axum::response::{IntoResponse, Response};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use serde_json::json;
+use storeline_log::EventLog;
+
+use crate::SharedState;
+use crate::error::ApiError;
+
+/// The process-wide Prometheus recorder (installed once, shared by every server in a process).
+pub fn metrics_handle() -> PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            let latency = [
+                0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
+                0.25, 0.5, 1.0, 2.5,
+            ];
+            let sizes = [
+                1.0, 2.0, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0,
+                10000.0,
+            ];
+            let builder = PrometheusBuilder::new()
+                .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), &latency)
+                .and_then(|b| b.set_buckets_for_metric(Matcher::Suffix("_records".into()), &sizes));
+            let recorder = match builder {
+                Ok(b) => b.build_recorder(),
+                Err(_) => PrometheusBuilder::new().build_recorder(),
+            };
+            let handle = recorder.handle();
+            let _ = metrics::set_global_recorder(recorder);
+            metrics::describe_counter!(
+                "storeline_ingest_requests_total",
+                "Ingest requests by endpoint and outcome"
+            );
+            metrics::describe_counter!(
+                "storeline_ingest_events_total",
+                "Ingested events by outcome"
+            );
+            metrics::describe_histogram!(
+                "storeline_log_append_seconds",
+                "Append latency: queued to durable"
+            );
+            metrics::describe_histogram!(
+                "storeline_log_fsync_seconds",
+                "fdatasync latency per batch"
+            );
+            metrics::describe_histogram!(
+                "storeline_log_batch_records",
+                "Records per group-commit batch"
+            );
+            metrics::describe_gauge!("storeline_log_bytes", "Bytes of record data per partition");
+            metrics::describe_gauge!("storeline_dedup_entries", "Keys in the dedup index");
+            handle
+        })
+        .clone()
+}
+
+pub async fn render_metrics(handle: PrometheusHandle) -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        handle.render(),
+    )
+        .into_response()
+}
+
+pub async fn healthz() -> Response {
+    axum::Json(json!({ "status": "ok" })).into_response()
+}
+
+pub async fn readyz(State(state): State<SharedState>) -> Response {
+    let mut problems = Vec::new();
+    if *state.shutdown.borrow() {
+        problems.push("shutting down".to_owned());
+    }
+    for p in 0..state.log.partitions() {
+        if let Some(h) = state.log.health(p) {
+            problems.push(format!("partition {p}: {h}"));
+        }
+    }
+    if problems.is_empty() {
+        axum::Json(json!({ "status": "ready" })).into_response()
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            axum::Json(json!({ "status": "not_ready", "problems": problems })),
+        )
+            .into_response()
+    }
+}
+
+pub async fn openapi() -> Response {
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        include_str!("openapi.json"),
+    )
+        .into_response()
+}
+
+pub async fn not_found(uri: Uri) -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "not_found",
+        format!("no such endpoint: {}; see /v1/openapi.json", uri.path()),
+    )
+}
+
+pub async fn method_not_allowed(uri: Uri) -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        format!(
+            "this method is not supported on {}; see /v1/openapi.json",
+            uri.path()
+        ),
+    )
+}
