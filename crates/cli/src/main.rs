@@ -2,6 +2,10 @@
 //! running server (`send`, `tail`), offline tools on a data directory (`keys`, `log verify`),
 //! or generators and benchmarks (`gen`, `bench`).
 
+/// mimalloc: allocation was a fifth of the ingest path's CPU with the system allocator.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 mod bench;
 mod client;
 mod traffic;

@@ -91,8 +91,13 @@ trait Check {
 }
 
 fn check<T: for<'de> Deserialize<'de> + Check>(ty: &str, raw: &str) -> Result<(), Vec<FieldError>> {
-    let de = &mut serde_json::Deserializer::from_str(raw);
-    match serde_path_to_error::deserialize::<_, T>(de) {
+    // The happy path parses plainly; only a failure is parsed again with path tracking, which
+    // costs a third of the validation time.
+    let parsed = serde_json::from_str::<T>(raw).or_else(|_| {
+        let de = &mut serde_json::Deserializer::from_str(raw);
+        serde_path_to_error::deserialize::<_, T>(de)
+    });
+    match parsed {
         Ok(payload) => {
             let mut errors = Vec::new();
             payload.check(&mut errors);

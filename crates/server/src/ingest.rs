@@ -368,6 +368,7 @@ pub async fn store(state: &AppState, events: Vec<Event>) -> Result<Vec<Ack>, Api
     };
     let received_at = Utc::now();
     let received_ms = received_at.timestamp_millis();
+    let received_text = storeline_event::format_time(&received_at);
     let partitions = state.log.partitions();
     let mut groups: BTreeMap<u32, (Vec<usize>, Vec<Record>)> = BTreeMap::new();
     for (i, ev) in events.iter().enumerate() {
@@ -381,7 +382,7 @@ pub async fn store(state: &AppState, events: Vec<Event>) -> Result<Vec<Ack>, Api
         g.1.push(Record {
             timestamp: received_ms,
             key: Bytes::copy_from_slice(key.as_bytes()),
-            value: Bytes::from(ev.to_stored_json(received_at)),
+            value: Bytes::from(ev.to_stored_json_at(&received_text)),
         });
     }
     let appends = groups.into_iter().map(|(p, (idx, records))| {
@@ -442,8 +443,19 @@ pub async fn store(state: &AppState, events: Vec<Event>) -> Result<Vec<Ack>, Api
     Ok(acks)
 }
 
-/// The JSON answer to an accepted request.
-pub fn ack_body(acks: &[Ack]) -> serde_json::Value {
+/// The JSON answer to an accepted request, serialized straight from the acks.
+pub fn ack_body(acks: &[Ack]) -> Vec<u8> {
+    #[derive(Serialize)]
+    struct Body<'a> {
+        accepted: usize,
+        duplicates: usize,
+        events: &'a [Ack],
+    }
     let duplicates = acks.iter().filter(|a| a.duplicate).count();
-    json!({ "accepted": acks.len() - duplicates, "duplicates": duplicates, "events": acks })
+    let body = Body {
+        accepted: acks.len() - duplicates,
+        duplicates,
+        events: acks,
+    };
+    serde_json::to_vec(&body).unwrap_or_default()
 }

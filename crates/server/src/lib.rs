@@ -309,7 +309,12 @@ async fn post_events(State(state): State<SharedState>, headers: HeaderMap, body:
         let bytes = read_body(&headers, body, state.config.ingest.max_body_bytes).await?;
         let events = ingest::parse_events(&headers, &bytes, &state)?;
         let acks = store_detached(&state, events).await?;
-        Ok(axum::Json(ingest::ack_body(&acks)).into_response())
+        let body = ingest::ack_body(&acks);
+        Ok((
+            [(axum::http::header::CONTENT_TYPE, "application/json")],
+            body,
+        )
+            .into_response())
     }
     .await;
     count_request("events", &result);
