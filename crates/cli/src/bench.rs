@@ -263,21 +263,22 @@ async fn closed_loop(
     Ok(total)
 }
 
-/// Open loop: `rate` single events per second spread over `conns` connections, each on a fixed
-/// schedule; latency counts from the scheduled time.
+/// Open loop: `rate` events per second in requests of `batch`, spread over `conns` connections,
+/// each on a fixed schedule; latency counts from the scheduled time.
 async fn open_loop(
     server: &Server,
     run: &str,
     conns: usize,
+    batch: usize,
     rate: f64,
     secs: u64,
 ) -> Result<Outcome> {
-    let per_conn = rate / conns as f64;
+    let per_conn = rate / batch as f64 / conns as f64;
     let interval = Duration::from_secs_f64(1.0 / per_conn.max(1e-3));
     let started = Instant::now();
     let end = started + Duration::from_secs(secs);
     let counter = Arc::new(AtomicU64::new(0));
-    let template = Arc::new(Template::new(run, 1));
+    let template = Arc::new(Template::new(run, batch));
     let mut tasks = Vec::new();
     for c in 0..conns {
         let mut conn = Conn::open(&server.addr, &server.key).await?;
@@ -290,10 +291,10 @@ async fn open_loop(
             let mut next = started + offset;
             while next < end {
                 tokio::time::sleep_until(next.into()).await;
-                let body = template.render(counter.fetch_add(1, Ordering::Relaxed));
-                conn.post(body, false).await?;
+                let body = template.render(counter.fetch_add(batch as u64, Ordering::Relaxed));
+                conn.post(body, batch > 1).await?;
                 out.latencies_us.push(next.elapsed().as_micros() as u64);
-                out.events += 1;
+                out.events += batch as u64;
                 out.requests += 1;
                 next += interval;
             }
@@ -342,34 +343,54 @@ pub async fn ingest(args: IngestArgs) -> Result<()> {
     // Warm up connections, page cache and the dedup index.
     closed_loop(&server, "warm", 4, 100, 1).await?;
     println!(
-        "{:<44} {:>11} {:>9} {:>8} {:>8} {:>9} {:>10}",
+        "{:<52} {:>11} {:>9} {:>8} {:>8} {:>9} {:>10}",
         "scenario", "events/s", "req/s", "p50 ms", "p99 ms", "fsyncs/s", "ev/batch"
     );
-    let mut single_max = 0.0;
+    let mut max = [0.0f64; 3];
     let scenarios: [(&str, usize, usize); 3] = [
         ("NDJSON batches of 1000", args.batch_connections, 1000),
         ("NDJSON batches of 100", args.batch_connections * 2, 100),
         ("single events", args.connections, 1),
     ];
-    for (name, conns, batch) in scenarios {
+    for (i, (name, conns, batch)) in scenarios.into_iter().enumerate() {
         let before = server_counters(&server).await;
         let mut o = closed_loop(&server, &format!("b{batch}"), conns, batch, args.seconds).await?;
         let after = server_counters(&server).await;
         print_row(&format!("{name} ({conns} conns)"), &mut o, before, after);
-        if batch == 1 {
-            single_max = o.rate();
-        }
+        max[i] = o.rate();
     }
-    let half = single_max / 2.0;
-    let before = server_counters(&server).await;
-    let mut o = open_loop(&server, "half", args.connections, half, args.seconds).await?;
-    let after = server_counters(&server).await;
-    print_row(
-        &format!("single events at 50% of max ({:.0}/s, open loop)", half),
-        &mut o,
-        before,
-        after,
-    );
+    for (name, conns, batch, rate) in [
+        (
+            "batches of 100 at 50% of max",
+            args.batch_connections * 2,
+            100,
+            max[1] / 2.0,
+        ),
+        (
+            "single events at 50% of max",
+            args.connections,
+            1,
+            max[2] / 2.0,
+        ),
+    ] {
+        let before = server_counters(&server).await;
+        let mut o = open_loop(
+            &server,
+            &format!("half{batch}"),
+            conns,
+            batch,
+            rate,
+            args.seconds,
+        )
+        .await?;
+        let after = server_counters(&server).await;
+        print_row(
+            &format!("{name} ({rate:.0}/s, open loop)"),
+            &mut o,
+            before,
+            after,
+        );
+    }
     Ok(())
 }
 
@@ -379,7 +400,7 @@ fn print_row(name: &str, o: &mut Outcome, before: (f64, f64, f64), after: (f64, 
     let per_batch = (after.1 - before.1) / (after.2 - before.2).max(1.0);
     let (p50, p99) = (o.pct(0.5), o.pct(0.99));
     println!(
-        "{:<44} {:>11.0} {:>9.0} {:>8.2} {:>8.2} {:>9.0} {:>10.1}",
+        "{:<52} {:>11.0} {:>9.0} {:>8.2} {:>8.2} {:>9.0} {:>10.1}",
         name,
         o.rate(),
         o.requests as f64 / secs,

@@ -105,6 +105,10 @@ pub struct LogConfig {
     pub segment_bytes: u64,
     pub max_batch_bytes: u64,
     pub fsync: bool,
+    /// How long events are kept: whole segments older than this are deleted. `"forever"` keeps
+    /// everything. Must be at least `ingest.dedup_window`.
+    #[serde(with = "retention_str")]
+    pub retention: Option<Duration>,
 }
 
 impl Default for LogConfig {
@@ -116,6 +120,7 @@ impl Default for LogConfig {
             segment_bytes: f.segment_bytes,
             max_batch_bytes: f.max_batch_bytes,
             fsync: f.fsync,
+            retention: None,
         }
     }
 }
@@ -169,6 +174,32 @@ mod humantime_serde_str {
     }
 }
 
+/// `"forever"` or a duration.
+mod retention_str {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+        match d {
+            None => s.serialize_str("forever"),
+            Some(d) => s.serialize_str(&humantime::format_duration(*d).to_string()),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+        let s = String::deserialize(d)?;
+        if s == "forever" {
+            return Ok(None);
+        }
+        humantime::parse_duration(&s).map(Some).map_err(|e| {
+            serde::de::Error::custom(format!(
+                "'{s}' is not a duration ({e}); write e.g. \"30days\" or \"forever\""
+            ))
+        })
+    }
+}
+
 /// Errors of loading a configuration.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -216,6 +247,15 @@ impl Config {
             problems.push(format!(
                 "ingest.dedup_window: must be at least 7 days, got {}",
                 humantime::format_duration(self.ingest.dedup_window)
+            ));
+        }
+        if let Some(r) = self.log.retention
+            && r < self.ingest.dedup_window
+        {
+            problems.push(format!(
+                "log.retention: must be at least ingest.dedup_window ({}), got {}",
+                humantime::format_duration(self.ingest.dedup_window),
+                humantime::format_duration(r)
             ));
         }
         if self.ingest.max_event_bytes == 0

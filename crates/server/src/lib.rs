@@ -366,6 +366,34 @@ async fn rebuild_dedup(state: &AppState) -> (u64, u32) {
     (events, skipped)
 }
 
+/// Deletes what is older than the retention, through the log's `trim` (whole segments).
+async fn apply_retention(state: &AppState, retention: Duration) {
+    let cutoff = chrono::Utc::now().timestamp_millis() - retention.as_millis() as i64;
+    for p in 0..state.log.partitions() {
+        let result = async {
+            let before = state.log.offset_for_time(p, cutoff).await?;
+            let old_start = state.log.bounds(p)?.start;
+            let start = state.log.trim(p, before).await?;
+            Ok::<_, storeline_log::Error>((old_start, start))
+        }
+        .await;
+        match result {
+            Ok((old, new)) if new > old => {
+                tracing::info!(
+                    partition = p,
+                    dropped = new - old,
+                    start = new,
+                    "retention removed old segments"
+                )
+            }
+            Ok(_) => {}
+            Err(e) => {
+                tracing::warn!(partition = p, error = %e, "retention could not trim this partition")
+            }
+        }
+    }
+}
+
 /// Periodic chores: pick up key changes, drop expired dedup days, keep histograms bounded.
 async fn background(state: SharedState, metrics: metrics_exporter_prometheus::PrometheusHandle) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
@@ -381,6 +409,11 @@ async fn background(state: SharedState, metrics: metrics_exporter_prometheus::Pr
         }
         if n % 3600 == 1 {
             state.dedup.expire(chrono::Utc::now().timestamp_millis());
+        }
+        if n.is_multiple_of(60)
+            && let Some(retention) = state.config.log.retention
+        {
+            apply_retention(&state, retention).await;
         }
     }
 }
