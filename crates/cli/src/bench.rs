@@ -312,8 +312,9 @@ async fn open_loop(
     Ok(total)
 }
 
-/// Reads `storeline_log_fsync_seconds_count` and `storeline_log_batch_records_{sum,count}`.
-async fn server_counters(server: &Server) -> (f64, f64, f64) {
+/// Reads `storeline_log_fsync_seconds_count`, `storeline_log_batch_records_{sum,count}` and how
+/// many requests took the server over 100 ms.
+async fn server_counters(server: &Server) -> (f64, f64, f64, f64) {
     let text = match reqwest::get(format!("http://{}/metrics", server.addr)).await {
         Ok(r) => r.text().await.unwrap_or_default(),
         Err(_) => String::new(),
@@ -328,6 +329,8 @@ async fn server_counters(server: &Server) -> (f64, f64, f64) {
         get("storeline_log_fsync_seconds_count"),
         get("storeline_log_batch_records_sum"),
         get("storeline_log_batch_records_count"),
+        get("storeline_ingest_request_seconds_count")
+            - get("storeline_ingest_request_seconds_bucket{le=\"0.1\"}"),
     )
 }
 
@@ -343,8 +346,8 @@ pub async fn ingest(args: IngestArgs) -> Result<()> {
     // Warm up connections, page cache and the dedup index.
     closed_loop(&server, "warm", 4, 100, 1).await?;
     println!(
-        "{:<52} {:>11} {:>9} {:>8} {:>8} {:>9} {:>10}",
-        "scenario", "events/s", "req/s", "p50 ms", "p99 ms", "fsyncs/s", "ev/batch"
+        "{:<52} {:>11} {:>9} {:>8} {:>8} {:>9} {:>10} {:>10}",
+        "scenario", "events/s", "req/s", "p50 ms", "p99 ms", "fsyncs/s", "ev/batch", "srv>100ms"
     );
     let mut max = [0.0f64; 3];
     let scenarios: [(&str, usize, usize); 3] = [
@@ -394,19 +397,25 @@ pub async fn ingest(args: IngestArgs) -> Result<()> {
     Ok(())
 }
 
-fn print_row(name: &str, o: &mut Outcome, before: (f64, f64, f64), after: (f64, f64, f64)) {
+fn print_row(
+    name: &str,
+    o: &mut Outcome,
+    before: (f64, f64, f64, f64),
+    after: (f64, f64, f64, f64),
+) {
     let secs = o.elapsed.as_secs_f64().max(1e-9);
     let fsyncs = (after.0 - before.0) / secs;
     let per_batch = (after.1 - before.1) / (after.2 - before.2).max(1.0);
     let (p50, p99) = (o.pct(0.5), o.pct(0.99));
     println!(
-        "{:<52} {:>11.0} {:>9.0} {:>8.2} {:>8.2} {:>9.0} {:>10.1}",
+        "{:<52} {:>11.0} {:>9.0} {:>8.2} {:>8.2} {:>9.0} {:>10.1} {:>10.0}",
         name,
         o.rate(),
         o.requests as f64 / secs,
         p50,
         p99,
         fsyncs,
-        per_batch
+        per_batch,
+        after.3 - before.3
     );
 }

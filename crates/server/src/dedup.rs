@@ -11,6 +11,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::hash::{BuildHasherDefault, Hasher};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use parking_lot::Mutex;
@@ -56,15 +57,39 @@ pub enum Slot {
     SameAs(usize),
 }
 
+/// One shard of the index. Sharding bounds the pause of a hash-map resize: one big map holding
+/// millions of keys took about a second to grow, under the lock every request needs.
 #[derive(Default)]
-struct Inner {
+struct Shard {
     days: BTreeMap<i64, KeyMap<Position>>,
     in_flight: KeyMap<watch::Receiver<()>>,
-    entries: usize,
+}
+
+impl Shard {
+    fn lookup(&self, key: u128) -> Option<Position> {
+        self.days.values().rev().find_map(|m| m.get(&key).copied())
+    }
+
+    /// Returns whether the key is new.
+    fn insert(&mut self, key: u128, pos: Position, received_ms: i64) -> bool {
+        self.days
+            .entry(received_ms.div_euclid(DAY_MS))
+            .or_default()
+            .insert(key, pos)
+            .is_none()
+    }
+}
+
+const SHARDS: usize = 64;
+
+/// The shard of a key: its high bits (the maps hash with its low bits).
+fn shard_of(key: u128) -> usize {
+    ((key >> 64) as usize) % SHARDS
 }
 
 pub struct Dedup {
-    inner: Mutex<Inner>,
+    shards: Vec<Mutex<Shard>>,
+    entries: AtomicUsize,
     window_ms: i64,
     entries_gauge: metrics::Gauge,
 }
@@ -78,72 +103,82 @@ pub struct Reservation<'a> {
 
 impl Drop for Reservation<'_> {
     fn drop(&mut self) {
-        let mut inner = self.dedup.inner.lock();
-        for k in &self.keys {
-            inner.in_flight.remove(k);
-        }
+        self.dedup.release(&self.keys);
     }
 }
 
 impl Dedup {
     pub fn new(window: Duration) -> Self {
         Dedup {
-            inner: Mutex::default(),
+            shards: (0..SHARDS).map(|_| Mutex::default()).collect(),
+            entries: AtomicUsize::new(0),
             window_ms: window.as_millis() as i64,
             entries_gauge: metrics::gauge!("storeline_dedup_entries"),
         }
     }
 
-    fn lookup(inner: &Inner, key: u128) -> Option<Position> {
-        inner.days.values().rev().find_map(|m| m.get(&key).copied())
-    }
-
     /// Records a stored event (used when rebuilding from the log and after appends).
     pub fn insert(&self, key: u128, pos: Position, received_ms: i64) {
-        let mut inner = self.inner.lock();
-        Self::insert_locked(&mut inner, key, pos, received_ms);
+        if self.shards[shard_of(key)]
+            .lock()
+            .insert(key, pos, received_ms)
+        {
+            self.entries.fetch_add(1, Ordering::Relaxed);
+        }
     }
 
-    fn insert_locked(inner: &mut Inner, key: u128, pos: Position, received_ms: i64) {
-        if inner
-            .days
-            .entry(received_ms.div_euclid(DAY_MS))
-            .or_default()
-            .insert(key, pos)
-            .is_none()
-        {
-            inner.entries += 1;
+    fn release(&self, keys: &[u128]) {
+        for k in keys {
+            self.shards[shard_of(*k)].lock().in_flight.remove(k);
         }
     }
 
     /// Reserves `keys` for one request, or returns what to wait for first.
+    ///
+    /// Shards are locked one at a time, in ascending order. If a key is in flight for another
+    /// request, whatever this call reserved so far is released and it waits for that request:
+    /// the request that reached the lowest contested shard first always proceeds.
     pub fn reserve(
         &self,
         keys: &[u128],
     ) -> Result<(Vec<Slot>, Reservation<'_>), Vec<watch::Receiver<()>>> {
-        let mut inner = self.inner.lock();
-        let waits: Vec<_> = keys
-            .iter()
-            .filter_map(|k| inner.in_flight.get(k).cloned())
-            .collect();
-        if !waits.is_empty() {
-            return Err(waits);
-        }
         let (tx, rx) = watch::channel(());
-        let mut slots = Vec::with_capacity(keys.len());
+        let mut order: Vec<usize> = (0..keys.len()).collect();
+        // Stable: within a shard, indices stay ascending, so a key's first occurrence comes first.
+        order.sort_by_key(|&i| shard_of(keys[i]));
+        let mut slots = vec![Slot::New; keys.len()];
         let mut first_index: KeyMap<usize> = KeyMap::default();
         let mut reserved = Vec::new();
-        for (i, k) in keys.iter().enumerate() {
-            if let Some(pos) = Self::lookup(&inner, *k) {
-                slots.push(Slot::Stored(pos));
-            } else if let Some(&j) = first_index.get(k) {
-                slots.push(Slot::SameAs(j));
-            } else {
-                first_index.insert(*k, i);
-                inner.in_flight.insert(*k, rx.clone());
-                reserved.push(*k);
-                slots.push(Slot::New);
+        let mut at = 0;
+        while at < order.len() {
+            let shard_no = shard_of(keys[order[at]]);
+            let mut end = at;
+            while end < order.len() && shard_of(keys[order[end]]) == shard_no {
+                end += 1;
             }
+            let mut shard = self.shards[shard_no].lock();
+            let waits: Vec<_> = order[at..end]
+                .iter()
+                .filter_map(|&i| shard.in_flight.get(&keys[i]).cloned())
+                .collect();
+            if !waits.is_empty() {
+                drop(shard);
+                self.release(&reserved);
+                return Err(waits);
+            }
+            for &i in &order[at..end] {
+                let k = keys[i];
+                if let Some(pos) = shard.lookup(k) {
+                    slots[i] = Slot::Stored(pos);
+                } else if let Some(&j) = first_index.get(&k) {
+                    slots[i] = Slot::SameAs(j);
+                } else {
+                    first_index.insert(k, i);
+                    shard.in_flight.insert(k, rx.clone());
+                    reserved.push(k);
+                }
+            }
+            at = end;
         }
         Ok((
             slots,
@@ -163,27 +198,28 @@ impl Dedup {
         stored: &[(u128, Position)],
         received_ms: i64,
     ) {
-        {
-            let mut inner = self.inner.lock();
-            for (k, pos) in stored {
-                Self::insert_locked(&mut inner, *k, *pos, received_ms);
-            }
-            self.entries_gauge.set(inner.entries as f64);
+        for (k, pos) in stored {
+            self.insert(*k, *pos, received_ms);
         }
+        self.entries_gauge
+            .set(self.entries.load(Ordering::Relaxed) as f64);
         drop(reservation);
     }
 
     /// Drops the days that are entirely older than the window.
     pub fn expire(&self, now_ms: i64) {
-        let mut inner = self.inner.lock();
         let oldest_kept = (now_ms - self.window_ms).div_euclid(DAY_MS);
-        let old: Vec<i64> = inner.days.range(..oldest_kept).map(|(d, _)| *d).collect();
-        for d in old {
-            if let Some(m) = inner.days.remove(&d) {
-                inner.entries -= m.len();
+        for shard in &self.shards {
+            let mut shard = shard.lock();
+            let old: Vec<i64> = shard.days.range(..oldest_kept).map(|(d, _)| *d).collect();
+            for d in old {
+                if let Some(m) = shard.days.remove(&d) {
+                    self.entries.fetch_sub(m.len(), Ordering::Relaxed);
+                }
             }
         }
-        self.entries_gauge.set(inner.entries as f64);
+        self.entries_gauge
+            .set(self.entries.load(Ordering::Relaxed) as f64);
     }
 
     pub fn window_ms(&self) -> i64 {
@@ -192,7 +228,7 @@ impl Dedup {
 
     #[cfg(test)]
     pub fn len(&self) -> usize {
-        self.inner.lock().entries
+        self.entries.load(Ordering::Relaxed)
     }
 }
 
@@ -230,6 +266,34 @@ mod tests {
             vec![Slot::New, Slot::New],
             "an abandoned reservation stores nothing"
         );
+    }
+
+    #[test]
+    fn repeats_point_at_the_first_occurrence_across_shards() {
+        let d = Dedup::new(Duration::from_secs(7 * 86400));
+        let keys: Vec<u128> = (0..200u128).map(|i| ((i % 50) << 64) | (i % 50)).collect();
+        let (slots, _r) = d.reserve(&keys).unwrap();
+        for (i, slot) in slots.iter().enumerate() {
+            let expected = if i < 50 {
+                Slot::New
+            } else {
+                Slot::SameAs(i % 50)
+            };
+            assert_eq!(*slot, expected, "index {i}");
+        }
+    }
+
+    #[test]
+    fn a_request_that_must_wait_keeps_no_reservation() {
+        let d = Dedup::new(Duration::from_secs(7 * 86400));
+        let a: u128 = 1 << 64; // shard 1
+        let b: u128 = 2 << 64; // shard 2
+        let (_, held) = d.reserve(&[b]).unwrap();
+        assert!(d.reserve(&[a, b]).is_err(), "b is in flight");
+        // a must not be left reserved by the request that backed off.
+        let (slots, _) = d.reserve(&[a]).unwrap();
+        assert_eq!(slots, vec![Slot::New]);
+        drop(held);
     }
 
     #[test]

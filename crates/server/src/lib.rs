@@ -188,6 +188,10 @@ pub async fn run(
         signal_state.shutdown.send_replace(true);
         let _ = stop_tx.send(());
     });
+    // Answers are small and latency matters: no Nagle delay on the responses.
+    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
     let serve = axum::serve(listener, app).with_graceful_shutdown(async move {
         let _ = stop_rx.await;
     });
@@ -302,6 +306,7 @@ pub(crate) fn count_request(endpoint: &'static str, result: &Result<Response, Ap
 }
 
 async fn post_events(State(state): State<SharedState>, headers: HeaderMap, body: Body) -> Response {
+    let started = Instant::now();
     let result = async {
         state
             .keys
@@ -317,6 +322,7 @@ async fn post_events(State(state): State<SharedState>, headers: HeaderMap, body:
             .into_response())
     }
     .await;
+    metrics::histogram!("storeline_ingest_request_seconds").record(started.elapsed().as_secs_f64());
     count_request("events", &result);
     result.unwrap_or_else(IntoResponse::into_response)
 }

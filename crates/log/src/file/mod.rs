@@ -208,6 +208,7 @@ pub(crate) fn create_zeroed(path: &Path, len: u64) -> std::io::Result<()> {
     const CHUNK: usize = 1 << 20;
     const ALIGN: usize = 4096;
     let tmp = path.with_extension("tmp");
+    let started = Instant::now();
     let result = (|| {
         let direct = OpenOptions::new()
             .write(true)
@@ -246,6 +247,7 @@ pub(crate) fn create_zeroed(path: &Path, len: u64) -> std::io::Result<()> {
         f.sync_all()?;
         std::fs::rename(&tmp, path)
     })();
+    tracing::debug!(path = %path.display(), ms = started.elapsed().as_millis() as u64, "zero-filled a segment");
     if result.is_err() {
         let _ = std::fs::remove_file(&tmp);
     }

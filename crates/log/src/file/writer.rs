@@ -48,10 +48,19 @@ pub(super) fn run(p: &Arc<Partition>) {
                 end += 1;
             }
             let round: Vec<Pending> = pending.drain(start..end).collect();
+            let round_started = Instant::now();
             let result = match p.failure_error() {
                 Some(e) => Err(e),
                 None => write_round(p, &round, bytes, &mut buf),
             };
+            if round_started.elapsed().as_millis() >= 100 {
+                tracing::warn!(
+                    partition = p.id,
+                    ms = round_started.elapsed().as_millis() as u64,
+                    appends = round.len(),
+                    "slow group-commit round"
+                );
+            }
             answer(p, round, result);
             let _ = start;
             start = 0;
@@ -127,7 +136,15 @@ fn stop(p: &Partition, reason: String) -> Error {
 fn write_round(p: &Partition, round: &[Pending], bytes: u64, buf: &mut Vec<u8>) -> Result<u64> {
     let mut active = p.active();
     if active.end_pos() + bytes > p.config.segment_bytes {
+        let t = Instant::now();
         active = roll(p, &active)?;
+        if t.elapsed().as_millis() >= 50 {
+            tracing::warn!(
+                partition = p.id,
+                ms = t.elapsed().as_millis() as u64,
+                "slow segment roll"
+            );
+        }
     }
     let pos = active.end_pos();
     let base = active.next_offset();
@@ -138,7 +155,17 @@ fn write_round(p: &Partition, round: &[Pending], bytes: u64, buf: &mut Vec<u8>) 
         active.last_ts().max(i64::MIN + 1),
         round.iter().flat_map(|r| r.records.iter()),
     );
-    if let Err(e) = active.file.write_all_at(buf, pos) {
+    let write_started = Instant::now();
+    let written = active.file.write_all_at(buf, pos);
+    if write_started.elapsed().as_millis() >= 100 {
+        tracing::warn!(
+            partition = p.id,
+            ms = write_started.elapsed().as_millis() as u64,
+            bytes = buf.len(),
+            "slow write to the log"
+        );
+    }
+    if let Err(e) = written {
         if e.kind() == std::io::ErrorKind::StorageFull {
             // Nothing was published; the next round writes over these bytes again.
             return Err(Error::DiskFull {
@@ -159,7 +186,16 @@ fn write_round(p: &Partition, round: &[Pending], bytes: u64, buf: &mut Vec<u8>) 
                 format!("fdatasync of {} failed: {e}", active.path.display()),
             ));
         }
-        metrics::histogram!("storeline_log_fsync_seconds").record(t.elapsed().as_secs_f64());
+        let took = t.elapsed();
+        metrics::histogram!("storeline_log_fsync_seconds").record(took.as_secs_f64());
+        if took.as_millis() >= 100 {
+            tracing::warn!(
+                partition = p.id,
+                ms = took.as_millis() as u64,
+                bytes = buf.len(),
+                "slow fdatasync"
+            );
+        }
     }
     let header =
         format::decode_header(buf).map_err(|e| stop(p, format!("encoded a bad batch: {e:?}")))?;
