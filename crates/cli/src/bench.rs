@@ -221,6 +221,22 @@ impl Outcome {
     }
 }
 
+/// Adds up the connections' outcomes.
+async fn collect(
+    tasks: Vec<tokio::task::JoinHandle<Result<Outcome>>>,
+    started: Instant,
+) -> Result<Outcome> {
+    let mut total = Outcome::default();
+    for t in tasks {
+        let o = t.await??;
+        total.events += o.events;
+        total.requests += o.requests;
+        total.latencies_us.extend(o.latencies_us);
+    }
+    total.elapsed = started.elapsed();
+    Ok(total)
+}
+
 /// Closed loop: each connection sends, waits for the ack, sends again, for `secs`.
 async fn closed_loop(
     server: &Server,
@@ -252,15 +268,7 @@ async fn closed_loop(
             anyhow::Ok(out)
         }));
     }
-    let mut total = Outcome::default();
-    for t in tasks {
-        let o = t.await??;
-        total.events += o.events;
-        total.requests += o.requests;
-        total.latencies_us.extend(o.latencies_us);
-    }
-    total.elapsed = started.elapsed();
-    Ok(total)
+    collect(tasks, started).await
 }
 
 /// Open loop: `rate` events per second in requests of `batch`, spread over `conns` connections,
@@ -301,15 +309,7 @@ async fn open_loop(
             anyhow::Ok(out)
         }));
     }
-    let mut total = Outcome::default();
-    for t in tasks {
-        let o = t.await??;
-        total.events += o.events;
-        total.requests += o.requests;
-        total.latencies_us.extend(o.latencies_us);
-    }
-    total.elapsed = started.elapsed();
-    Ok(total)
+    collect(tasks, started).await
 }
 
 /// Reads `storeline_log_fsync_seconds_count`, `storeline_log_batch_records_{sum,count}` and how

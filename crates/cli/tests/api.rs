@@ -48,16 +48,36 @@ async fn post(env: &Env, ct: &str, body: impl Into<reqwest::Body>) -> (u16, Valu
 }
 
 async fn all_events(env: &Env) -> Vec<Value> {
-    let page: Value = http()
-        .get(format!("{}/v1/events?limit=1000", env.server.url))
-        .bearer_auth(&env.read)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    page["events"].as_array().unwrap().clone()
+    common::all_events(&env.server.url, &env.read).await
+}
+
+/// Reads SSE frames until `got` holds `n` event ids; remembers the last `id:` seen.
+async fn read_sse(
+    body: &mut (impl futures::Stream<Item = reqwest::Result<bytes::Bytes>> + Unpin),
+    n: usize,
+    got: &mut Vec<String>,
+    last_id: &mut Option<String>,
+) {
+    let mut buf = String::new();
+    while got.len() < n {
+        let chunk = tokio::time::timeout(Duration::from_secs(10), body.next())
+            .await
+            .expect("the stream delivers")
+            .unwrap()
+            .unwrap();
+        buf.push_str(&String::from_utf8_lossy(&chunk));
+        while let Some(end) = buf.find("\n\n") {
+            let frame: String = buf.drain(..end + 2).collect();
+            for line in frame.lines() {
+                if let Some(d) = line.strip_prefix("data:") {
+                    let event: Value = serde_json::from_str(d.trim()).unwrap();
+                    got.push(event["id"].as_str().unwrap().to_owned());
+                } else if let Some(i) = line.strip_prefix("id:") {
+                    *last_id = Some(i.trim().to_owned());
+                }
+            }
+        }
+    }
 }
 
 fn order(id: &str, customer: &str) -> Value {
@@ -474,58 +494,12 @@ async fn history_pages_filter_and_the_stream_resumes_with_last_event_id() {
     };
     let mut got = Vec::new();
     let mut last_id = None;
-    let mut buf = String::new();
-    while got.len() < 3 {
-        let chunk = tokio::time::timeout(Duration::from_secs(10), body.next())
-            .await
-            .expect("stream delivers")
-            .unwrap()
-            .unwrap();
-        buf.push_str(&String::from_utf8_lossy(&chunk));
-        while let Some(end) = buf.find("\n\n") {
-            let frame: String = buf.drain(..end + 2).collect();
-            let mut data = None;
-            for line in frame.lines() {
-                if let Some(d) = line.strip_prefix("data:") {
-                    data = Some(d.trim().to_owned());
-                } else if let Some(i) = line.strip_prefix("id:") {
-                    last_id = Some(i.trim().to_owned());
-                }
-            }
-            if let Some(d) = data {
-                got.push(
-                    serde_json::from_str::<Value>(&d).unwrap()["id"]
-                        .as_str()
-                        .unwrap()
-                        .to_owned(),
-                );
-            }
-        }
-    }
+    read_sse(&mut body, 3, &mut got, &mut last_id).await;
     drop(body);
     sender.await.unwrap();
-    let r = stream(last_id).await.unwrap();
+    let r = stream(last_id.clone()).await.unwrap();
     let mut body = r.bytes_stream();
-    let mut buf = String::new();
-    while got.len() < 6 {
-        let chunk = tokio::time::timeout(Duration::from_secs(10), body.next())
-            .await
-            .expect("resumed stream delivers")
-            .unwrap()
-            .unwrap();
-        buf.push_str(&String::from_utf8_lossy(&chunk));
-        while let Some(end) = buf.find("\n\n") {
-            let frame: String = buf.drain(..end + 2).collect();
-            if let Some(d) = frame.lines().find_map(|l| l.strip_prefix("data:")) {
-                got.push(
-                    serde_json::from_str::<Value>(d.trim()).unwrap()["id"]
-                        .as_str()
-                        .unwrap()
-                        .to_owned(),
-                );
-            }
-        }
-    }
+    read_sse(&mut body, 6, &mut got, &mut last_id).await;
     got.sort();
     assert_eq!(
         got,

@@ -99,16 +99,7 @@ async fn a_full_disk_answers_507_keeps_serving_and_recovers_when_space_returns()
     let refused = refused.expect("the disk should have filled up");
     assert!(acked > 0);
     // Still serving: reads work, health is fine, every acknowledged event is there.
-    let page: Value = http()
-        .get(format!("{}/v1/events?limit=1000", server.url))
-        .bearer_auth(&read)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    assert_eq!(page["events"].as_array().unwrap().len(), acked);
+    assert_eq!(common::all_events(&server.url, &read).await.len(), acked);
     assert_eq!(
         http()
             .get(format!("{}/healthz", server.url))
@@ -132,16 +123,10 @@ async fn a_full_disk_answers_507_keeps_serving_and_recovers_when_space_returns()
         reply["accepted"], 20,
         "nothing of the refused batch had been stored"
     );
-    let page: Value = http()
-        .get(format!("{}/v1/events?limit=1000", server.url))
-        .bearer_auth(&read)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    assert_eq!(page["events"].as_array().unwrap().len(), acked + 20);
+    assert_eq!(
+        common::all_events(&server.url, &read).await.len(),
+        acked + 20
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -166,20 +151,7 @@ async fn a_client_that_disconnects_mid_request_stores_nothing_and_disturbs_nobod
     }
     let (status, _) = send(&server.url, &ingest, batch("ok", 3)).await;
     assert_eq!(status, 200);
-    let page: Value = http()
-        .get(format!("{}/v1/events", server.url))
-        .bearer_auth(&read)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let ids: Vec<&str> = page["events"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| e["id"].as_str().unwrap())
-        .collect();
+    let events = common::all_events(&server.url, &read).await;
+    let ids: Vec<&str> = events.iter().map(|e| e["id"].as_str().unwrap()).collect();
     assert_eq!(ids, ["ok-0", "ok-1", "ok-2"]);
 }

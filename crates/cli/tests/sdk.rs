@@ -8,8 +8,7 @@ mod common;
 
 use std::process::Command;
 
-use common::{Server, create_key, http};
-use serde_json::Value;
+use common::{Server, create_key};
 
 fn python(script: &str, url: &str, key: &str) {
     let path = format!("{}/tests/sdk/{script}", env!("CARGO_MANIFEST_DIR"));
@@ -27,19 +26,6 @@ fn python(script: &str, url: &str, key: &str) {
     );
 }
 
-async fn events(url: &str, key: &str) -> Vec<Value> {
-    let page: Value = http()
-        .get(format!("{url}/v1/events?limit=1000"))
-        .bearer_auth(key)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    page["events"].as_array().unwrap().clone()
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn the_segment_python_library_stores_events_mapped_onto_the_catalog() {
     let dir = tempfile::tempdir().unwrap();
@@ -47,7 +33,7 @@ async fn the_segment_python_library_stores_events_mapped_onto_the_catalog() {
     let read = create_key(dir.path(), "read");
     let server = Server::start(dir.path(), &[]);
     python("segment_send.py", &server.url, &ingest);
-    let events = events(&server.url, &read).await;
+    let events = common::all_events(&server.url, &read).await;
     let types: Vec<&str> = events.iter().map(|e| e["type"].as_str().unwrap()).collect();
     for t in [
         "customer.identified",
@@ -91,7 +77,7 @@ async fn the_cloudevents_python_sdk_structured_and_binary_modes_are_stored() {
     let read = create_key(dir.path(), "read");
     let server = Server::start(dir.path(), &[]);
     python("cloudevents_send.py", &server.url, &ingest);
-    let events = events(&server.url, &read).await;
+    let events = common::all_events(&server.url, &read).await;
     assert_eq!(
         events.len(),
         2,

@@ -58,6 +58,61 @@ impl Error {
         matches!(self, Error::DiskFull { .. })
     }
 
+    /// A copy of this error (I/O sources are copied by kind and message), so one failure can be
+    /// given to every append of a batch and kept as a partition's state.
+    pub fn duplicate(&self) -> Error {
+        let io = |e: &std::io::Error| std::io::Error::new(e.kind(), e.to_string());
+        match self {
+            Error::NoSuchPartition {
+                partition,
+                partitions,
+            } => Error::NoSuchPartition {
+                partition: *partition,
+                partitions: *partitions,
+            },
+            Error::OffsetOutOfRange {
+                partition,
+                offset,
+                start,
+                end,
+            } => Error::OffsetOutOfRange {
+                partition: *partition,
+                offset: *offset,
+                start: *start,
+                end: *end,
+            },
+            Error::DiskFull { partition, source } => Error::DiskFull {
+                partition: *partition,
+                source: io(source),
+            },
+            Error::WriterStopped { partition, reason } => Error::WriterStopped {
+                partition: *partition,
+                reason: reason.clone(),
+            },
+            Error::Corrupt {
+                segment,
+                position,
+                offset,
+                reason,
+            } => Error::Corrupt {
+                segment: segment.clone(),
+                position: *position,
+                offset: *offset,
+                reason: reason.clone(),
+            },
+            Error::TooLarge { bytes, limit } => Error::TooLarge {
+                bytes: *bytes,
+                limit: *limit,
+            },
+            Error::Closed => Error::Closed,
+            Error::Io { path, source } => Error::Io {
+                path: path.clone(),
+                source: io(source),
+            },
+            Error::Config(m) => Error::Config(m.clone()),
+        }
+    }
+
     pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
         Error::Io {
             path: path.into(),

@@ -132,3 +132,17 @@ pub async fn read_partition(url: &str, key: &str, partition: u32) -> Vec<serde_j
         out.extend(events);
     }
 }
+
+/// The first page (up to 1000) of `GET /v1/events`, across partitions in arrival order.
+pub async fn all_events(url: &str, key: &str) -> Vec<serde_json::Value> {
+    let page: serde_json::Value = http()
+        .get(format!("{url}/v1/events?limit=1000"))
+        .bearer_auth(key)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    page["events"].as_array().unwrap().clone()
+}

@@ -96,18 +96,6 @@ struct LogMeta {
     partitions: u32,
 }
 
-/// Why a partition cannot be served.
-#[derive(Debug, Clone)]
-enum Failure {
-    Corrupt {
-        segment: PathBuf,
-        position: u64,
-        offset: u64,
-        reason: String,
-    },
-    Stopped(String),
-}
-
 #[derive(Debug)]
 enum Spare {
     Empty,
@@ -132,7 +120,8 @@ struct Partition {
     dir: PathBuf,
     config: FileLogConfig,
     segments: RwLock<Vec<Arc<Segment>>>,
-    failure: RwLock<Option<Failure>>,
+    /// Why this partition cannot be served (corruption found, writer stopped), if it cannot.
+    failure: RwLock<Option<Error>>,
     end_tx: watch::Sender<u64>,
     queue: Mutex<Queue>,
     wake: Condvar,
@@ -151,23 +140,15 @@ impl Partition {
     }
 
     fn failure_error(&self) -> Option<Error> {
-        self.failure.read().as_ref().map(|f| match f {
-            Failure::Corrupt {
-                segment,
-                position,
-                offset,
-                reason,
-            } => Error::Corrupt {
-                segment: segment.clone(),
-                position: *position,
-                offset: *offset,
-                reason: reason.clone(),
-            },
-            Failure::Stopped(reason) => Error::WriterStopped {
-                partition: self.id,
-                reason: reason.clone(),
-            },
-        })
+        self.failure.read().as_ref().map(Error::duplicate)
+    }
+
+    /// Corruption refuses reads too; a stopped writer only refuses appends.
+    fn read_refusal(&self) -> Option<Error> {
+        match &*self.failure.read() {
+            Some(e @ Error::Corrupt { .. }) => Some(e.duplicate()),
+            _ => None,
+        }
     }
 
     fn bounds(&self) -> Bounds {
@@ -419,7 +400,7 @@ fn open_partition(dir: &Path, p: u32, config: &FileLogConfig) -> Result<Partitio
         } else if let Some(nb) = next_base
             && scan_result.next_offset != nb
         {
-            failure = Some(Failure::Corrupt {
+            failure = Some(Error::Corrupt {
                 segment: path.clone(),
                 position: scan_result.end_pos,
                 offset: scan_result.next_offset,
@@ -443,7 +424,7 @@ fn open_partition(dir: &Path, p: u32, config: &FileLogConfig) -> Result<Partitio
             break;
         }
     }
-    if let Some(Failure::Corrupt {
+    if let Some(Error::Corrupt {
         segment,
         position,
         offset,
@@ -491,7 +472,7 @@ fn recover_sealed(
     base: u64,
     len: u64,
     min_ts: i64,
-) -> Result<(Scan, Option<Failure>)> {
+) -> Result<(Scan, Option<Error>)> {
     let (mut result, data_from) = match segment::load_index(path, base, len) {
         Some(index) => {
             let last = *index.last().expect("load_index returns a non-empty index");
@@ -511,7 +492,7 @@ fn recover_sealed(
     };
     let bad = result.bad.take().map(|(position, why)| {
         let _ = data_from;
-        Failure::Corrupt {
+        Error::Corrupt {
             segment: path.to_owned(),
             position,
             offset: result.next_offset,
@@ -530,7 +511,7 @@ fn recover_active(
     min_ts: i64,
     config: &FileLogConfig,
     p: u32,
-) -> Result<(Scan, Option<Failure>)> {
+) -> Result<(Scan, Option<Error>)> {
     use std::os::unix::fs::FileExt;
     let data = read_all(file, path, 0, len)?;
     let mut result = scan(&data, 0, base, min_ts);
@@ -541,7 +522,7 @@ fn recover_active(
             Err(_) => pos_us + 1,
         };
         if let Some(at) = valid_header_after(&data, search_from, result.next_offset) {
-            let failure = Failure::Corrupt {
+            let failure = Error::Corrupt {
                 segment: path.to_owned(),
                 position: pos,
                 offset: result.next_offset,
@@ -624,8 +605,8 @@ impl EventLog for FileLog {
     async fn offset_for_time(&self, partition: u32, timestamp: i64) -> Result<u64> {
         let part = Arc::clone(self.partition(partition)?);
         tokio::task::spawn_blocking(move || {
-            if let Some(Failure::Corrupt { .. }) = &*part.failure.read() {
-                return Err(part.failure_error().expect("failure is set"));
+            if let Some(e) = part.read_refusal() {
+                return Err(e);
             }
             let segs: Vec<Arc<Segment>> = part.segments.read().clone();
             let i = segs.partition_point(|s| s.last_ts() < timestamp);
@@ -696,8 +677,8 @@ impl EventLog for FileLog {
 }
 
 fn read_partition(part: &Partition, from: u64, max: usize) -> Result<Vec<StoredRecord>> {
-    if let Some(Failure::Corrupt { .. }) = &*part.failure.read() {
-        return Err(part.failure_error().expect("failure is set"));
+    if let Some(e) = part.read_refusal() {
+        return Err(e);
     }
     let segs: Vec<Arc<Segment>> = part.segments.read().clone();
     let start = segs.first().map_or(0, |s| s.base_offset);

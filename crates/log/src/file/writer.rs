@@ -18,7 +18,7 @@ use std::time::Instant;
 
 use super::format::{self, HEADER_LEN};
 use super::segment::{Scan, Segment, segment_path};
-use super::{Failure, Partition, Pending, Spare, create_zeroed, now_ms, sync_dir};
+use super::{Partition, Pending, Spare, create_zeroed, now_ms, sync_dir};
 use crate::{AppendAck, Error, Result};
 
 pub(super) fn run(p: &Arc<Partition>) {
@@ -36,18 +36,17 @@ pub(super) fn run(p: &Arc<Partition>) {
                 p.wake.wait(&mut q);
             }
         };
-        let mut start = 0;
-        while start < pending.len() {
+        while !pending.is_empty() {
             // A round: as many queued appends as fit in one batch (always at least one).
-            let mut end = start;
+            let mut end = 0;
             let mut bytes = HEADER_LEN as u64;
             while end < pending.len()
-                && (end == start || bytes + pending[end].bytes <= p.config.max_batch_bytes)
+                && (end == 0 || bytes + pending[end].bytes <= p.config.max_batch_bytes)
             {
                 bytes += pending[end].bytes;
                 end += 1;
             }
-            let round: Vec<Pending> = pending.drain(start..end).collect();
+            let round: Vec<Pending> = pending.drain(..end).collect();
             let round_started = Instant::now();
             let result = match p.failure_error() {
                 Some(e) => Err(e),
@@ -61,16 +60,14 @@ pub(super) fn run(p: &Arc<Partition>) {
                     "slow group-commit round"
                 );
             }
-            answer(p, round, result);
-            let _ = start;
-            start = 0;
+            answer(round, result);
         }
         prepare_spare_if_needed(p);
     }
 }
 
 /// Replies to every append of a round: each gets its slice of the batch's offsets.
-fn answer(p: &Partition, round: Vec<Pending>, result: Result<u64>) {
+fn answer(round: Vec<Pending>, result: Result<u64>) {
     match result {
         Ok(mut base) => {
             for r in round {
@@ -84,48 +81,18 @@ fn answer(p: &Partition, round: Vec<Pending>, result: Result<u64>) {
         }
         Err(e) => {
             for r in round {
-                let _ = r.reply.send(Err(clone_error(&e, p.id)));
+                let _ = r.reply.send(Err(e.duplicate()));
             }
         }
     }
 }
 
-fn clone_error(e: &Error, partition: u32) -> Error {
-    match e {
-        Error::DiskFull { source, .. } => Error::DiskFull {
-            partition,
-            source: std::io::Error::new(source.kind(), source.to_string()),
-        },
-        Error::WriterStopped { reason, .. } => Error::WriterStopped {
-            partition,
-            reason: reason.clone(),
-        },
-        Error::Corrupt {
-            segment,
-            position,
-            offset,
-            reason,
-        } => Error::Corrupt {
-            segment: segment.clone(),
-            position: *position,
-            offset: *offset,
-            reason: reason.clone(),
-        },
-        Error::TooLarge { bytes, limit } => Error::TooLarge {
-            bytes: *bytes,
-            limit: *limit,
-        },
-        Error::Closed => Error::Closed,
-        other => Error::WriterStopped {
-            partition,
-            reason: other.to_string(),
-        },
-    }
-}
-
 fn stop(p: &Partition, reason: String) -> Error {
     tracing::error!(partition = p.id, %reason, "log writer stopped; this partition refuses appends until restarted");
-    *p.failure.write() = Some(Failure::Stopped(reason.clone()));
+    *p.failure.write() = Some(Error::WriterStopped {
+        partition: p.id,
+        reason: reason.clone(),
+    });
     Error::WriterStopped {
         partition: p.id,
         reason,
