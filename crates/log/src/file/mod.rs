@@ -11,6 +11,10 @@
 //! round writes everything queued as ONE batch with one write and one fdatasync, then
 //! acknowledges all of them. One batch per sync is what makes recovery exact: a crash can only
 //! tear the last batch, so a bad batch followed by any valid one is corruption, not a torn tail.
+//!
+//! The one case recovery cannot tell apart: bit rot inside the *last* batch looks exactly like a
+//! torn write, so it is truncated like one (and logged with the byte count). Everything before
+//! the last batch is protected by the "a valid batch follows" rule.
 
 pub mod format;
 pub mod segment;
