@@ -247,15 +247,6 @@ pub struct StoredMeta {
     pub received_at: DateTime<Utc>,
 }
 
-/// The key `(source, id)` is unique on: a 128-bit hash, so the dedup index stays small.
-pub fn dedup_key(source: &str, id: &str) -> u128 {
-    let mut h = xxhash_rust::xxh3::Xxh3::new();
-    h.update(source.as_bytes());
-    h.update(&[0xff]);
-    h.update(id.as_bytes());
-    h.digest128()
-}
-
 fn string_attr(
     errors: &mut Vec<FieldError>,
     field: &str,
@@ -468,10 +459,6 @@ impl Event {
             .as_deref()
             .or(self.subject.as_deref())
             .unwrap_or(&self.id)
-    }
-
-    pub fn dedup_key(&self) -> u128 {
-        dedup_key(&self.source, &self.id)
     }
 
     /// The stored form: the envelope plus `received_at`, as compact JSON.

@@ -247,5 +247,15 @@ async fn many_segments_survive_reopen_and_a_flip_in_a_sealed_one_is_found_on_rea
             other.map(|v| v.len())
         ),
     }
+    // From then on the partition refuses appends too: its dedup entries past the flip are
+    // unreadable, so accepting a retry could store an event twice.
+    assert!(
+        log.health(0)
+            .is_some_and(|h| h.contains("00000000000000000000.log"))
+    );
+    assert!(matches!(
+        log.append(0, records("after", 1, 6000)).await,
+        Err(Error::Corrupt { .. })
+    ));
     assert!(!verify_dir(dir, |_, _| {}).unwrap().ok());
 }

@@ -195,11 +195,16 @@ pub fn revoke_key(path: &Path, id_or_prefix: &str) -> Result<KeyRecord, KeyError
     Ok(record)
 }
 
+/// What identifies one version of the key file: modification time, size, inode.
+type FileStamp = (SystemTime, u64, u64);
+
 /// The server's view of the key file, reloaded when the file changes.
 #[derive(Debug)]
 pub struct KeyStore {
     path: PathBuf,
-    state: RwLock<(Option<SystemTime>, HashMap<String, KeyRecord>)>,
+    /// The file's identity when last read (mtime, size, inode: every write is a rename, so the
+    /// inode changes even when two writes land in one mtime tick), and the keys by hash.
+    state: RwLock<(Option<FileStamp>, HashMap<String, KeyRecord>)>,
 }
 
 impl KeyStore {
@@ -219,11 +224,12 @@ impl KeyStore {
         Ok((store, bootstrap))
     }
 
-    /// Re-reads the key file if its modification time changed.
+    /// Re-reads the key file if it changed (another mtime, size or inode).
     pub fn reload(&self) -> Result<(), KeyError> {
+        use std::os::unix::fs::MetadataExt;
         let mtime = std::fs::metadata(&self.path)
-            .and_then(|m| m.modified())
-            .ok();
+            .ok()
+            .and_then(|m| Some((m.modified().ok()?, m.len(), m.ino())));
         if mtime.is_some() && self.state.read().0 == mtime {
             return Ok(());
         }

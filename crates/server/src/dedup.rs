@@ -88,6 +88,11 @@ fn shard_of(key: u128) -> usize {
 }
 
 pub struct Dedup {
+    /// Two SipHash-1-3 keys drawn at start: the 128-bit key of `(source, id)` cannot be
+    /// predicted, so no producer can craft an id that collides with another's and have that
+    /// event answered as a duplicate without being stored. (The index is rebuilt at each start,
+    /// so the keys need not persist.)
+    hashers: [std::hash::RandomState; 2],
     shards: Vec<Mutex<Shard>>,
     entries: AtomicUsize,
     window_ms: i64,
@@ -110,11 +115,20 @@ impl Drop for Reservation<'_> {
 impl Dedup {
     pub fn new(window: Duration) -> Self {
         Dedup {
+            hashers: [std::hash::RandomState::new(), std::hash::RandomState::new()],
             shards: (0..SHARDS).map(|_| Mutex::default()).collect(),
             entries: AtomicUsize::new(0),
             window_ms: window.as_millis() as i64,
             entries_gauge: metrics::gauge!("storeline_dedup_entries"),
         }
+    }
+
+    /// The index key of an event's `(source, id)`.
+    pub fn key(&self, source: &str, id: &str) -> u128 {
+        use std::hash::BuildHasher;
+        let a = self.hashers[0].hash_one((source, id));
+        let b = self.hashers[1].hash_one((source, id));
+        (u128::from(a) << 64) | u128::from(b)
     }
 
     /// Records a stored event (used when rebuilding from the log and after appends).

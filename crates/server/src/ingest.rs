@@ -355,7 +355,10 @@ fn percent_decode(s: &str) -> String {
 /// All or nothing for validation; for storage, if one partition's append fails the others' may
 /// have succeeded: the error tells the client to retry, and the retry is deduplicated.
 pub async fn store(state: &AppState, events: Vec<Event>) -> Result<Vec<Ack>, ApiError> {
-    let keys: Vec<u128> = events.iter().map(Event::dedup_key).collect();
+    let keys: Vec<u128> = events
+        .iter()
+        .map(|e| state.dedup.key(&e.source, &e.id))
+        .collect();
     let (slots, reservation) = loop {
         match state.dedup.reserve(&keys) {
             Ok(r) => break r,
@@ -414,7 +417,23 @@ pub async fn store(state: &AppState, events: Vec<Event>) -> Result<Vec<Ack>, Api
             .increment((events.len() - stored.len()) as u64);
         metrics::counter!("storeline_ingest_events_total", "outcome" => "stored")
             .increment(stored.len() as u64);
-        return Err(e.into());
+        // Other partitions' appends may have succeeded: say exactly which events are stored, so
+        // the client knows the state; retrying the whole request is safe (they are duplicates).
+        let stored_events: Vec<_> = positions
+            .iter()
+            .enumerate()
+            .filter_map(|(i, p)| p.map(|p| json!({ "index": i, "id": events[i].id, "partition": p.partition, "offset": p.offset })))
+            .collect();
+        let mut err: ApiError = e.into();
+        if !stored_events.is_empty() {
+            err.message = format!(
+                "{} ({} of {} events were stored before the failure: see details.stored; resending the whole request is safe)",
+                err.message,
+                stored_events.len(),
+                events.len()
+            );
+        }
+        return Err(err.with_details(json!({ "stored": stored_events })));
     }
     let mut acks = Vec::with_capacity(events.len());
     let mut duplicates = 0u64;

@@ -348,7 +348,7 @@ async fn rebuild_dedup(state: &AppState) -> (u64, u32) {
                 from = last.offset + 1;
                 for rec in &batch {
                     if let Ok(k) = serde_json::from_slice::<Key<'_>>(&rec.value) {
-                        let key = storeline_event::dedup_key(&k.source, &k.id);
+                        let key = state.dedup.key(&k.source, &k.id);
                         state.dedup.insert(
                             key,
                             Position {

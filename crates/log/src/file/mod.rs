@@ -155,6 +155,19 @@ impl Partition {
         }
     }
 
+    /// Records corruption found by a read: from now on the partition refuses reads and appends
+    /// (an append could otherwise store again an event whose dedup entry the corruption hid).
+    fn note(&self, result: Result<Vec<StoredRecord>>) -> Result<Vec<StoredRecord>> {
+        if let Err(e @ Error::Corrupt { .. }) = &result {
+            tracing::error!(partition = self.id, error = %e, "corruption found while reading: refusing this partition");
+            let mut failure = self.failure.write();
+            if failure.is_none() {
+                *failure = Some(e.duplicate());
+            }
+        }
+        result
+    }
+
     fn bounds(&self) -> Bounds {
         let segs = self.segments.read();
         Bounds {
@@ -313,8 +326,14 @@ impl FileLog {
                 let tmp = meta_path.with_extension("tmp");
                 let body = serde_json::to_vec(&meta).unwrap_or_default();
                 std::fs::write(&tmp, body).map_err(|e| Error::io(&tmp, e))?;
+                File::open(&tmp)
+                    .and_then(|f| f.sync_all())
+                    .map_err(|e| Error::io(&tmp, e))?;
                 std::fs::rename(&tmp, &meta_path).map_err(|e| Error::io(&meta_path, e))?;
                 sync_dir(&dir)?;
+                if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+                    sync_dir(parent)?;
+                }
             }
             Err(e) => return Err(Error::io(&meta_path, e)),
         }
@@ -323,6 +342,8 @@ impl FileLog {
         for p in 0..config.partitions {
             partitions.push(Arc::new(open_partition(&dir, p, &config)?));
         }
+        // The partition directories' entries must survive a power loss like their contents.
+        sync_dir(&dir)?;
         let mut writers = Vec::new();
         for p in &partitions {
             let p = Arc::clone(p);
@@ -551,8 +572,11 @@ fn recover_active(
         let zeros = vec![0u8; (config.segment_bytes - len.max(result.end_pos)) as usize];
         file.write_all_at(&zeros, len.max(result.end_pos))
             .map_err(|e| Error::io(path, e))?;
-        file.sync_all().map_err(|e| Error::io(path, e))?;
     }
+    // What the scan found may still be only in the page cache (a process killed between its
+    // write and its fdatasync). Make it durable before serving it: once readers or the dedup
+    // index have seen an offset, a power loss must not take it back.
+    file.sync_all().map_err(|e| Error::io(path, e))?;
     Ok((result, None))
 }
 
@@ -601,7 +625,7 @@ impl EventLog for FileLog {
 
     async fn read(&self, partition: u32, from: u64, max: usize) -> Result<Vec<StoredRecord>> {
         let part = Arc::clone(self.partition(partition)?);
-        tokio::task::spawn_blocking(move || read_partition(&part, from, max))
+        tokio::task::spawn_blocking(move || part.note(read_partition(&part, from, max)))
             .await
             .map_err(|e| Error::io("", std::io::Error::other(e)))?
     }
@@ -615,8 +639,10 @@ impl EventLog for FileLog {
             let segs: Vec<Arc<Segment>> = part.segments.read().clone();
             let i = segs.partition_point(|s| s.last_ts() < timestamp);
             for s in &segs[i.min(segs.len())..] {
-                if let Some(o) = s.offset_for_time(timestamp)? {
-                    return Ok(o);
+                match s.offset_for_time(timestamp) {
+                    Ok(Some(o)) => return Ok(o),
+                    Ok(None) => {}
+                    Err(e) => return part.note(Err(e)).map(|_| 0),
                 }
             }
             Ok(segs.last().map_or(0, |s| s.next_offset()))

@@ -87,6 +87,16 @@ fn answer(round: Vec<Pending>, result: Result<u64>) {
     }
 }
 
+/// Out of space in any form: the disk (ENOSPC), a quota (EDQUOT), a file size limit (EFBIG).
+/// These answer "disk full" and clear when space returns; other errors stop the writer.
+fn is_disk_full(e: &std::io::Error) -> bool {
+    e.kind() == std::io::ErrorKind::StorageFull
+        || matches!(
+            e.raw_os_error(),
+            Some(libc::ENOSPC | libc::EDQUOT | libc::EFBIG)
+        )
+}
+
 fn stop(p: &Partition, reason: String) -> Error {
     tracing::error!(partition = p.id, %reason, "log writer stopped; this partition refuses appends until restarted");
     *p.failure.write() = Some(Error::WriterStopped {
@@ -133,7 +143,7 @@ fn write_round(p: &Partition, round: &[Pending], bytes: u64, buf: &mut Vec<u8>) 
         );
     }
     if let Err(e) = written {
-        if e.kind() == std::io::ErrorKind::StorageFull {
+        if is_disk_full(&e) {
             // Nothing was published; the next round writes over these bytes again.
             return Err(Error::DiskFull {
                 partition: p.id,
@@ -194,7 +204,7 @@ fn roll(p: &Partition, old: &Arc<Segment>) -> Result<Arc<Segment>> {
         None => create_zeroed(&path, p.config.segment_bytes),
     };
     if let Err(e) = created {
-        if e.kind() == std::io::ErrorKind::StorageFull {
+        if is_disk_full(&e) {
             return Err(Error::DiskFull {
                 partition: p.id,
                 source: e,
