@@ -259,3 +259,45 @@ async fn many_segments_survive_reopen_and_a_flip_in_a_sealed_one_is_found_on_rea
     ));
     assert!(!verify_dir(dir, |_, _| {}).unwrap().ok());
 }
+
+#[tokio::test]
+async fn a_writer_stopped_by_a_storage_error_stays_stopped_across_restarts_until_cleared() {
+    let base = tempfile::tempdir().unwrap();
+    let dir = base.path();
+    let log = FileLog::open(dir, config(2)).unwrap();
+    log.append(0, records("a", 3, 1000)).await.unwrap();
+    log.close().await.unwrap();
+    // What the writer leaves behind when an fsync fails (fsync errors cannot be injected here
+    // without a device-mapper target; the marker is the persistent half of the mechanism).
+    let marker = dir.join("p-000").join(storeline_log::file::STOPPED_MARKER);
+    std::fs::write(&marker, "fdatasync failed: Input/output error\n").unwrap();
+
+    let log = FileLog::open(dir, config(2)).unwrap();
+    let health = log.health(0).expect("the stop survives a restart");
+    assert!(
+        health.contains("Input/output error") && health.contains("WRITER_STOPPED"),
+        "{health}"
+    );
+    assert!(matches!(
+        log.append(0, records("b", 1, 2000)).await,
+        Err(Error::WriterStopped { .. })
+    ));
+    assert_eq!(
+        log.read(0, 0, 10).await.unwrap().len(),
+        3,
+        "what was durable stays readable"
+    );
+    log.append(1, records("other", 1, 2000)).await.unwrap();
+    log.close().await.unwrap();
+
+    std::fs::remove_file(&marker).unwrap();
+    let log = FileLog::open(dir, config(2)).unwrap();
+    assert_eq!(log.health(0), None);
+    assert_eq!(
+        log.append(0, records("c", 1, 3000))
+            .await
+            .unwrap()
+            .base_offset,
+        3
+    );
+}

@@ -35,6 +35,10 @@ use self::format::HEADER_LEN;
 use self::segment::{Scan, Segment, scan, segment_path, valid_header_after};
 use crate::{AppendAck, Bounds, Error, EventLog, Record, Result, StoredRecord};
 
+/// Written into a partition directory when its writer stops on a storage error; while it exists
+/// the partition refuses appends (see `writer::stop`).
+pub const STOPPED_MARKER: &str = "WRITER_STOPPED";
+
 /// Configuration of the embedded log (`[log]` in the config file).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -448,6 +452,20 @@ fn open_partition(dir: &Path, p: u32, config: &FileLogConfig) -> Result<Partitio
         if failure.is_some() {
             break;
         }
+    }
+    let marker = pdir.join(STOPPED_MARKER);
+    if failure.is_none()
+        && let Ok(why) = std::fs::read_to_string(&marker)
+    {
+        failure = Some(Error::WriterStopped {
+            partition: p,
+            reason: format!(
+                "a previous run stopped writing after a storage error ({}); check the disk, run \
+                 `storeline log verify`, then remove {} to accept writes again",
+                why.trim(),
+                marker.display()
+            ),
+        });
     }
     if let Some(Error::Corrupt {
         segment,

@@ -98,7 +98,14 @@ fn is_disk_full(e: &std::io::Error) -> bool {
 }
 
 fn stop(p: &Partition, reason: String) -> Error {
-    tracing::error!(partition = p.id, %reason, "log writer stopped; this partition refuses appends until restarted");
+    tracing::error!(partition = p.id, %reason, "log writer stopped; this partition refuses appends until repaired");
+    // Persist the stop: after a failed fsync the page cache may hold bytes the disk never got,
+    // and a restart on the same boot would read and serve them. The marker keeps the partition
+    // refused across restarts until an operator has checked the disk and removed it.
+    let marker = p.dir.join(super::STOPPED_MARKER);
+    let _ = std::fs::write(&marker, format!("{reason}\n"))
+        .and_then(|()| std::fs::File::open(&marker)?.sync_all());
+    let _ = super::sync_dir(&p.dir);
     *p.failure.write() = Some(Error::WriterStopped {
         partition: p.id,
         reason: reason.clone(),
