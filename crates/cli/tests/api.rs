@@ -571,6 +571,13 @@ async fn operations_endpoints_report_health_and_metrics() {
         r.json::<Value>().await.unwrap()["error"]["code"],
         "not_found"
     );
-    let events = read_partition(url, &env.read, 0).await;
-    let _ = events;
+    // Reading by partition finds the event in the partition its acknowledgement named.
+    let (_, ack) = post(&env, "application/json", order("m2", "cus-m").to_string()).await;
+    let p = ack["events"][0]["partition"].as_u64().unwrap() as u32;
+    let found = read_partition(url, &env.read, p).await;
+    assert!(
+        found
+            .iter()
+            .any(|e| e["id"] == "m2" && e["offset"] == ack["events"][0]["offset"])
+    );
 }

@@ -239,14 +239,6 @@ impl PartialEq for Event {
     }
 }
 
-/// Where and when a stored event landed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct StoredMeta {
-    pub partition: u32,
-    pub offset: u64,
-    pub received_at: DateTime<Utc>,
-}
-
 fn string_attr(
     errors: &mut Vec<FieldError>,
     field: &str,
@@ -476,22 +468,8 @@ impl Event {
             &Stored {
                 event: self,
                 received_at,
-                meta: None,
             },
         );
-        out
-    }
-
-    /// The API form: the envelope plus `partition`, `offset` and `received_at`.
-    pub fn to_json_with_meta(&self, meta: StoredMeta) -> Vec<u8> {
-        let mut out = Vec::with_capacity(256 + self.data.as_ref().map_or(0, |d| d.get().len()));
-        let received_at = format_time(&meta.received_at);
-        let stored = Stored {
-            event: self,
-            received_at: &received_at,
-            meta: Some(meta),
-        };
-        let _ = serde_json::to_writer(&mut out, &stored);
         out
     }
 
@@ -536,7 +514,6 @@ pub fn splice_position(stored: &[u8], partition: u32, offset: u64) -> Vec<u8> {
 struct Stored<'a> {
     event: &'a Event,
     received_at: &'a str,
-    meta: Option<StoredMeta>,
 }
 
 /// The one timestamp format Storeline writes: RFC 3339, UTC, `Z`, only the fraction digits needed.
@@ -548,10 +525,6 @@ impl Serialize for Stored<'_> {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         let e = self.event;
         let mut m = s.serialize_map(None)?;
-        if let Some(meta) = &self.meta {
-            m.serialize_entry("partition", &meta.partition)?;
-            m.serialize_entry("offset", &meta.offset)?;
-        }
         m.serialize_entry("specversion", SPECVERSION)?;
         m.serialize_entry("id", &e.id)?;
         m.serialize_entry("source", &e.source)?;

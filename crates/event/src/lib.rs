@@ -14,7 +14,7 @@ pub mod segment;
 pub use catalog::{CATALOG, is_catalog_type, validate_data};
 pub use envelope::{
     Defaults, Event, ExtensionValue, Incoming, Mode, RESERVED_ATTRIBUTES, SPECVERSION, Scalar,
-    StoredMeta, format_time, splice_position,
+    format_time, splice_position,
 };
 pub use error::FieldError;
 pub use money::{Currency, Money, currency_exponent};

@@ -24,7 +24,7 @@ use storeline_log::{EventLog, StoredRecord};
 
 use crate::auth::Scope;
 use crate::error::ApiError;
-use crate::{AppState, Log, SharedState};
+use crate::{Log, SharedState};
 
 const READ_CHUNK: usize = 256;
 const MAX_LIMIT: usize = 1000;
@@ -469,18 +469,6 @@ impl StreamState {
                 _ = self.shutdown.changed() => return None,
             }
         }
-    }
-}
-
-impl AppState {
-    /// For tests and tools: every stored event of a partition from an offset.
-    pub async fn read_partition(
-        &self,
-        p: u32,
-        from: u64,
-        max: usize,
-    ) -> Result<Vec<StoredRecord>, ApiError> {
-        Ok(self.log.read(p, from, max).await?)
     }
 }
 
