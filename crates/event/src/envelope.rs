@@ -430,6 +430,7 @@ impl Event {
         if !errors.is_empty() {
             return Err(errors);
         }
+        let data = inc.data.map(compact);
         Ok(Event {
             id: id.unwrap_or_else(|| EventId::generate().into_string()),
             source: source.unwrap_or_else(|| defaults.source.clone()),
@@ -439,7 +440,7 @@ impl Event {
             partitionkey,
             datacontenttype,
             dataschema,
-            data: inc.data,
+            data,
             data_base64,
             extensions,
         })
@@ -502,6 +503,36 @@ impl Event {
     }
 }
 
+/// Removes the whitespace outside strings from JSON that has line breaks, so that every stored
+/// event is one line (NDJSON exports, `storeline tail`). Values are kept exactly as sent (no
+/// re-parse into numbers); already compact payloads pay only a scan for a line break.
+fn compact(raw: Box<RawValue>) -> Box<RawValue> {
+    let text = raw.get();
+    if !text.contains(['\n', '\r']) {
+        return raw;
+    }
+    let mut out = String::with_capacity(text.len());
+    let (mut in_string, mut escaped) = (false, false);
+    for c in text.chars() {
+        if in_string {
+            out.push(c);
+            if escaped {
+                escaped = false;
+            } else if c == '\\' {
+                escaped = true;
+            } else if c == '"' {
+                in_string = false;
+            }
+        } else if c == '"' {
+            in_string = true;
+            out.push(c);
+        } else if !c.is_ascii_whitespace() {
+            out.push(c);
+        }
+    }
+    RawValue::from_string(out).unwrap_or(raw)
+}
+
 /// Splices `"partition":P,"offset":O,` into a stored event's JSON, giving the API form without a
 /// parse and re-serialize. The stored form is always a JSON object written by Storeline.
 pub fn splice_position(stored: &[u8], partition: u32, offset: u64) -> Vec<u8> {
@@ -553,5 +584,26 @@ impl Serialize for Stored<'_> {
             m.serialize_entry("data_base64", v)?;
         }
         m.end()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pretty_printed_data_is_stored_on_one_line_with_its_strings_intact() {
+        let body = "{\"type\":\"x.y\",\"data\":{\n  \"a\": [1, 2.50, 1e3],\n  \"s\": \"two  spaces \\\" q\\n\"\n}}";
+        let inc: Incoming = serde_json::from_str(body).unwrap();
+        let defaults = Defaults {
+            source: "s".into(),
+            now: Utc::now(),
+        };
+        let ev = Event::from_incoming(inc, Mode::Plain, &defaults).unwrap();
+        assert_eq!(
+            ev.data.as_ref().unwrap().get(),
+            r#"{"a":[1,2.50,1e3],"s":"two  spaces \" q\n"}"#
+        );
+        assert!(!ev.to_stored_json(Utc::now()).contains(&b'\n'));
     }
 }
