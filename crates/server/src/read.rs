@@ -135,15 +135,20 @@ impl Filter {
 /// Interleaves partitions by record timestamp (then partition), from a cursor, up to the ends
 /// it was last refreshed to.
 pub struct Merger {
+    /// Records fetched per partition at a time.
+    chunk: usize,
     positions: Vec<(u32, u64)>,
     ends: Vec<u64>,
     buffers: Vec<VecDeque<StoredRecord>>,
 }
 
 impl Merger {
-    pub fn new(cursor: Cursor) -> Merger {
+    /// `chunk`: records to fetch per partition at a time (a small page needs no more than its
+    /// size from each partition).
+    pub fn new(cursor: Cursor, chunk: usize) -> Merger {
         let n = cursor.0.len();
         Merger {
+            chunk: chunk.clamp(1, READ_CHUNK),
             positions: cursor.0,
             ends: vec![0; n],
             buffers: (0..n).map(|_| VecDeque::new()).collect(),
@@ -188,7 +193,7 @@ impl Merger {
         for i in 0..self.positions.len() {
             let (p, pos) = self.positions[i];
             if self.buffers[i].is_empty() && pos < self.ends[i] {
-                let want = READ_CHUNK.min((self.ends[i] - pos) as usize);
+                let want = self.chunk.min((self.ends[i] - pos) as usize);
                 self.buffers[i].extend(log.read(p, pos, want).await?);
             }
         }
@@ -312,7 +317,10 @@ pub async fn get_events(
         (None, None, None) => start_cursor(log, q.partition, From::Earliest).await?,
     };
     let filter = Filter::new(q.ty.as_deref(), q.subject);
-    let mut merger = Merger::new(cursor);
+    // Unfiltered, a page takes at most `limit` records from any partition; filtered, it may
+    // have to scan many more, so it reads in full chunks.
+    let chunk = if filter.is_empty() { limit } else { READ_CHUNK };
+    let mut merger = Merger::new(cursor, chunk);
     merger.refresh(log)?;
     let mut body = Vec::with_capacity(limit * 400);
     body.extend_from_slice(b"{\"events\":[");
@@ -391,7 +399,7 @@ pub async fn stream(
             start_cursor(log, q.partition, From::Time(parse_time("from", t)?)).await?
         }
     };
-    let mut merger = Merger::new(cursor);
+    let mut merger = Merger::new(cursor, READ_CHUNK);
     merger.refresh(log)?;
     let watchers = merger
         .positions

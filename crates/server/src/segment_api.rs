@@ -70,20 +70,27 @@ async fn handle(
         let total = messages.len();
         let mut events = Vec::with_capacity(total);
         let mut errors = Vec::new();
+        let limit = state.config.ingest.max_event_bytes;
         for (index, msg) in messages.iter().enumerate() {
-            let size = msg.to_string().len();
-            if size > state.config.ingest.max_event_bytes {
-                return Err(ApiError::too_large(&format!("message {index} ({size} bytes)"), state.config.ingest.max_event_bytes));
+            let envelope = match map_message(kind, msg, &opts) {
+                Ok(envelope) => envelope.to_string(),
+                Err(e) => {
+                    errors.push(EventError { index, line: None, field: e.field, reason: e.reason });
+                    continue;
+                }
+            };
+            // The mapped envelope is what would be stored, so that is what the limit measures.
+            if envelope.len() > limit {
+                return Err(ApiError::too_large(&format!("message {index} ({} bytes)", envelope.len()), limit));
             }
-            let mapped = map_message(kind, msg, &opts).and_then(|envelope| {
-                let text = envelope.to_string();
-                let inc = serde_json::from_str::<Incoming>(&text)
-                    .map_err(|e| storeline_event::FieldError::new("", e.to_string()))?;
-                Event::from_incoming(inc, Mode::Plain, &defaults).map_err(|mut e| e.remove(0))
-            });
-            match mapped {
+            let checked = serde_json::from_str::<Incoming>(&envelope)
+                .map_err(|e| vec![storeline_event::FieldError::new("", e.to_string())])
+                .and_then(|inc| Event::from_incoming(inc, Mode::Plain, &defaults));
+            match checked {
                 Ok(ev) => events.push(ev),
-                Err(e) => errors.push(EventError { index, line: None, field: e.field, reason: e.reason }),
+                Err(errs) => errors.extend(
+                    errs.into_iter().map(|e| EventError { index, line: None, field: e.field, reason: e.reason }),
+                ),
             }
         }
         if !errors.is_empty() {

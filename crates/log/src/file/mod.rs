@@ -139,6 +139,12 @@ struct Partition {
 }
 
 impl Partition {
+    /// Publishes the bytes of record data in this partition (sealed segments + the active one).
+    fn update_bytes_gauge(&self) {
+        let bytes = self.sealed_bytes.load(Ordering::Relaxed) + self.active().end_pos();
+        self.bytes_gauge.set(bytes as f64);
+    }
+
     fn active(&self) -> Arc<Segment> {
         let segs = self.segments.read();
         Arc::clone(
@@ -366,10 +372,6 @@ impl FileLog {
         })
     }
 
-    pub fn dir(&self) -> &Path {
-        &self.inner.dir
-    }
-
     fn partition(&self, p: u32) -> Result<&Arc<Partition>> {
         self.inner
             .partitions
@@ -378,12 +380,6 @@ impl FileLog {
                 partition: p,
                 partitions: self.inner.partitions.len() as u32,
             })
-    }
-
-    /// Total bytes of record data in a partition.
-    pub fn partition_bytes(&self, p: u32) -> Result<u64> {
-        let part = self.partition(p)?;
-        Ok(part.sealed_bytes.load(Ordering::Relaxed) + part.active().end_pos())
     }
 }
 
@@ -495,8 +491,7 @@ fn open_partition(dir: &Path, p: u32, config: &FileLogConfig) -> Result<Partitio
         sealed_bytes: AtomicU64::new(sealed_bytes),
         bytes_gauge,
     };
-    part.bytes_gauge
-        .set((sealed_bytes + part.active().end_pos()) as f64);
+    part.update_bytes_gauge();
     Ok(part)
 }
 
@@ -696,6 +691,7 @@ impl EventLog for FileLog {
         }
         if !removed.is_empty() {
             sync_dir(&part.dir)?;
+            part.update_bytes_gauge();
         }
         Ok(part.bounds().start)
     }

@@ -186,8 +186,7 @@ fn write_round(p: &Partition, round: &[Pending], bytes: u64, buf: &mut Vec<u8>) 
     active.publish(pos, &header);
     p.end_tx.send_replace(header.next_offset());
     metrics::histogram!("storeline_log_batch_records").record(f64::from(header.count));
-    p.bytes_gauge
-        .set((p.sealed_bytes.load(Ordering::Relaxed) + active.end_pos()) as f64);
+    p.update_bytes_gauge();
     Ok(base)
 }
 
