@@ -23,6 +23,7 @@ pub const CATALOG: &[&str] = &[
     "customer.updated",
     "customer.consent_changed",
     "customer.aliased",
+    "customer.unmerged",
     "page.viewed",
     "product.viewed",
     "product.searched",
@@ -45,6 +46,7 @@ pub const CATALOG: &[&str] = &[
     "inventory.adjusted",
     "inventory.reserved",
     "inventory.released",
+    "inventory.committed",
     "inventory.low",
     "inventory.back_in_stock",
     "message.sent",
@@ -56,6 +58,15 @@ pub fn is_catalog_type(ty: &str) -> bool {
     CATALOG.contains(&ty)
 }
 
+/// The partition key of every stock- and order-changing event: they all go to one partition, whose
+/// single writer validates commands against them, which is what makes overselling impossible.
+pub const COMMERCE_KEY: &str = "commerce";
+
+/// Whether events of this type change stock or orders and so belong to the commerce partition.
+pub fn is_commerce_type(ty: &str) -> bool {
+    ty.starts_with("order.") || ty.starts_with("inventory.") || ty.starts_with("return.")
+}
+
 /// Validates `data` for a catalog type; custom types always pass. Field paths start with `data`.
 pub fn validate_data(ty: &str, data: Option<&RawValue>) -> Result<(), Vec<FieldError>> {
     let raw = data.map_or("{}", RawValue::get);
@@ -65,6 +76,7 @@ pub fn validate_data(ty: &str, data: Option<&RawValue>) -> Result<(), Vec<FieldE
         "customer.updated" => check::<CustomerUpdated>(ty, raw),
         "customer.consent_changed" => check::<ConsentChanged>(ty, raw),
         "customer.aliased" => check::<CustomerAliased>(ty, raw),
+        "customer.unmerged" => check::<CustomerUnmerged>(ty, raw),
         "page.viewed" => check::<PageViewed>(ty, raw),
         "product.viewed" => check::<ProductViewed>(ty, raw),
         "product.searched" => check::<ProductSearched>(ty, raw),
@@ -78,7 +90,9 @@ pub fn validate_data(ty: &str, data: Option<&RawValue>) -> Result<(), Vec<FieldE
         "payment.attempted" | "payment.succeeded" | "payment.failed" => check::<Payment>(ty, raw),
         "return.requested" | "return.received" => check::<ReturnEvent>(ty, raw),
         "inventory.adjusted" => check::<InventoryAdjusted>(ty, raw),
-        "inventory.reserved" | "inventory.released" => check::<InventoryQuantity>(ty, raw),
+        "inventory.reserved" | "inventory.released" | "inventory.committed" => {
+            check::<InventoryQuantity>(ty, raw)
+        }
         "inventory.low" | "inventory.back_in_stock" => check::<InventoryLevel>(ty, raw),
         "message.sent" | "message.opened" | "message.clicked" => check::<Message>(ty, raw),
         _ => Ok(()),
@@ -259,6 +273,9 @@ payload!(CustomerAliased {
     previous_id: Text
 });
 impl Check for CustomerAliased {}
+
+payload!(CustomerUnmerged { identity: Text, from: Option<Text>, reason: Option<String> });
+impl Check for CustomerUnmerged {}
 
 // ----- browsing ----------------------------------------------------------------------------
 

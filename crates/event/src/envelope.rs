@@ -454,6 +454,16 @@ impl Event {
             .unwrap_or(&self.id)
     }
 
+    /// The key the event is routed by: [`COMMERCE_KEY`](crate::COMMERCE_KEY) for stock and
+    /// order events (one writer owns stock), else [`partition_key`](Self::partition_key).
+    pub fn route_key(&self) -> &str {
+        if crate::is_commerce_type(&self.ty) {
+            crate::COMMERCE_KEY
+        } else {
+            self.partition_key()
+        }
+    }
+
     /// The stored form: the envelope plus `received_at`, as compact JSON.
     pub fn to_stored_json(&self, received_at: DateTime<Utc>) -> Vec<u8> {
         self.to_stored_json_at(&format_time(&received_at))

@@ -11,7 +11,7 @@ pub mod ids;
 mod money;
 pub mod segment;
 
-pub use catalog::{CATALOG, is_catalog_type, validate_data};
+pub use catalog::{CATALOG, COMMERCE_KEY, is_catalog_type, is_commerce_type, validate_data};
 pub use envelope::{
     Defaults, Event, ExtensionValue, Incoming, Mode, RESERVED_ATTRIBUTES, SPECVERSION, Scalar,
     format_time, splice_position,

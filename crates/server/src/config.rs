@@ -25,6 +25,9 @@ pub struct Config {
     pub ingest: IngestConfig,
     pub log: LogConfig,
     pub segment: SegmentConfig,
+    pub state: StateConfig,
+    pub engine: EngineSection,
+    pub inventory: InventoryConfig,
 }
 
 impl Default for Config {
@@ -35,6 +38,9 @@ impl Default for Config {
             ingest: IngestConfig::default(),
             log: LogConfig::default(),
             segment: SegmentConfig::default(),
+            state: StateConfig::default(),
+            engine: EngineSection::default(),
+            inventory: InventoryConfig::default(),
         }
     }
 }
@@ -150,6 +156,91 @@ impl Default for SegmentConfig {
         SegmentConfig {
             source: "segment".into(),
             default_currency: "USD".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StateBackend {
+    /// SQLite in `<data_dir>/state.db` (the default).
+    Sqlite,
+    /// PostgreSQL (cluster mode), at `state.postgres`.
+    Postgres,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StateConfig {
+    pub backend: StateBackend,
+    pub postgres: PostgresSection,
+}
+
+impl Default for StateConfig {
+    fn default() -> Self {
+        StateConfig {
+            backend: StateBackend::Sqlite,
+            postgres: PostgresSection::default(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PostgresSection {
+    /// Connection URL.
+    pub url: String,
+    /// Schema holding Storeline's tables (created if missing).
+    pub schema: String,
+}
+
+impl Default for PostgresSection {
+    fn default() -> Self {
+        PostgresSection {
+            url: "postgres://postgres@127.0.0.1:5432/storeline".into(),
+            schema: "storeline".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EngineSection {
+    /// Most events a partition's writer applies and commits in one transaction.
+    pub batch_max: usize,
+    /// How long an unpaid order holds its stock (order.place may set its own).
+    #[serde(with = "humantime_serde_str")]
+    pub reservation_ttl: Duration,
+    /// How long `?min_offset=` waits for a view to catch up before answering 503.
+    #[serde(with = "humantime_serde_str")]
+    pub read_wait: Duration,
+}
+
+impl Default for EngineSection {
+    fn default() -> Self {
+        EngineSection {
+            batch_max: 4096,
+            reservation_ttl: Duration::from_secs(15 * 60),
+            read_wait: Duration::from_secs(5),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct InventoryConfig {
+    /// Location of stock events and commands that name none.
+    pub default_location: String,
+    /// Available stock (per SKU, all locations) at or below which `inventory.low` is emitted;
+    /// `inventory.adjust` can set a SKU's own with `low_stock_threshold`.
+    pub low_stock_threshold: i64,
+}
+
+impl Default for InventoryConfig {
+    fn default() -> Self {
+        InventoryConfig {
+            default_location: "main".into(),
+            low_stock_threshold: 5,
         }
     }
 }
@@ -280,6 +371,35 @@ impl Config {
             problems.push(format!("segment.default_currency: {e}"));
         }
         problems.extend(self.log.file().validate("log."));
+        if self.engine.batch_max == 0 || self.engine.batch_max > 100_000 {
+            problems.push("engine.batch_max: must be between 1 and 100000".into());
+        }
+        if self.engine.reservation_ttl < Duration::from_secs(1) {
+            problems.push("engine.reservation_ttl: must be at least 1s".into());
+        }
+        if self.inventory.default_location.trim().is_empty() {
+            problems.push("inventory.default_location: must not be empty".into());
+        }
+        if self.state.backend == StateBackend::Postgres {
+            if !self.state.postgres.url.starts_with("postgres://")
+                && !self.state.postgres.url.starts_with("postgresql://")
+            {
+                problems.push(format!(
+                    "state.postgres.url: '{}' is not a postgres:// URL",
+                    self.state.postgres.url
+                ));
+            }
+            let schema = &self.state.postgres.schema;
+            if schema.is_empty()
+                || !schema
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_')
+            {
+                problems.push(format!(
+                    "state.postgres.schema: '{schema}' must be letters, digits and underscores"
+                ));
+            }
+        }
         if problems.is_empty() {
             Ok(())
         } else {
@@ -289,6 +409,10 @@ impl Config {
 
     pub fn log_dir(&self) -> PathBuf {
         self.data_dir.join("log")
+    }
+
+    pub fn state_file(&self) -> PathBuf {
+        self.data_dir.join("state.db")
     }
 
     pub fn keys_file(&self) -> PathBuf {

@@ -355,6 +355,16 @@ fn percent_decode(s: &str) -> String {
 /// All or nothing for validation; for storage, if one partition's append fails the others' may
 /// have succeeded: the error tells the client to retry, and the retry is deduplicated.
 pub async fn store(state: &AppState, events: Vec<Event>) -> Result<Vec<Ack>, ApiError> {
+    store_routed(state, events, None).await
+}
+
+/// [`store`], with every event sent to `partition` when given instead of routed by its key (an
+/// unmerge must reach the partition that owns the link it ends).
+pub async fn store_routed(
+    state: &AppState,
+    events: Vec<Event>,
+    partition: Option<u32>,
+) -> Result<Vec<Ack>, ApiError> {
     let keys: Vec<u128> = events
         .iter()
         .map(|e| state.dedup.key(&e.source, &e.id))
@@ -378,8 +388,8 @@ pub async fn store(state: &AppState, events: Vec<Event>) -> Result<Vec<Ack>, Api
         if slots[i] != Slot::New {
             continue;
         }
-        let key = ev.partition_key();
-        let p = partition_for(key.as_bytes(), partitions);
+        let key = ev.route_key();
+        let p = partition.unwrap_or_else(|| partition_for(key.as_bytes(), partitions));
         let g = groups.entry(p).or_default();
         g.0.push(i);
         g.1.push(Record {

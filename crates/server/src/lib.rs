@@ -13,6 +13,7 @@ mod ingest;
 mod ops;
 mod read;
 mod segment_api;
+mod views_api;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -26,10 +27,11 @@ use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use storeline_log::{AppendAck, Bounds, EventLog, FileLog, MemoryLog, Record, StoredRecord};
+use storeline_state::StateStore;
 use tokio::sync::watch;
 
 use crate::auth::{KeyStore, Scope};
-pub use crate::config::{Config, ConfigError, LogBackend};
+pub use crate::config::{Config, ConfigError, LogBackend, StateBackend};
 use crate::dedup::{Dedup, Position};
 pub use crate::error::ApiError;
 pub use crate::read::Cursor;
@@ -88,12 +90,45 @@ impl EventLog for Log {
     }
 }
 
+/// The engine over the configured state store.
+pub type Engine = storeline_engine::Engine<storeline_state::Store>;
+
 pub struct AppState {
     pub config: Config,
     pub log: Log,
     keys: KeyStore,
     dedup: Dedup,
     shutdown: watch::Sender<bool>,
+    /// Set once the engine has started (after the log and the dedup index).
+    engine: std::sync::OnceLock<Arc<Engine>>,
+}
+
+/// Opens the configured state store: SQLite in the data dir, or PostgreSQL.
+pub async fn open_store(config: &Config) -> Result<storeline_state::Store, storeline_state::Error> {
+    Ok(match config.state.backend {
+        StateBackend::Sqlite => storeline_state::Store::Sqlite(
+            storeline_state::SqliteStore::open(&config.state_file()).await?,
+        ),
+        StateBackend::Postgres => {
+            let pg = storeline_state::PostgresConfig {
+                url: config.state.postgres.url.clone(),
+                schema: config.state.postgres.schema.clone(),
+            };
+            storeline_state::Store::Postgres(storeline_state::PostgresStore::connect(&pg).await?)
+        }
+    })
+}
+
+/// The engine settings from the configuration.
+pub fn engine_config(config: &Config) -> storeline_engine::EngineConfig {
+    storeline_engine::EngineConfig {
+        projection: storeline_engine::ProjectionConfig {
+            default_location: config.inventory.default_location.clone(),
+            low_stock_threshold: config.inventory.low_stock_threshold,
+        },
+        batch_max: config.engine.batch_max,
+        reservation_ttl: config.engine.reservation_ttl,
+    }
 }
 
 pub type SharedState = Arc<AppState>;
@@ -114,6 +149,10 @@ pub enum ServerError {
     Log(#[from] storeline_log::Error),
     #[error(transparent)]
     Keys(#[from] auth::KeyError),
+    #[error("cannot open the state store: {0}")]
+    State(#[from] storeline_state::Error),
+    #[error("cannot start the engine: {0}")]
+    Engine(#[from] storeline_engine::Error),
     #[error("cannot listen on {addr}: {source}")]
     Bind {
         addr: String,
@@ -159,6 +198,7 @@ pub async fn run(
         keys,
         dedup,
         shutdown: shutdown_tx,
+        engine: std::sync::OnceLock::new(),
     });
     let (events, partitions_skipped) = rebuild_dedup(&state).await;
     tracing::info!(
@@ -167,6 +207,18 @@ pub async fn run(
         elapsed_ms = started_at.elapsed().as_millis() as u64,
         "log opened and dedup index rebuilt"
     );
+    let store = Arc::new(open_store(&state.config).await?);
+    let (engine_stop, engine_stop_rx) = watch::channel(false);
+    let engine = storeline_engine::Engine::start(
+        Arc::new(LogRef(Arc::clone(&state))),
+        Arc::clone(&store),
+        Arc::new(views_api::LogAppender(Arc::clone(&state))),
+        engine_config(&state.config),
+        engine_stop_rx,
+    )
+    .await?;
+    let engine = Arc::new(engine);
+    let _ = state.engine.set(Arc::clone(&engine));
 
     let listener = tokio::net::TcpListener::bind(&state.config.server.listen)
         .await
@@ -209,6 +261,11 @@ pub async fn run(
         }
     };
     background.abort();
+    // The views stop after the last request; what they applied is committed, the rest is
+    // applied from the log on the next start.
+    engine_stop.send_replace(true);
+    engine.join().await;
+    store.close().await;
     state.log.close().await?;
     tracing::info!("log closed cleanly; bye");
     result.map_err(ServerError::Serve)
@@ -226,6 +283,15 @@ fn router(state: SharedState, metrics: metrics_exporter_prometheus::PrometheusHa
         .route("/v1/alias", post(segment_api::alias))
         .route("/v1/batch", post(segment_api::batch))
         .route("/v1/import", post(segment_api::batch))
+        .route("/v1/commands/{name}", post(views_api::post_command))
+        .route("/v1/customers", get(views_api::find_customers))
+        .route("/v1/customers/{id}", get(views_api::get_customer))
+        .route("/v1/customers/{id}/events", get(views_api::customer_events))
+        .route("/v1/customers/{id}/orders", get(views_api::customer_orders))
+        .route("/v1/customers/{id}/unmerge", post(views_api::unmerge))
+        .route("/v1/orders/{id}", get(views_api::get_order))
+        .route("/v1/inventory/{sku}", get(views_api::get_inventory))
+        .route("/v1/engine", get(views_api::engine_status))
         .route("/healthz", get(ops::healthz))
         .route("/readyz", get(ops::readyz))
         .route("/v1/openapi.json", get(ops::openapi))
@@ -238,6 +304,48 @@ fn router(state: SharedState, metrics: metrics_exporter_prometheus::PrometheusHa
         .layer(tower_http::decompression::RequestDecompressionLayer::new())
         .layer(axum::extract::DefaultBodyLimit::disable())
         .with_state(state)
+}
+
+/// The log as the engine sees it: the server's log, shared through the app state.
+struct LogRef(SharedState);
+
+impl EventLog for LogRef {
+    fn partitions(&self) -> u32 {
+        self.0.log.partitions()
+    }
+    async fn append(
+        &self,
+        partition: u32,
+        records: Vec<Record>,
+    ) -> storeline_log::Result<AppendAck> {
+        self.0.log.append(partition, records).await
+    }
+    async fn read(
+        &self,
+        partition: u32,
+        from: u64,
+        max: usize,
+    ) -> storeline_log::Result<Vec<StoredRecord>> {
+        self.0.log.read(partition, from, max).await
+    }
+    async fn offset_for_time(&self, partition: u32, timestamp: i64) -> storeline_log::Result<u64> {
+        self.0.log.offset_for_time(partition, timestamp).await
+    }
+    fn bounds(&self, partition: u32) -> storeline_log::Result<Bounds> {
+        self.0.log.bounds(partition)
+    }
+    fn watch(&self, partition: u32) -> storeline_log::Result<watch::Receiver<u64>> {
+        self.0.log.watch(partition)
+    }
+    async fn trim(&self, partition: u32, before: u64) -> storeline_log::Result<u64> {
+        self.0.log.trim(partition, before).await
+    }
+    fn health(&self, partition: u32) -> Option<String> {
+        self.0.log.health(partition)
+    }
+    async fn close(&self) -> storeline_log::Result<()> {
+        self.0.log.close().await
+    }
 }
 
 /// Reads a request body up to the configured limit; larger is 413 with the limit.

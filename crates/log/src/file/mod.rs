@@ -195,6 +195,9 @@ pub struct FileLog {
 
 struct Inner {
     dir: PathBuf,
+    /// Held (with an exclusive lock) for the log's life: a second process opening the same log
+    /// would run recovery under a live writer.
+    _lock: File,
     partitions: Vec<Arc<Partition>>,
     writers: Mutex<Vec<std::thread::JoinHandle<()>>>,
 }
@@ -308,6 +311,20 @@ impl FileLog {
             return Err(Error::Config(problems.join("; ")));
         }
         std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+        let lock_path = dir.join("LOCK");
+        let lock = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(|e| Error::io(&lock_path, e))?;
+        if let Err(e) = lock.try_lock() {
+            return Err(Error::Config(format!(
+                "the log in {} is in use by another process (is `storeline serve` running on \
+                 this data directory?): {e}",
+                dir.display()
+            )));
+        }
         let meta_path = dir.join("log.json");
         match std::fs::read(&meta_path) {
             Ok(bytes) => {
@@ -365,6 +382,7 @@ impl FileLog {
         }
         Ok(FileLog {
             inner: Arc::new(Inner {
+                _lock: lock,
                 dir,
                 partitions,
                 writers: Mutex::new(writers),

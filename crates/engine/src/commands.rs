@@ -1,0 +1,564 @@
+//! Commands: a request checked against the current views and turned into events, or rejected.
+//!
+//! [`plan`] is pure: given the views (as the single writer of the commerce partition sees them,
+//! including the commands planned before in the same batch) and the time, it returns the events
+//! to append. The runner appends them in one batch, so a command's events are all stored or
+//! none are.
+
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use crate::error::CommandError;
+use crate::model::Status;
+use crate::project::{Shortfall, allocate, transition_allowed};
+use crate::views::{Keys, Views};
+
+/// Every command name, for help and errors.
+pub const NAMES: &[&str] = &[
+    "inventory.adjust",
+    "order.place",
+    "order.pay",
+    "order.fulfill",
+    "order.ship",
+    "order.deliver",
+    "order.cancel",
+    "order.refund",
+    "return.receive",
+    "customer.update_consent",
+];
+
+/// An event a command produces (the runner stamps ids, time and the command mark).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Planned {
+    pub ty: &'static str,
+    pub subject: Option<String>,
+    pub data: Value,
+}
+
+/// A parsed command.
+#[derive(Debug, Clone)]
+pub enum Command {
+    Adjust(Adjust),
+    Place(Place),
+    Transition {
+        name: String,
+        to: Status,
+        body: OrderRef,
+    },
+    Receive(Receive),
+    Consent(ConsentCmd),
+    /// Internal: an unpaid order's reservation lapsed.
+    Expire {
+        order_id: String,
+    },
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Adjust {
+    sku: String,
+    location: Option<String>,
+    delta: Option<i64>,
+    set: Option<i64>,
+    reason: Option<String>,
+    low_stock_threshold: Option<i64>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Place {
+    order_id: String,
+    customer_id: String,
+    currency: String,
+    lines: Vec<PlaceLine>,
+    email: Option<String>,
+    channel: Option<String>,
+    /// How long an unpaid order holds its stock, e.g. "15m" (default from config).
+    reservation_ttl: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PlaceLine {
+    sku: String,
+    quantity: i64,
+    unit_price: i64,
+    location: Option<String>,
+    name: Option<String>,
+    category: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OrderRef {
+    pub order_id: String,
+    reason: Option<String>,
+    amount: Option<i64>,
+    carrier: Option<String>,
+    tracking_number: Option<String>,
+    payment_id: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Receive {
+    order_id: String,
+    lines: Option<Vec<ReceiveLine>>,
+    location: Option<String>,
+    reason: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReceiveLine {
+    sku: String,
+    quantity: i64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConsentCmd {
+    customer_id: String,
+    channel: String,
+    granted: bool,
+    source: Option<String>,
+}
+
+fn body<T: for<'de> Deserialize<'de>>(v: &Value) -> Result<T, CommandError> {
+    serde_path_to_error(v).map_err(|(field, reason)| CommandError::Invalid { field, reason })
+}
+
+/// serde with the failing field's path, without another dependency: retry field by field is
+/// overkill, so name the field serde names in its message.
+fn serde_path_to_error<T: for<'de> Deserialize<'de>>(v: &Value) -> Result<T, (String, String)> {
+    T::deserialize(v).map_err(|e| {
+        let msg = e.to_string();
+        let field = msg
+            .split('`')
+            .nth(1)
+            .filter(|_| msg.starts_with("missing field") || msg.starts_with("unknown field"))
+            .unwrap_or("body")
+            .to_owned();
+        (field, msg)
+    })
+}
+
+fn invalid(field: &str, reason: impl Into<String>) -> CommandError {
+    CommandError::Invalid {
+        field: field.to_owned(),
+        reason: reason.into(),
+    }
+}
+
+/// Parses `name` + JSON body into a [`Command`], checking what needs no state.
+pub fn parse(name: &str, v: &Value) -> Result<Command, CommandError> {
+    if !v.is_object() {
+        return Err(invalid("body", "a command body is a JSON object"));
+    }
+    let transition = |to| -> Result<Command, CommandError> {
+        Ok(Command::Transition {
+            name: name.to_owned(),
+            to,
+            body: body(v)?,
+        })
+    };
+    let cmd = match name {
+        "inventory.adjust" => {
+            let a: Adjust = body(v)?;
+            match (a.delta, a.set) {
+                (None, None) => {
+                    return Err(invalid(
+                        "delta",
+                        "give delta (a change) or set (a new on-hand count)",
+                    ));
+                }
+                (Some(_), Some(_)) => {
+                    return Err(invalid("set", "give either delta or set, not both"));
+                }
+                (None, Some(s)) if s < 0 => {
+                    return Err(invalid("set", "on-hand stock cannot be negative"));
+                }
+                _ => {}
+            }
+            if a.sku.trim().is_empty() {
+                return Err(invalid("sku", "must not be empty"));
+            }
+            Command::Adjust(a)
+        }
+        "order.place" => {
+            let p: Place = body(v)?;
+            if p.order_id.trim().is_empty() {
+                return Err(invalid("order_id", "must not be empty"));
+            }
+            if p.customer_id.trim().is_empty() {
+                return Err(invalid("customer_id", "must not be empty"));
+            }
+            if storeline_event::currency_exponent(&p.currency).is_none() {
+                return Err(invalid(
+                    "currency",
+                    format!("'{}' is not an ISO 4217 currency code", p.currency),
+                ));
+            }
+            if p.lines.is_empty() {
+                return Err(invalid("lines", "an order needs at least one line"));
+            }
+            for (i, l) in p.lines.iter().enumerate() {
+                if l.quantity < 1 {
+                    return Err(invalid(
+                        &format!("lines[{i}].quantity"),
+                        "must be at least 1",
+                    ));
+                }
+                if l.unit_price < 0 {
+                    return Err(invalid(
+                        &format!("lines[{i}].unit_price"),
+                        "must not be negative (minor units)",
+                    ));
+                }
+            }
+            if let Some(t) = &p.reservation_ttl {
+                humantime::parse_duration(t)
+                    .map_err(|e| invalid("reservation_ttl", format!("'{t}': {e}")))?;
+            }
+            Command::Place(p)
+        }
+        "order.pay" => transition(Status::Paid)?,
+        "order.fulfill" => transition(Status::Fulfilled)?,
+        "order.ship" => transition(Status::Shipped)?,
+        "order.deliver" => transition(Status::Delivered)?,
+        "order.cancel" => transition(Status::Cancelled)?,
+        "order.refund" => transition(Status::Refunded)?,
+        "return.receive" => Command::Receive(body(v)?),
+        "customer.update_consent" => {
+            let c: ConsentCmd = body(v)?;
+            if !["email", "sms", "push", "whatsapp", "webhook"].contains(&c.channel.as_str()) {
+                return Err(invalid(
+                    "channel",
+                    "one of email, sms, push, whatsapp, webhook",
+                ));
+            }
+            Command::Consent(c)
+        }
+        other => return Err(CommandError::UnknownCommand(other.to_owned())),
+    };
+    Ok(cmd)
+}
+
+impl Command {
+    /// The rows the command reads, to be loaded before [`plan`].
+    pub fn keys(&self, keys: &mut Keys) {
+        match self {
+            Command::Adjust(a) => {
+                keys.inv.insert(a.sku.clone());
+            }
+            Command::Place(p) => {
+                keys.order.insert(p.order_id.clone());
+                keys.inv.extend(p.lines.iter().map(|l| l.sku.clone()));
+            }
+            Command::Transition { body, .. } => {
+                keys.order.insert(body.order_id.clone());
+                keys.resv.insert(body.order_id.clone());
+            }
+            Command::Receive(r) => {
+                keys.order.insert(r.order_id.clone());
+            }
+            Command::Expire { order_id } => {
+                keys.order.insert(order_id.clone());
+                keys.resv.insert(order_id.clone());
+            }
+            Command::Consent(_) => {}
+        }
+    }
+
+    pub fn name(&self) -> &str {
+        match self {
+            Command::Adjust(_) => "inventory.adjust",
+            Command::Place(_) => "order.place",
+            Command::Transition { name, .. } => name,
+            Command::Receive(_) => "return.receive",
+            Command::Consent(_) => "customer.update_consent",
+            Command::Expire { .. } => "reservation.expire",
+        }
+    }
+}
+
+fn opt(map: &mut serde_json::Map<String, Value>, k: &str, v: Option<impl Into<Value>>) {
+    if let Some(v) = v {
+        map.insert(k.to_owned(), v.into());
+    }
+}
+
+/// Checks the command against `views` and returns its events; `now` is ms since the epoch.
+pub fn plan(
+    cmd: &Command,
+    views: &Views,
+    now: i64,
+    default_ttl_ms: i64,
+    default_location: &str,
+) -> Result<Vec<Planned>, CommandError> {
+    match cmd {
+        Command::Adjust(a) => {
+            // A decrease may not take away stock that is held for orders: that would oversell.
+            let loc = a.location.as_deref().unwrap_or(default_location);
+            let level = views
+                .inv
+                .get(&a.sku)
+                .and_then(|s| s.locations.get(loc))
+                .copied()
+                .unwrap_or_default();
+            let on_hand = a.set.unwrap_or(level.on_hand + a.delta.unwrap_or(0));
+            if on_hand < level.reserved {
+                return Err(CommandError::InsufficientStock(vec![Shortfall {
+                    sku: a.sku.clone(),
+                    location: Some(loc.to_owned()),
+                    requested: level.on_hand - on_hand,
+                    available: level.available().max(0),
+                }]));
+            }
+            let mut d = serde_json::Map::new();
+            d.insert("sku".into(), a.sku.clone().into());
+            opt(&mut d, "location", a.location.clone());
+            opt(&mut d, "delta", a.delta);
+            opt(&mut d, "set", a.set);
+            opt(&mut d, "reason", a.reason.clone());
+            if let Some(t) = a.low_stock_threshold {
+                d.insert("properties".into(), json!({ "low_stock_threshold": t }));
+            }
+            Ok(vec![Planned {
+                ty: "inventory.adjusted",
+                subject: Some(a.sku.clone()),
+                data: Value::Object(d),
+            }])
+        }
+        Command::Place(p) => {
+            if views.order.get(&p.order_id).is_some() {
+                return Err(CommandError::OrderExists(p.order_id.clone()));
+            }
+            // Reserve every line against what the lines before it took (two lines may share a
+            // SKU), and report every line that falls short.
+            let mut taken: std::collections::BTreeMap<(String, String), i64> = Default::default();
+            let mut allocations = Vec::new();
+            let mut short: Vec<Shortfall> = Vec::new();
+            for l in &p.lines {
+                let mut stock = views.inv.get(&l.sku).cloned();
+                if let Some(s) = stock.as_mut() {
+                    for (loc, lv) in s.locations.iter_mut() {
+                        lv.reserved += taken
+                            .get(&(l.sku.clone(), loc.clone()))
+                            .copied()
+                            .unwrap_or(0);
+                    }
+                }
+                match allocate(stock.as_ref(), &l.sku, l.quantity, l.location.as_deref()) {
+                    Ok(parts) => {
+                        for (loc, q) in parts {
+                            *taken.entry((l.sku.clone(), loc.clone())).or_default() += q;
+                            allocations.push((l.sku.clone(), loc, q));
+                        }
+                    }
+                    Err(s) => short.push(s),
+                }
+            }
+            if !short.is_empty() {
+                return Err(CommandError::InsufficientStock(short));
+            }
+            let ttl = p
+                .reservation_ttl
+                .as_deref()
+                .and_then(|t| humantime::parse_duration(t).ok())
+                .map_or(default_ttl_ms, |d| d.as_millis() as i64);
+            let expires = chrono::DateTime::from_timestamp_millis(now + ttl)
+                .map(|t| storeline_event::format_time(&t))
+                .unwrap_or_default();
+            let total: i64 = p.lines.iter().map(|l| l.quantity * l.unit_price).sum();
+            let money = |amount: i64| json!({ "amount": amount, "currency": p.currency });
+            let lines: Vec<Value> = p
+                .lines
+                .iter()
+                .map(|l| {
+                    let mut m = serde_json::Map::new();
+                    m.insert("sku".into(), l.sku.clone().into());
+                    m.insert("quantity".into(), l.quantity.into());
+                    m.insert("unit_price".into(), money(l.unit_price));
+                    opt(&mut m, "name", l.name.clone());
+                    opt(&mut m, "category", l.category.clone());
+                    Value::Object(m)
+                })
+                .collect();
+            let mut d = serde_json::Map::new();
+            d.insert("order_id".into(), p.order_id.clone().into());
+            d.insert("customer_id".into(), p.customer_id.clone().into());
+            d.insert("lines".into(), lines.into());
+            d.insert("total".into(), money(total));
+            opt(&mut d, "email", p.email.clone());
+            opt(&mut d, "channel", p.channel.clone());
+            let mut out = vec![Planned {
+                ty: "order.placed",
+                subject: Some(p.customer_id.clone()),
+                data: Value::Object(d),
+            }];
+            for (sku, loc, q) in allocations {
+                out.push(Planned {
+                    ty: "inventory.reserved",
+                    subject: Some(sku.clone()),
+                    data: json!({ "sku": sku, "location": loc, "quantity": q,
+                                  "order_id": p.order_id, "expires_at": expires }),
+                });
+            }
+            Ok(out)
+        }
+        Command::Transition { name, to, body } => {
+            let order = views
+                .order
+                .get(&body.order_id)
+                .ok_or_else(|| CommandError::OrderNotFound(body.order_id.clone()))?;
+            if !transition_allowed(order.status, *to) {
+                return Err(CommandError::InvalidTransition {
+                    order_id: body.order_id.clone(),
+                    current: order.status.as_str().to_owned(),
+                    command: name.clone(),
+                });
+            }
+            let ty = match to {
+                Status::Paid => "order.paid",
+                Status::Fulfilled => "order.fulfilled",
+                Status::Shipped => "order.shipped",
+                Status::Delivered => "order.delivered",
+                Status::Cancelled => "order.cancelled",
+                _ => "order.refunded",
+            };
+            let mut d = serde_json::Map::new();
+            d.insert("order_id".into(), body.order_id.clone().into());
+            let money = |amount: i64| json!({ "amount": amount, "currency": order.currency });
+            match to {
+                Status::Paid => {
+                    d.insert("amount".into(), money(body.amount.unwrap_or(order.total)));
+                    opt(&mut d, "payment_id", body.payment_id.clone());
+                }
+                Status::Refunded => {
+                    let left = order.paid.max(order.total) - order.refunded;
+                    let amount = body.amount.unwrap_or(left);
+                    if amount <= 0 || amount > left {
+                        return Err(invalid(
+                            "amount",
+                            format!("must be between 1 and {left} (what is left to refund)"),
+                        ));
+                    }
+                    d.insert("amount".into(), money(amount));
+                }
+                Status::Shipped => {
+                    opt(&mut d, "carrier", body.carrier.clone());
+                    opt(&mut d, "tracking_number", body.tracking_number.clone());
+                }
+                _ => {}
+            }
+            opt(&mut d, "reason", body.reason.clone());
+            let mut out = vec![Planned {
+                ty,
+                subject: order.customer_id.clone(),
+                data: Value::Object(d),
+            }];
+            // Cancelling releases the held stock; shipping takes it out of the building.
+            let stock_ty = match to {
+                Status::Cancelled => Some("inventory.released"),
+                Status::Shipped => Some("inventory.committed"),
+                _ => None,
+            };
+            if let (Some(sty), Some(r)) = (stock_ty, views.resv.get(&body.order_id)) {
+                for h in &r.lines {
+                    out.push(Planned {
+                        ty: sty,
+                        subject: Some(h.sku.clone()),
+                        data: json!({ "sku": h.sku, "location": h.location, "quantity": h.quantity,
+                                      "order_id": body.order_id, "reason": name }),
+                    });
+                }
+            }
+            Ok(out)
+        }
+        Command::Receive(r) => {
+            let order = views
+                .order
+                .get(&r.order_id)
+                .ok_or_else(|| CommandError::OrderNotFound(r.order_id.clone()))?;
+            if !transition_allowed(order.status, Status::Returned) {
+                return Err(CommandError::InvalidTransition {
+                    order_id: r.order_id.clone(),
+                    current: order.status.as_str().to_owned(),
+                    command: "return.receive".into(),
+                });
+            }
+            let lines: Vec<Value> = match &r.lines {
+                Some(ls) => {
+                    for (i, l) in ls.iter().enumerate() {
+                        let ordered: u64 = order
+                            .lines
+                            .iter()
+                            .filter(|o| o.sku == l.sku)
+                            .map(|o| o.quantity)
+                            .sum();
+                        if l.quantity < 1 || l.quantity as u64 > ordered {
+                            return Err(invalid(
+                                &format!("lines[{i}].quantity"),
+                                format!("must be between 1 and {ordered} (ordered)"),
+                            ));
+                        }
+                    }
+                    ls.iter()
+                        .map(|l| json!({ "sku": l.sku, "quantity": l.quantity }))
+                        .collect()
+                }
+                None => order
+                    .lines
+                    .iter()
+                    .map(|l| json!({ "sku": l.sku, "quantity": l.quantity }))
+                    .collect(),
+            };
+            let mut d = serde_json::Map::new();
+            d.insert("order_id".into(), r.order_id.clone().into());
+            d.insert("lines".into(), lines.into());
+            opt(&mut d, "location", r.location.clone());
+            opt(&mut d, "reason", r.reason.clone());
+            Ok(vec![Planned {
+                ty: "return.received",
+                subject: order.customer_id.clone(),
+                data: Value::Object(d),
+            }])
+        }
+        Command::Consent(c) => {
+            let mut d = serde_json::Map::new();
+            d.insert("channel".into(), c.channel.clone().into());
+            d.insert("granted".into(), c.granted.into());
+            opt(&mut d, "source", c.source.clone());
+            Ok(vec![Planned {
+                ty: "customer.consent_changed",
+                subject: Some(c.customer_id.clone()),
+                data: Value::Object(d),
+            }])
+        }
+        Command::Expire { order_id } => {
+            // Only an order still unpaid, whose hold has lapsed, is cancelled.
+            let (Some(order), Some(r)) = (views.order.get(order_id), views.resv.get(order_id))
+            else {
+                return Ok(Vec::new());
+            };
+            if order.status != Status::Placed || r.expires_at.is_none_or(|t| t > now) {
+                return Ok(Vec::new());
+            }
+            let mut out = vec![Planned {
+                ty: "order.cancelled",
+                subject: order.customer_id.clone(),
+                data: json!({ "order_id": order_id, "reason": "reservation expired" }),
+            }];
+            for h in &r.lines {
+                out.push(Planned {
+                    ty: "inventory.released",
+                    subject: Some(h.sku.clone()),
+                    data: json!({ "sku": h.sku, "location": h.location, "quantity": h.quantity,
+                                  "order_id": order_id, "reason": "expired" }),
+                });
+            }
+            Ok(out)
+        }
+    }
+}

@@ -1,0 +1,142 @@
+//! What can go wrong in the engine, and what a command caller must be told.
+
+use serde_json::{Value, json};
+
+use crate::project::Shortfall;
+
+/// An engine failure (not a rejected command: see [`CommandError`]).
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    State(#[from] storeline_state::Error),
+    #[error(transparent)]
+    Log(#[from] storeline_log::Error),
+    #[error("stored row {ns}/{key} cannot be read: {reason}")]
+    Decode {
+        ns: &'static str,
+        key: String,
+        reason: String,
+    },
+    #[error("a view row cannot be encoded: {0}")]
+    Encode(String),
+    #[error("appending the events a batch caused failed: {0}")]
+    Emit(String),
+    #[error("the engine is stopped")]
+    Stopped,
+}
+
+impl Error {
+    pub fn encode(e: serde_json::Error) -> Error {
+        Error::Encode(e.to_string())
+    }
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Why appending a command's or a projection's events failed, as the ingest path reports it.
+#[derive(Debug, Clone)]
+pub struct AppendError {
+    /// The HTTP status the ingest path would answer (503, 507, …).
+    pub status: u16,
+    pub code: String,
+    pub message: String,
+}
+
+/// Why a command was not carried out. Each maps to one API error code.
+#[derive(Debug, Clone)]
+pub enum CommandError {
+    /// The body is wrong: which field, and why.
+    Invalid { field: String, reason: String },
+    /// No command of that name.
+    UnknownCommand(String),
+    /// The order does not exist.
+    OrderNotFound(String),
+    /// `order.place` could not reserve every line; nothing was reserved.
+    InsufficientStock(Vec<Shortfall>),
+    /// The order's status does not allow the command.
+    InvalidTransition {
+        order_id: String,
+        current: String,
+        command: String,
+    },
+    /// The same order id was placed before with different content.
+    OrderExists(String),
+    /// The idempotency key was used before with a different command or body.
+    IdempotencyMismatch { key: String, command: String },
+    /// Storing the events failed; retrying with the same idempotency key is safe.
+    Append(AppendError),
+    /// The engine cannot take commands now.
+    Unavailable(String),
+}
+
+impl CommandError {
+    /// `(status, code, message, details)` for the API's error body.
+    pub fn describe(&self) -> (u16, &'static str, String, Value) {
+        match self {
+            CommandError::Invalid { field, reason } => (
+                400,
+                "invalid_command",
+                format!("{field}: {reason}"),
+                json!({ "field": field, "reason": reason }),
+            ),
+            CommandError::UnknownCommand(name) => (
+                404,
+                "unknown_command",
+                format!(
+                    "there is no command '{name}'; commands are: {}",
+                    crate::commands::NAMES.join(", ")
+                ),
+                Value::Null,
+            ),
+            CommandError::OrderNotFound(id) => (
+                404,
+                "order_not_found",
+                format!("order '{id}' does not exist"),
+                json!({ "order_id": id }),
+            ),
+            CommandError::InsufficientStock(lines) => (
+                409,
+                "insufficient_stock",
+                format!(
+                    "{} line(s) cannot be reserved; nothing was reserved",
+                    lines.len()
+                ),
+                json!({ "lines": lines }),
+            ),
+            CommandError::InvalidTransition {
+                order_id,
+                current,
+                command,
+            } => (
+                409,
+                "invalid_transition",
+                format!("order '{order_id}' is {current}; {command} is not allowed from {current}"),
+                json!({ "order_id": order_id, "current": current, "command": command }),
+            ),
+            CommandError::OrderExists(id) => (
+                409,
+                "order_exists",
+                format!("order '{id}' was already placed; use a new order_id"),
+                json!({ "order_id": id }),
+            ),
+            CommandError::IdempotencyMismatch { key, command } => (
+                422,
+                "idempotency_key_reused",
+                format!(
+                    "Idempotency-Key '{key}' was used before with a different command or body (this request is {command}); use a new key for a new request"
+                ),
+                json!({ "key": key }),
+            ),
+            CommandError::Append(e) => (
+                e.status,
+                "store_failed",
+                format!(
+                    "{} (retrying with the same Idempotency-Key is safe)",
+                    e.message
+                ),
+                json!({ "cause": e.code }),
+            ),
+            CommandError::Unavailable(why) => (503, "engine_unavailable", why.clone(), Value::Null),
+        }
+    }
+}

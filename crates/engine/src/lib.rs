@@ -1,0 +1,211 @@
+//! Storeline's engine: one writer per log partition folds events into the views (Customer 360,
+//! inventory, orders) and commits them with the partition offset in one transaction; the
+//! commerce partition's writer also carries out commands, so stock has exactly one writer.
+//!
+//! ```text
+//!  log partition p ──► Runner p ──► Applier (pure projections over Views) ──► StateStore.commit
+//!                         ▲                                                   (rows + offset)
+//!  POST /v1/commands ─────┘ (commerce partition only: plan → append → reply)
+//! ```
+//!
+//! The pure core is [`project`] and [`commands`]; [`runner`] and [`apply`] move data between
+//! the log, the store and the API; [`read`] combines rows into the API's documents.
+
+pub mod apply;
+pub mod commands;
+mod error;
+pub mod event;
+pub mod model;
+pub mod project;
+pub mod read;
+pub mod replay;
+pub mod runner;
+pub mod views;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::Value;
+use storeline_log::{EventLog, partition_for};
+use storeline_state::StateStore;
+use tokio::sync::{mpsc, oneshot, watch};
+
+pub use error::{AppendError, CommandError, Error, Result};
+pub use project::{ProjectionConfig, Shortfall};
+pub use runner::{Appender, CommandOutcome};
+
+use apply::Applier;
+use runner::{CommandRequest, Runner, RunnerConfig};
+
+/// SHA-256 of `bytes`, in hex.
+pub fn hash_hex(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// How the engine runs.
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    pub projection: ProjectionConfig,
+    /// Most records applied and committed at once.
+    pub batch_max: usize,
+    /// How long an unpaid order holds its stock unless the command says otherwise.
+    pub reservation_ttl: Duration,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        EngineConfig {
+            projection: ProjectionConfig::default(),
+            batch_max: 4096,
+            reservation_ttl: Duration::from_secs(15 * 60),
+        }
+    }
+}
+
+/// The running engine: a handle for commands and for waiting on views.
+pub struct Engine<S> {
+    pub store: Arc<S>,
+    pub config: EngineConfig,
+    commerce: u32,
+    applied: Vec<watch::Receiver<u64>>,
+    commands: mpsc::Sender<CommandRequest>,
+    tasks: parking_lot::Mutex<Vec<tokio::task::JoinHandle<()>>>,
+}
+
+impl<S: StateStore> Engine<S> {
+    /// Starts one runner per partition, each resuming at the store's committed offset.
+    pub async fn start<L: EventLog, A: Appender>(
+        log: Arc<L>,
+        store: Arc<S>,
+        appender: Arc<A>,
+        config: EngineConfig,
+        shutdown: watch::Receiver<bool>,
+    ) -> Result<Engine<S>> {
+        let partitions = log.partitions();
+        let commerce = partition_for(storeline_event::COMMERCE_KEY.as_bytes(), partitions);
+        let offsets = store.offsets().await?;
+        let (tx, rx) = mpsc::channel(4096);
+        let mut rx = Some(rx);
+        let rcfg = Arc::new(RunnerConfig {
+            batch_max: config.batch_max,
+            reservation_ttl_ms: config.reservation_ttl.as_millis() as i64,
+            source: "storeline/commands".into(),
+        });
+        let mut applied = Vec::new();
+        let mut tasks = Vec::new();
+        for p in 0..partitions {
+            let committed = offsets.get(&p).copied().unwrap_or(0);
+            let (atx, arx) = watch::channel(committed);
+            applied.push(arx);
+            let mut runner = Runner {
+                applier: Applier::new(p, store.clone(), config.projection.clone(), committed),
+                log: log.clone(),
+                appender: appender.clone(),
+                cfg: rcfg.clone(),
+                applied: atx,
+                commands: if p == commerce { rx.take() } else { None },
+                expiries: Default::default(),
+                recent: HashMap::new(),
+            };
+            if p == commerce {
+                runner.expiries = load_expiries(&*store, p).await?;
+            }
+            tasks.push(tokio::spawn(runner.run(shutdown.clone())));
+        }
+        tracing::info!(partitions, commerce, "engine started");
+        Ok(Engine {
+            store,
+            config,
+            commerce,
+            applied,
+            commands: tx,
+            tasks: parking_lot::Mutex::new(tasks),
+        })
+    }
+
+    /// The partition whose writer owns stock and orders.
+    pub fn commerce_partition(&self) -> u32 {
+        self.commerce
+    }
+
+    /// The committed (applied) offset of each partition: the next record each will apply.
+    pub fn applied(&self) -> Vec<u64> {
+        self.applied.iter().map(|w| *w.borrow()).collect()
+    }
+
+    /// Waits until partition `p` has applied `offset` (read-your-writes); false on timeout.
+    pub async fn wait_applied(&self, p: u32, offset: u64, timeout: Duration) -> bool {
+        let Some(w) = self.applied.get(p as usize) else {
+            return false;
+        };
+        let mut w = w.clone();
+        tokio::time::timeout(timeout, w.wait_for(|a| *a > offset))
+            .await
+            .is_ok_and(|r| r.is_ok())
+    }
+
+    /// Carries out a command through the commerce writer.
+    pub async fn command(
+        &self,
+        name: &str,
+        body: &Value,
+        idempotency_key: Option<String>,
+    ) -> std::result::Result<CommandOutcome, CommandError> {
+        let command = commands::parse(name, body)?;
+        let hash = hash_hex(format!("{name}\n{body}").as_bytes());
+        let (reply, rx) = oneshot::channel();
+        self.commands
+            .send(CommandRequest {
+                command,
+                idempotency_key,
+                hash,
+                reply,
+            })
+            .await
+            .map_err(|_| CommandError::Unavailable("the engine is shutting down".into()))?;
+        rx.await
+            .map_err(|_| CommandError::Unavailable("the engine stopped before answering".into()))?
+    }
+
+    /// Waits for the runners to stop (after shutdown was signalled).
+    pub async fn join(&self) {
+        let tasks = std::mem::take(&mut *self.tasks.lock());
+        for t in tasks {
+            let _ = t.await;
+        }
+    }
+}
+
+/// The commerce writer's pending holds, from the store (they survive restarts there).
+async fn load_expiries<S: StateStore>(
+    store: &S,
+    owner: u32,
+) -> Result<std::collections::BTreeSet<(i64, String)>> {
+    let mut out = std::collections::BTreeSet::new();
+    let mut after: Option<(String, u32)> = None;
+    loop {
+        let page = store
+            .scan(
+                model::ns::RESV,
+                "",
+                after.as_ref().map(|(k, o)| (k.as_str(), *o)),
+                4096,
+            )
+            .await?;
+        let Some(last) = page.last() else { break };
+        after = Some((last.key.clone(), last.owner));
+        for r in page.iter().filter(|r| r.owner == owner) {
+            if let Ok(res) = serde_json::from_slice::<model::Reservation>(&r.value)
+                && let Some(t) = res.expires_at
+            {
+                out.insert((t, r.key.clone()));
+            }
+        }
+    }
+    Ok(out)
+}

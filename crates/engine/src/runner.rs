@@ -1,0 +1,551 @@
+//! The live partition writer: follows its partition of the log, applies batches, appends the
+//! events projections cause, commits, and publishes how far it got. The commerce partition's
+//! writer also carries out commands and lapses unpaid reservations.
+//!
+//! ```text
+//!  loop ─► commands queued? ─► catch up to the log's end ─► plan each command on a scratch copy
+//!   │                                                       └► append all events as one batch ─► reply
+//!   ├───► records behind the end? ─► apply ≤ batch ─► append caused events ─► commit ─► publish
+//!   └───► else wait: new records | a command | the expiry tick | shutdown
+//! ```
+//!
+//! Caused events are appended before the commit that records their cause: after a crash the
+//! batch is applied again and the same events (same ids) are deduplicated, never lost.
+
+use std::collections::{BTreeSet, HashMap};
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use storeline_event::Event;
+use storeline_log::EventLog;
+use storeline_state::StateStore;
+use tokio::sync::{mpsc, oneshot, watch};
+
+use crate::apply::Applier;
+use crate::commands::{self, Command, Planned};
+use crate::error::{AppendError, CommandError, Result};
+use crate::event::{CommandMark, Ev};
+use crate::model::ns;
+use crate::project::{self, Emit};
+use crate::views::{Keys, Views};
+
+/// Where stored events come from and go to: the server's ingest path (deduplication, routing).
+pub trait Appender: Send + Sync + 'static {
+    /// Stores `events` (to `partition` if given, else routed by key) and returns each one's
+    /// `(partition, offset)`; a duplicate returns its original position.
+    fn append(
+        &self,
+        events: Vec<Event>,
+        partition: Option<u32>,
+    ) -> impl Future<Output = std::result::Result<Vec<(u32, u64)>, AppendError>> + Send;
+}
+
+/// A command on its way to the commerce writer.
+pub struct CommandRequest {
+    pub command: Command,
+    pub idempotency_key: Option<String>,
+    /// SHA-256 (hex) of the command name and body, compared on a repeated key.
+    pub hash: String,
+    pub reply: oneshot::Sender<std::result::Result<CommandOutcome, CommandError>>,
+}
+
+/// A command's result: its events with their positions.
+#[derive(Debug, Clone)]
+pub struct CommandOutcome {
+    pub events: Vec<Value>,
+    /// True when this is the stored result of an earlier request with the same key.
+    pub replayed: bool,
+}
+
+/// How a runner is set up.
+pub struct RunnerConfig {
+    pub batch_max: usize,
+    pub reservation_ttl_ms: i64,
+    pub source: String,
+}
+
+pub struct Runner<L, S, A> {
+    pub applier: Applier<S>,
+    pub log: Arc<L>,
+    pub appender: Arc<A>,
+    pub cfg: Arc<RunnerConfig>,
+    pub applied: watch::Sender<u64>,
+    pub commands: Option<mpsc::Receiver<CommandRequest>>,
+    /// Commerce writer: `(expires_at, order_id)` of holds that may lapse.
+    pub expiries: BTreeSet<(i64, String)>,
+    /// Commerce writer: results of recent commands by idempotency key (rejections included,
+    /// which the log does not record).
+    pub recent: HashMap<String, (String, std::result::Result<CommandOutcome, CommandError>)>,
+}
+
+fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
+/// Builds a stored-to-be event.
+pub fn build_event(
+    id: String,
+    source: &str,
+    ty: &str,
+    subject: Option<String>,
+    time_ms: i64,
+    data: &Value,
+    mark: Option<&CommandMark>,
+) -> Event {
+    let time = chrono::DateTime::from_timestamp_millis(time_ms).unwrap_or_default();
+    let mut extensions = Vec::new();
+    if let Some(m) = mark {
+        use storeline_event::ExtensionValue::String as S;
+        extensions.push(("command".to_owned(), S(m.name.clone())));
+        extensions.push(("idempotencykey".to_owned(), S(m.key.clone())));
+        extensions.push(("commandhash".to_owned(), S(m.hash.clone())));
+    }
+    Event {
+        id,
+        source: source.to_owned(),
+        ty: ty.to_owned(),
+        time,
+        subject,
+        partitionkey: None,
+        datacontenttype: Some("application/json".to_owned()),
+        dataschema: None,
+        data: serde_json::value::to_raw_value(data).ok(),
+        data_base64: None,
+        extensions,
+    }
+}
+
+impl<L: EventLog, S: StateStore, A: Appender> Runner<L, S, A> {
+    pub async fn run(mut self, mut shutdown: watch::Receiver<bool>) {
+        let p = self.applier.partition;
+        let mut tail = match self.log.watch(p) {
+            Ok(w) => w,
+            Err(e) => {
+                tracing::error!(partition = p, error = %e, "the engine cannot follow this partition");
+                return;
+            }
+        };
+        let mut backoff = Duration::from_millis(50);
+        let mut tick = tokio::time::interval(Duration::from_millis(250));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            if *shutdown.borrow() {
+                break;
+            }
+            let end = self
+                .log
+                .bounds(p)
+                .map(|b| b.end)
+                .unwrap_or(self.applier.next);
+            self.report_lag(end);
+            if self.applier.next < end {
+                match self.step(end).await {
+                    Ok(()) => backoff = Duration::from_millis(50),
+                    Err(e) => {
+                        tracing::error!(partition = p, error = %e, "applying a batch failed; retrying from the last commit");
+                        tokio::time::sleep(backoff).await;
+                        backoff = (backoff * 2).min(Duration::from_secs(5));
+                    }
+                }
+                // Commands are taken between batches, so catching up never starves them.
+                if let Some(rx) = self.commands.as_mut()
+                    && let Ok(req) = rx.try_recv()
+                {
+                    self.handle_commands(req).await;
+                }
+                continue;
+            }
+            tokio::select! {
+                _ = tail.changed() => {}
+                Some(req) = async { match self.commands.as_mut() { Some(rx) => rx.recv().await, None => std::future::pending().await } } => {
+                    self.handle_commands(req).await;
+                }
+                _ = tick.tick(), if self.commands.is_some() => self.expire().await,
+                _ = shutdown.changed() => {}
+            }
+        }
+    }
+
+    fn report_lag(&self, end: u64) {
+        let p = self.applier.partition.to_string();
+        metrics::gauge!("storeline_engine_lag_events", "partition" => p)
+            .set(end.saturating_sub(self.applier.committed) as f64);
+    }
+
+    /// Applies one batch (up to the log's `end`), appends what it causes, commits, publishes.
+    async fn step(&mut self, end: u64) -> Result<()> {
+        let p = self.applier.partition;
+        let max = self
+            .cfg
+            .batch_max
+            .min((end - self.applier.next) as usize)
+            .max(1);
+        let records = self.log.read(p, self.applier.next, max).await?;
+        let Some(last) = records.last() else {
+            return Ok(());
+        };
+        let last_ts = last.timestamp;
+        let started = Instant::now();
+        let (emits, evs) = self.applier.apply(&records).await?;
+        if self.commands.is_some() {
+            for ev in &evs {
+                self.track_expiry(ev);
+            }
+        }
+        if !emits.is_empty() {
+            self.append_emits(emits).await?;
+        }
+        self.applier.commit().await?;
+        metrics::histogram!("storeline_engine_batch_seconds")
+            .record(started.elapsed().as_secs_f64());
+        metrics::counter!("storeline_engine_events_total").increment(records.len() as u64);
+        metrics::gauge!("storeline_engine_lag_seconds", "partition" => p.to_string())
+            .set(((now_ms() - last_ts).max(0) as f64) / 1000.0);
+        self.applied.send_replace(self.applier.committed);
+        Ok(())
+    }
+
+    fn track_expiry(&mut self, ev: &Ev) {
+        if ev.ty == "inventory.reserved"
+            && let Some(o) = ev.str("order_id")
+            && let Some(r) = self.applier.views.resv.get(o)
+            && let Some(t) = r.expires_at
+        {
+            self.expiries.insert((t, o.to_owned()));
+        }
+    }
+
+    async fn append_emits(&self, emits: Vec<Emit>) -> Result<()> {
+        let events: Vec<Event> = emits
+            .into_iter()
+            .map(|e| {
+                build_event(
+                    e.id,
+                    "storeline/engine",
+                    &e.ty,
+                    e.subject,
+                    e.time,
+                    &e.data,
+                    None,
+                )
+            })
+            .collect();
+        self.appender
+            .append(events, None)
+            .await
+            .map_err(|e| crate::error::Error::Emit(format!("{} ({})", e.message, e.code)))?;
+        Ok(())
+    }
+
+    /// Applies everything the log holds now, so commands see the latest state.
+    async fn catch_up(&mut self) -> Result<()> {
+        let p = self.applier.partition;
+        loop {
+            let end = self.log.bounds(p)?.end;
+            if self.applier.next >= end {
+                return Ok(());
+            }
+            self.step(end).await?;
+        }
+    }
+
+    /// Plans a batch of queued commands on a scratch copy of the views, appends all their
+    /// events at once, and answers each.
+    async fn handle_commands(&mut self, first: CommandRequest) {
+        let mut batch = vec![first];
+        if let Some(rx) = self.commands.as_mut() {
+            while batch.len() < 256 {
+                match rx.try_recv() {
+                    Ok(r) => batch.push(r),
+                    Err(_) => break,
+                }
+            }
+        }
+        if let Err(e) = self.catch_up().await {
+            for req in batch {
+                let _ = req.reply.send(Err(CommandError::Unavailable(format!(
+                    "the commerce view cannot be read: {e}"
+                ))));
+            }
+            return;
+        }
+        let now = now_ms();
+        let mut scratch = Views::new(self.applier.partition);
+        let mut planned: Vec<(CommandRequest, Vec<Event>)> = Vec::new();
+        let mut keys_in_batch: HashMap<String, String> = HashMap::new();
+        for req in batch {
+            if let Some(key) = &req.idempotency_key {
+                match self.lookup_idem(key, &keys_in_batch).await {
+                    Ok(Some((hash, result))) => {
+                        let answer = if hash != req.hash {
+                            Err(CommandError::IdempotencyMismatch {
+                                key: key.clone(),
+                                command: req.command.name().to_owned(),
+                            })
+                        } else {
+                            result.map(|mut o| {
+                                o.replayed = true;
+                                o
+                            })
+                        };
+                        let _ = req.reply.send(answer);
+                        continue;
+                    }
+                    Ok(None) => {}
+                    Err(e) => {
+                        let _ = req
+                            .reply
+                            .send(Err(CommandError::Unavailable(e.to_string())));
+                        continue;
+                    }
+                }
+            }
+            match self.plan_one(&req, &mut scratch, now).await {
+                Ok(evs) => {
+                    if let Some(k) = &req.idempotency_key {
+                        keys_in_batch.insert(k.clone(), req.hash.clone());
+                    }
+                    planned.push((req, evs));
+                }
+                Err(e) => {
+                    metrics::counter!("storeline_engine_commands_total", "outcome" => "rejected")
+                        .increment(1);
+                    if let Some(k) = &req.idempotency_key {
+                        self.remember(k.clone(), req.hash.clone(), Err(e.clone()));
+                    }
+                    let _ = req.reply.send(Err(e));
+                }
+            }
+        }
+        if planned.is_empty() {
+            return;
+        }
+        let all: Vec<Event> = planned
+            .iter()
+            .flat_map(|(_, e)| e.iter().cloned())
+            .collect();
+        let summaries: Vec<Value> = all
+            .iter()
+            .map(|e| json!({ "id": e.id, "type": e.ty, "data": e.data.as_ref().and_then(|d| serde_json::from_str::<Value>(d.get()).ok()) }))
+            .collect();
+        match self.appender.append(all, None).await {
+            Ok(positions) => {
+                let mut i = 0;
+                for (req, evs) in planned {
+                    let events: Vec<Value> = (i..i + evs.len())
+                        .map(|j| {
+                            let mut s = summaries[j].clone();
+                            s["partition"] = positions[j].0.into();
+                            s["offset"] = positions[j].1.into();
+                            s
+                        })
+                        .collect();
+                    i += evs.len();
+                    let outcome = CommandOutcome {
+                        events,
+                        replayed: false,
+                    };
+                    metrics::counter!("storeline_engine_commands_total", "outcome" => "done")
+                        .increment(1);
+                    if let Some(k) = &req.idempotency_key {
+                        self.remember(k.clone(), req.hash.clone(), Ok(outcome.clone()));
+                    }
+                    let _ = req.reply.send(Ok(outcome));
+                }
+            }
+            Err(e) => {
+                for (req, _) in planned {
+                    let _ = req.reply.send(Err(CommandError::Append(e.clone())));
+                }
+            }
+        }
+    }
+
+    fn remember(
+        &mut self,
+        key: String,
+        hash: String,
+        r: std::result::Result<CommandOutcome, CommandError>,
+    ) {
+        if self.recent.len() >= 100_000 {
+            self.recent.clear();
+        }
+        self.recent.insert(key, (hash, r));
+    }
+
+    /// An earlier result for `key`: this batch, recent memory, then the store (derived from the
+    /// log, so it survives restarts).
+    async fn lookup_idem(
+        &mut self,
+        key: &str,
+        in_batch: &HashMap<String, String>,
+    ) -> Result<Option<(String, std::result::Result<CommandOutcome, CommandError>)>> {
+        if let Some(hash) = in_batch.get(key) {
+            // The first request with this key is in flight in this very batch: a same-body repeat
+            // cannot get its offsets yet, so it is told to retry.
+            return Ok(Some((
+                hash.clone(),
+                Err(CommandError::Unavailable(format!(
+                    "a request with Idempotency-Key '{key}' is in progress; retry"
+                ))),
+            )));
+        }
+        if let Some((h, r)) = self.recent.get(key) {
+            return Ok(Some((h.clone(), r.clone())));
+        }
+        let rows = self.applier.store.get(ns::IDEM, key).await?;
+        for (_, bytes) in rows {
+            if let Ok(idem) = serde_json::from_slice::<crate::model::Idem>(&bytes) {
+                return Ok(Some((
+                    idem.hash,
+                    Ok(CommandOutcome {
+                        events: idem.events,
+                        replayed: true,
+                    }),
+                )));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Checks one command against the scratch views and applies its events to them.
+    async fn plan_one(
+        &mut self,
+        req: &CommandRequest,
+        scratch: &mut Views,
+        now: i64,
+    ) -> std::result::Result<Vec<Event>, CommandError> {
+        let mut keys = Keys::default();
+        req.command.keys(&mut keys);
+        self.prepare(scratch, &keys).await?;
+        let planned = commands::plan(
+            &req.command,
+            scratch,
+            now,
+            self.cfg.reservation_ttl_ms,
+            &self.applier.cfg.default_location,
+        )?;
+        let mark = req.idempotency_key.as_ref().map(|k| CommandMark {
+            name: req.command.name().to_owned(),
+            key: k.clone(),
+            hash: req.hash.clone(),
+        });
+        let events = self.stamp(&req.command, planned, mark.as_ref(), now);
+        // Apply to the scratch copy, so later commands in the batch see this one.
+        let evs: Vec<Ev> = events
+            .iter()
+            .filter_map(|e| {
+                Ev::parse(
+                    &e.to_stored_json(chrono::Utc::now()),
+                    self.applier.partition,
+                    0,
+                )
+                .ok()
+            })
+            .collect();
+        let mut keys = Keys::default();
+        for ev in &evs {
+            project::keys(ev, &self.applier.cfg, &mut keys);
+        }
+        keys.idem.clear();
+        self.prepare(scratch, &keys).await?;
+        let mut ignored = Vec::new();
+        for ev in evs
+            .iter()
+            .filter(|e| storeline_event::is_commerce_type(&e.ty))
+        {
+            let mut ev = ev.clone();
+            ev.command = None;
+            project::apply(scratch, &ev, &self.applier.cfg, &mut ignored);
+        }
+        Ok(events)
+    }
+
+    /// Loads `keys` into the live views and copies the rows the scratch lacks.
+    async fn prepare(
+        &mut self,
+        scratch: &mut Views,
+        keys: &Keys,
+    ) -> std::result::Result<(), CommandError> {
+        self.applier
+            .views
+            .load(&*self.applier.store, keys)
+            .await
+            .map_err(|e| CommandError::Unavailable(e.to_string()))?;
+        scratch.copy_missing(&self.applier.views, keys);
+        Ok(())
+    }
+
+    fn stamp(
+        &self,
+        cmd: &Command,
+        planned: Vec<Planned>,
+        mark: Option<&CommandMark>,
+        now: i64,
+    ) -> Vec<Event> {
+        let base = match (mark, cmd) {
+            (Some(m), _) => format!("cmd_{}", &crate::hash_hex(m.key.as_bytes())[..24]),
+            (None, Command::Expire { order_id }) => {
+                format!("exp_{}", &crate::hash_hex(order_id.as_bytes())[..24])
+            }
+            (None, _) => format!("cmd_{}", ulid::Ulid::new().to_string().to_lowercase()),
+        };
+        planned
+            .into_iter()
+            .enumerate()
+            .map(|(i, p)| {
+                build_event(
+                    format!("{base}_{i}"),
+                    &self.cfg.source,
+                    p.ty,
+                    p.subject,
+                    now,
+                    &p.data,
+                    mark,
+                )
+            })
+            .collect()
+    }
+
+    /// Lapses unpaid holds whose time has come, as commands (so the release is an event).
+    async fn expire(&mut self) {
+        let now = now_ms();
+        let due: Vec<String> = self
+            .expiries
+            .iter()
+            .take_while(|(t, _)| *t <= now)
+            .map(|(_, o)| o.clone())
+            .collect();
+        if due.is_empty() {
+            return;
+        }
+        self.expiries.retain(|(t, _)| *t > now);
+        for order_id in due {
+            let (tx, rx) = oneshot::channel();
+            let req = CommandRequest {
+                command: Command::Expire {
+                    order_id: order_id.clone(),
+                },
+                idempotency_key: None,
+                hash: String::new(),
+                reply: tx,
+            };
+            self.handle_commands(req).await;
+            match rx.await {
+                Ok(Ok(o)) if !o.events.is_empty() => {
+                    tracing::info!(
+                        order_id,
+                        "an unpaid order's reservation lapsed; stock released"
+                    );
+                }
+                Ok(Err(e)) => {
+                    tracing::warn!(order_id, error = ?e, "lapsing a reservation failed; will retry");
+                    self.expiries.insert((now + 1000, order_id));
+                }
+                _ => {}
+            }
+        }
+    }
+}

@@ -1,0 +1,269 @@
+//! A partition writer's working set: the rows it owns that its recent events touched, loaded from
+//! the store before a batch is applied, changed in memory by the (synchronous, pure) projections,
+//! and written back as one [`Commit`].
+//!
+//! Projections never wait for I/O: [`Keys`] lists what a batch will touch, [`Views::load`] fetches
+//! the rows that are not cached yet, then the batch is applied. Rows are cached across batches
+//! until the cache grows past its limit, when it is simply dropped (everything in it is committed).
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use bytes::Bytes;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use storeline_state::{StateStore, Write};
+
+use crate::error::{Error, Result};
+use crate::model::{Frag, Idem, Links, Order, Reservation, Stock, ns};
+
+/// The cached rows of one namespace, and which of them changed since the last commit.
+#[derive(Debug)]
+pub struct Table<T> {
+    ns: &'static str,
+    rows: HashMap<String, Option<T>>,
+    dirty: BTreeSet<String>,
+}
+
+impl<T: Serialize + DeserializeOwned + Default> Table<T> {
+    fn new(ns: &'static str) -> Self {
+        Table {
+            ns,
+            rows: HashMap::new(),
+            dirty: BTreeSet::new(),
+        }
+    }
+
+    /// The row, if it exists. A key that was never loaded reads as absent; callers list every
+    /// key in [`Keys`] first, so that does not happen for keys a batch needs.
+    pub fn get(&self, key: &str) -> Option<&T> {
+        self.rows.get(key).and_then(Option::as_ref)
+    }
+
+    /// The row for changing it, created empty if absent.
+    pub fn upsert(&mut self, key: &str) -> &mut T {
+        if !self.dirty.contains(key) {
+            self.dirty.insert(key.to_owned());
+        }
+        let slot = self.rows.entry(key.to_owned()).or_insert(None);
+        slot.get_or_insert_with(T::default)
+    }
+
+    /// The row for changing it, only if it exists.
+    pub fn get_mut(&mut self, key: &str) -> Option<&mut T> {
+        let slot = self.rows.get_mut(key)?.as_mut()?;
+        if !self.dirty.contains(key) {
+            self.dirty.insert(key.to_owned());
+        }
+        Some(slot)
+    }
+
+    pub fn put(&mut self, key: &str, value: T) {
+        self.dirty.insert(key.to_owned());
+        self.rows.insert(key.to_owned(), Some(value));
+    }
+
+    pub fn remove(&mut self, key: &str) {
+        self.dirty.insert(key.to_owned());
+        self.rows.insert(key.to_owned(), None);
+    }
+
+    fn copy_missing(&mut self, from: &Table<T>, keys: &BTreeSet<String>)
+    where
+        T: Clone,
+    {
+        for k in keys {
+            if !self.rows.contains_key(k)
+                && let Some(row) = from.rows.get(k)
+            {
+                self.rows.insert(k.clone(), row.clone());
+            }
+        }
+    }
+
+    fn is_cached(&self, key: &str) -> bool {
+        self.rows.contains_key(key)
+    }
+
+    fn drain_writes(&mut self, out: &mut Vec<Write>) -> Result<()> {
+        for key in std::mem::take(&mut self.dirty) {
+            match self.rows.get(&key).and_then(Option::as_ref) {
+                Some(row) => out.push(Write::Put {
+                    ns: self.ns.to_owned(),
+                    key,
+                    value: Bytes::from(serde_json::to_vec(row).map_err(Error::encode)?),
+                }),
+                None => out.push(Write::Delete {
+                    ns: self.ns.to_owned(),
+                    key,
+                }),
+            }
+        }
+        Ok(())
+    }
+
+    async fn load<S: StateStore>(
+        &mut self,
+        store: &S,
+        owner: u32,
+        keys: &BTreeSet<String>,
+    ) -> Result<()> {
+        let missing: Vec<String> = keys
+            .iter()
+            .filter(|k| !self.is_cached(k))
+            .cloned()
+            .collect();
+        if missing.is_empty() {
+            return Ok(());
+        }
+        for chunk in missing.chunks(2048) {
+            let found = store.get_owned(self.ns, owner, chunk).await?;
+            for (key, value) in chunk.iter().zip(found) {
+                let row = match value {
+                    Some(b) => Some(serde_json::from_slice(&b).map_err(|e| Error::Decode {
+                        ns: self.ns,
+                        key: key.clone(),
+                        reason: e.to_string(),
+                    })?),
+                    None => None,
+                };
+                self.rows.insert(key.clone(), row);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The keys a batch touches, per namespace.
+#[derive(Debug, Default)]
+pub struct Keys {
+    pub frag: BTreeSet<String>,
+    pub link: BTreeSet<String>,
+    pub order: BTreeSet<String>,
+    pub inv: BTreeSet<String>,
+    pub resv: BTreeSet<String>,
+    pub idem: BTreeSet<String>,
+}
+
+impl Keys {
+    pub fn is_empty(&self) -> bool {
+        self.frag.is_empty()
+            && self.link.is_empty()
+            && self.order.is_empty()
+            && self.inv.is_empty()
+            && self.resv.is_empty()
+            && self.idem.is_empty()
+    }
+}
+
+/// Every row a partition's writer holds in memory.
+#[derive(Debug)]
+pub struct Views {
+    pub owner: u32,
+    pub frag: Table<Frag>,
+    pub link: Table<Links>,
+    pub order: Table<Order>,
+    pub inv: Table<Stock>,
+    pub resv: Table<Reservation>,
+    pub idem: Table<Idem>,
+    /// Trait-index entries to put (`true`) or delete (`false`), last write wins.
+    pub traits: BTreeMap<String, bool>,
+}
+
+impl Views {
+    pub fn new(owner: u32) -> Views {
+        Views {
+            owner,
+            frag: Table::new(ns::FRAG),
+            link: Table::new(ns::LINK),
+            order: Table::new(ns::ORDER),
+            inv: Table::new(ns::INV),
+            resv: Table::new(ns::RESV),
+            idem: Table::new(ns::IDEM),
+            traits: BTreeMap::new(),
+        }
+    }
+
+    /// Fetches the rows of `keys` that are not cached yet.
+    pub async fn load<S: StateStore>(&mut self, store: &S, keys: &Keys) -> Result<()> {
+        let o = self.owner;
+        self.frag.load(store, o, &keys.frag).await?;
+        self.link.load(store, o, &keys.link).await?;
+        self.order.load(store, o, &keys.order).await?;
+        self.inv.load(store, o, &keys.inv).await?;
+        self.resv.load(store, o, &keys.resv).await?;
+        self.idem.load(store, o, &keys.idem).await?;
+        Ok(())
+    }
+
+    /// Copies rows of `keys` that this (scratch) view lacks from `live`, unchanged and clean.
+    pub fn copy_missing(&mut self, live: &Views, keys: &Keys) {
+        self.frag.copy_missing(&live.frag, &keys.frag);
+        self.link.copy_missing(&live.link, &keys.link);
+        self.order.copy_missing(&live.order, &keys.order);
+        self.inv.copy_missing(&live.inv, &keys.inv);
+        self.resv.copy_missing(&live.resv, &keys.resv);
+        self.idem.copy_missing(&live.idem, &keys.idem);
+    }
+
+    /// Everything changed since the last call, as store writes.
+    pub fn take_writes(&mut self) -> Result<Vec<Write>> {
+        let mut out = Vec::new();
+        self.frag.drain_writes(&mut out)?;
+        self.link.drain_writes(&mut out)?;
+        self.order.drain_writes(&mut out)?;
+        self.inv.drain_writes(&mut out)?;
+        self.resv.drain_writes(&mut out)?;
+        self.idem.drain_writes(&mut out)?;
+        for (key, present) in std::mem::take(&mut self.traits) {
+            out.push(if present {
+                Write::Put {
+                    ns: ns::TRAIT.to_owned(),
+                    key,
+                    value: Bytes::new(),
+                }
+            } else {
+                Write::Delete {
+                    ns: ns::TRAIT.to_owned(),
+                    key,
+                }
+            });
+        }
+        Ok(out)
+    }
+
+    /// Whether there are uncommitted changes.
+    pub fn is_dirty(&self) -> bool {
+        !(self.frag.dirty.is_empty()
+            && self.link.dirty.is_empty()
+            && self.order.dirty.is_empty()
+            && self.inv.dirty.is_empty()
+            && self.resv.dirty.is_empty()
+            && self.idem.dirty.is_empty()
+            && self.traits.is_empty())
+    }
+
+    /// How many rows are cached.
+    pub fn cached(&self) -> usize {
+        self.frag.rows.len()
+            + self.link.rows.len()
+            + self.order.rows.len()
+            + self.inv.rows.len()
+            + self.resv.rows.len()
+            + self.idem.rows.len()
+    }
+
+    /// Drops the cache; only valid right after a commit (nothing dirty).
+    pub fn evict(&mut self) {
+        debug_assert!(!self.is_dirty());
+        *self = Views::new(self.owner);
+    }
+
+    /// The neighbours of already-loaded link rows: an unmerge must update both ends of an edge.
+    pub fn link_neighbours(&self, identities: &BTreeSet<String>) -> BTreeSet<String> {
+        identities
+            .iter()
+            .filter_map(|i| self.link.get(i))
+            .flat_map(|l| l.edges.iter().map(|e| e.to.clone()))
+            .collect()
+    }
+}
