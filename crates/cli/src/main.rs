@@ -7,7 +7,9 @@
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 mod bench;
+mod bench_engine;
 mod client;
+mod replay;
 mod traffic;
 
 use std::io::Write;
@@ -124,6 +126,9 @@ enum Command {
         #[command(subcommand)]
         command: ConfigCommand,
     },
+    /// Rebuild every view from the log into a fresh store and compare its digest with the live
+    /// state's (run it with the server stopped: it opens the log).
+    Replay(replay::ReplayArgs),
     /// Benchmarks that print figures.
     Bench {
         #[command(subcommand)]
@@ -182,6 +187,9 @@ enum BenchCommand {
     /// Start a server (fsync on) and drive it over HTTP: batches of 1000 and 100, single events
     /// from 64 connections, and latency at half the single-event maximum.
     Ingest(bench::IngestArgs),
+    /// Run the engine in-process over a generated log: events/s through all views, replay
+    /// rate, command latency, and oversell checks under 64 clients on hot SKUs.
+    Engine(bench_engine::EngineArgs),
 }
 
 fn init_tracing(format: &str) {
@@ -304,6 +312,10 @@ async fn run(command: Command) -> Result<()> {
         Command::Bench {
             command: BenchCommand::Ingest(args),
         } => bench::ingest(args).await,
+        Command::Bench {
+            command: BenchCommand::Engine(args),
+        } => bench_engine::run(args).await,
+        Command::Replay(args) => replay::run(args).await,
     }
 }
 

@@ -436,7 +436,14 @@ pub fn plan(
                     opt(&mut d, "payment_id", body.payment_id.clone());
                 }
                 Status::Refunded => {
-                    let left = order.paid.max(order.total) - order.refunded;
+                    if order.paid == 0 {
+                        return Err(CommandError::InvalidTransition {
+                            order_id: body.order_id.clone(),
+                            current: format!("{} (unpaid)", order.status.as_str()),
+                            command: name.clone(),
+                        });
+                    }
+                    let left = order.paid - order.refunded;
                     let amount = body.amount.unwrap_or(left);
                     if amount <= 0 || amount > left {
                         return Err(invalid(
@@ -458,9 +465,10 @@ pub fn plan(
                 subject: order.customer_id.clone(),
                 data: Value::Object(d),
             }];
-            // Cancelling releases the held stock; shipping takes it out of the building.
+            // Cancelling releases the held stock, and so does refunding an order that has not
+            // shipped (it will not); shipping takes the stock out of the building.
             let stock_ty = match to {
-                Status::Cancelled => Some("inventory.released"),
+                Status::Cancelled | Status::Refunded => Some("inventory.released"),
                 Status::Shipped => Some("inventory.committed"),
                 _ => None,
             };
@@ -481,10 +489,15 @@ pub fn plan(
                 .order
                 .get(&r.order_id)
                 .ok_or_else(|| CommandError::OrderNotFound(r.order_id.clone()))?;
-            if !transition_allowed(order.status, Status::Returned) {
+            let shipped = order.timeline.iter().any(|s| s.status == Status::Shipped);
+            if !shipped || !transition_allowed(order.status, Status::Returned) {
                 return Err(CommandError::InvalidTransition {
                     order_id: r.order_id.clone(),
-                    current: order.status.as_str().to_owned(),
+                    current: if shipped {
+                        order.status.as_str().to_owned()
+                    } else {
+                        format!("{} (never shipped)", order.status.as_str())
+                    },
                     command: "return.receive".into(),
                 });
             }

@@ -122,6 +122,25 @@ impl Profile {
         all.into_iter().map(|(_, o)| o).collect()
     }
 
+    /// Each merge once (an edge is stored at both ends, and after an unmerge only one end may be
+    /// reachable), oldest first.
+    fn merges(&self) -> Vec<([&str; 2], &Edge)> {
+        let mut seen = BTreeSet::new();
+        let mut out: Vec<([&str; 2], &Edge)> = Vec::new();
+        for (from, e) in &self.edges {
+            let pair = if *from < e.to {
+                (from.as_str(), e.to.as_str())
+            } else {
+                (e.to.as_str(), from.as_str())
+            };
+            if seen.insert((pair, e.event_id.as_str())) {
+                out.push(([pair.0, pair.1], e));
+            }
+        }
+        out.sort_by(|a, b| a.1.at.cmp(&b.1.at).then(a.0.cmp(&b.0)));
+        out
+    }
+
     /// The Customer 360 document.
     pub fn to_json(&self, now_ms: i64) -> Value {
         let mut traits: BTreeMap<&str, &Stamped> = BTreeMap::new();
@@ -235,8 +254,8 @@ impl Profile {
                 "anonymous_ids": by_kind(&|i| !users.contains(i) && !i.starts_with("email:")),
                 "emails": self.identities.iter().filter_map(|i| i.strip_prefix("email:")).collect::<Vec<_>>(),
             },
-            "merges": self.edges.iter().filter(|(from, e)| *from < e.to).map(|(from, e)| json!({
-                "identities": [from, e.to], "merged_at": time(e.at), "event_id": e.event_id, "by": e.reason,
+            "merges": self.merges().into_iter().map(|(pair, e)| json!({
+                "identities": pair, "merged_at": time(e.at), "event_id": e.event_id, "by": e.reason,
                 "unmerged_at": e.removed_at.map(time), "unmerged_by": e.removed_by,
             })).collect::<Vec<_>>(),
             "traits": traits.iter().map(|(k, v)| (k.to_string(), v.value.clone())).collect::<serde_json::Map<_, _>>(),

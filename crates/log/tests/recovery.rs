@@ -301,3 +301,18 @@ async fn a_writer_stopped_by_a_storage_error_stays_stopped_across_restarts_until
         3
     );
 }
+
+/// A second opener of a live log is refused (it would run recovery under the writer), and may
+/// open it once the first one is closed.
+#[tokio::test]
+async fn a_live_log_cannot_be_opened_twice() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = FileLog::open(dir.path(), config(1)).unwrap();
+    let err = FileLog::open(dir.path(), config(1))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("in use by another process"), "{err}");
+    log.close().await.unwrap();
+    let again = FileLog::open(dir.path(), config(1)).unwrap();
+    again.close().await.unwrap();
+}

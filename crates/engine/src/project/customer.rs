@@ -251,7 +251,13 @@ pub fn apply(views: &mut Views, ev: &Ev) {
             if let Some((amount, cur)) = amount {
                 f.orders.refunds += 1;
                 *f.orders.refunded.entry(cur.clone()).or_default() += amount;
-                *f.orders.value.entry(cur).or_default() -= amount;
+                // A cancelled order's value was taken out when it was cancelled.
+                let cancelled = order_before
+                    .as_ref()
+                    .is_some_and(|(s, _, _)| *s == Status::Cancelled);
+                if !cancelled {
+                    *f.orders.value.entry(cur).or_default() -= amount;
+                }
             }
         }
         "customer.consent_changed" => {

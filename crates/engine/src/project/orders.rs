@@ -32,6 +32,10 @@ pub fn status_of(ty: &str) -> Option<Status> {
 }
 
 /// Whether a command may move an order from `from` to `to`.
+///
+/// Refunds may repeat (partial refunds) and may follow a cancel (the money of a paid order that
+/// will not ship goes back); what is left to refund is checked by the command. A return needs
+/// goods that left the building, which the command checks on the timeline.
 pub fn transition_allowed(from: Status, to: Status) -> bool {
     use Status::*;
     matches!(
@@ -40,8 +44,11 @@ pub fn transition_allowed(from: Status, to: Status) -> bool {
             | (Paid, Fulfilled)
             | (Paid | Fulfilled, Shipped)
             | (Shipped, Delivered)
-            | (Placed | Paid, Cancelled)
-            | (Paid | Fulfilled | Shipped | Delivered | Returned, Refunded)
+            | (Placed | Paid | Fulfilled, Cancelled)
+            | (
+                Paid | Fulfilled | Shipped | Delivered | Returned | Refunded | Cancelled,
+                Refunded
+            )
             | (Shipped | Delivered | Refunded, Returned)
     )
 }

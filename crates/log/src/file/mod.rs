@@ -195,9 +195,9 @@ pub struct FileLog {
 
 struct Inner {
     dir: PathBuf,
-    /// Held (with an exclusive lock) for the log's life: a second process opening the same log
-    /// would run recovery under a live writer.
-    _lock: File,
+    /// Held (with an exclusive lock) until `close` or drop: a second process opening the same
+    /// log would run recovery under a live writer.
+    lock: Mutex<Option<File>>,
     partitions: Vec<Arc<Partition>>,
     writers: Mutex<Vec<std::thread::JoinHandle<()>>>,
 }
@@ -382,7 +382,7 @@ impl FileLog {
         }
         Ok(FileLog {
             inner: Arc::new(Inner {
-                _lock: lock,
+                lock: Mutex::new(Some(lock)),
                 dir,
                 partitions,
                 writers: Mutex::new(writers),
@@ -734,6 +734,8 @@ impl EventLog for FileLog {
         })
         .await
         .map_err(|e| Error::io("", std::io::Error::other(e)))?;
+        // Everything is durable and the writers are gone: another opener may recover now.
+        self.inner.lock.lock().take();
         Ok(())
     }
 }
