@@ -308,8 +308,10 @@ fn concurrent_commands_never_oversell() {
         let log = Arc::new(MemoryLog::new(PARTITIONS));
         let store = fresh(&dir, "live.db").await;
         let (stop, stop_rx) = tokio::sync::watch::channel(false);
-        let mut cfg = EngineConfig::default();
-        cfg.reservation_ttl = Duration::from_millis(300);
+        let cfg = EngineConfig {
+            reservation_ttl: Duration::from_millis(300),
+            ..EngineConfig::default()
+        };
         let engine = Arc::new(Engine::start(log.clone(), store.clone(), Arc::new(MemAppender(log.clone())), cfg, stop_rx).await.unwrap());
         for sku in ["HOT-0", "HOT-1", "HOT-2"] {
             engine.command("inventory.adjust", &json!({ "sku": sku, "location": "main", "delta": 40 }), None).await.unwrap();

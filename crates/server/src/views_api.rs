@@ -213,19 +213,7 @@ pub async fn get_customer(
     headers: HeaderMap,
     q: Q,
 ) -> Result<Response, ApiError> {
-    state
-        .keys
-        .authorize(&headers, Scope::Read, "GET /v1/customers")?;
-    let q = query(q)?;
-    wait(&state, &q).await?;
-    let engine = engine(&state)?;
-    let p = read::profile(&*engine.store, &id).await.map_err(internal)?;
-    let p = p.ok_or_else(|| {
-        not_found(
-            "customer_not_found",
-            format!("no customer has the identity '{id}'"),
-        )
-    })?;
+    let (_, p) = customer_read(&state, &headers, &id, q).await?;
     Ok(Json(p.to_json(now_ms())).into_response())
 }
 
@@ -269,6 +257,31 @@ pub async fn find_customers(
     Ok(Json(json!({ "customers": out })).into_response())
 }
 
+/// The steps of every customer read: authorize, wait for `?min_offset=`, find the profile.
+async fn customer_read(
+    state: &AppState,
+    headers: &HeaderMap,
+    id: &str,
+    q: Q,
+) -> Result<(ReadQuery, read::Profile), ApiError> {
+    state
+        .keys
+        .authorize(headers, Scope::Read, "GET /v1/customers")?;
+    let q = query(q)?;
+    wait(state, &q).await?;
+    let engine = engine(state)?;
+    let p = read::profile(&*engine.store, id).await.map_err(internal)?;
+    let p = p.ok_or_else(|| no_customer(id))?;
+    Ok((q, p))
+}
+
+fn no_customer(id: &str) -> ApiError {
+    not_found(
+        "customer_not_found",
+        format!("no customer has the identity '{id}'"),
+    )
+}
+
 /// `GET /v1/customers/{id}/events`: the latest events of every identity, newest first.
 pub async fn customer_events(
     State(state): State<SharedState>,
@@ -276,19 +289,7 @@ pub async fn customer_events(
     headers: HeaderMap,
     q: Q,
 ) -> Result<Response, ApiError> {
-    state
-        .keys
-        .authorize(&headers, Scope::Read, "GET /v1/customers")?;
-    let q = query(q)?;
-    wait(&state, &q).await?;
-    let engine = engine(&state)?;
-    let p = read::profile(&*engine.store, &id).await.map_err(internal)?;
-    let p = p.ok_or_else(|| {
-        not_found(
-            "customer_not_found",
-            format!("no customer has the identity '{id}'"),
-        )
-    })?;
+    let (q, p) = customer_read(&state, &headers, &id, q).await?;
     let limit = q.limit.unwrap_or(50).clamp(1, 500);
     let mut events = Vec::new();
     for (part, off, _) in p.recent(limit) {
@@ -311,19 +312,8 @@ pub async fn customer_orders(
     headers: HeaderMap,
     q: Q,
 ) -> Result<Response, ApiError> {
-    state
-        .keys
-        .authorize(&headers, Scope::Read, "GET /v1/customers")?;
-    let q = query(q)?;
-    wait(&state, &q).await?;
+    let (q, p) = customer_read(&state, &headers, &id, q).await?;
     let engine = engine(&state)?;
-    let p = read::profile(&*engine.store, &id).await.map_err(internal)?;
-    let p = p.ok_or_else(|| {
-        not_found(
-            "customer_not_found",
-            format!("no customer has the identity '{id}'"),
-        )
-    })?;
     let mut orders = Vec::new();
     for o in p
         .order_ids()
@@ -364,12 +354,7 @@ pub async fn unmerge(
     })?;
     let engine = engine(&state)?;
     let p = read::profile(&*engine.store, &id).await.map_err(internal)?;
-    let p = p.ok_or_else(|| {
-        not_found(
-            "customer_not_found",
-            format!("no customer has the identity '{id}'"),
-        )
-    })?;
+    let p = p.ok_or_else(|| no_customer(&id))?;
     let identity = storeline_engine::project::identity_key(&b.identity);
     if !p.identities.contains(&identity) {
         return Err(ApiError::bad_request(

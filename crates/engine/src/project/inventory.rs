@@ -115,6 +115,16 @@ pub fn keys(ev: &Ev, _cfg: &ProjectionConfig, keys: &mut Keys) {
     }
 }
 
+/// The stock row of `(sku, location)`, created empty if absent.
+fn level<'a>(views: &'a mut Views, sku: &str, location: &str) -> &'a mut Level {
+    views
+        .inv
+        .upsert(sku)
+        .locations
+        .entry(location.to_owned())
+        .or_default()
+}
+
 /// `expires_at` as ms, from RFC 3339 text.
 fn expires_at(ev: &Ev) -> Option<i64> {
     ev.str("expires_at")
@@ -168,13 +178,7 @@ pub fn apply(views: &mut Views, ev: &Ev, cfg: &ProjectionConfig, out: &mut Vec<E
         }
         "inventory.reserved" => {
             let sku = &touched[0];
-            views
-                .inv
-                .upsert(sku)
-                .locations
-                .entry(location.clone())
-                .or_default()
-                .reserved += qty;
+            level(views, sku, &location).reserved += qty;
             if let Some(o) = &order_id {
                 let exp = expires_at(ev);
                 let r = views.resv.upsert(o);
@@ -190,12 +194,7 @@ pub fn apply(views: &mut Views, ev: &Ev, cfg: &ProjectionConfig, out: &mut Vec<E
         }
         "inventory.released" | "inventory.committed" => {
             let sku = &touched[0];
-            let level = views
-                .inv
-                .upsert(sku)
-                .locations
-                .entry(location.clone())
-                .or_default();
+            let level = level(views, sku, &location);
             let q = qty.min(level.reserved);
             level.reserved -= q;
             if ev.ty == "inventory.committed" {
@@ -230,13 +229,7 @@ pub fn apply(views: &mut Views, ev: &Ev, cfg: &ProjectionConfig, out: &mut Vec<E
                     ) else {
                         continue;
                     };
-                    views
-                        .inv
-                        .upsert(sku)
-                        .locations
-                        .entry(location.clone())
-                        .or_default()
-                        .on_hand += q;
+                    level(views, sku, &location).on_hand += q;
                 }
             }
         }
