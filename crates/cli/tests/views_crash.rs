@@ -209,7 +209,7 @@ async fn views_survive_kill_9_and_equal_a_replay() {
         placed.len()
     );
     assert!(events > 5000, "too little traffic got through: {events}");
-    let mut held = vec![0i64; SKUS];
+    let mut held = [0i64; SKUS];
     for (id, _, fate) in &placed {
         let o = get(&url, &key, &format!("/v1/orders/{id}")).await;
         let status = o["status"]
