@@ -51,9 +51,11 @@ pub async fn run(args: ReplayArgs) -> Result<()> {
         bail!("there is no log in {} (is --data right?)", dir.display());
     }
     let file_cfg = cfg.log.file();
-    let log = tokio::task::spawn_blocking(move || FileLog::open(dir, file_cfg))
-        .await?
-        .context("cannot open the log")?;
+    let log = Arc::new(
+        tokio::task::spawn_blocking(move || FileLog::open(dir, file_cfg))
+            .await?
+            .context("cannot open the log")?,
+    );
     let live = storeline_server::open_store(&cfg)
         .await
         .context("cannot open the live state store")?;
@@ -92,7 +94,7 @@ pub async fn run(args: ReplayArgs) -> Result<()> {
     let started = Instant::now();
     let engine_cfg = storeline_server::engine_config(&cfg);
     let done = storeline_engine::replay::replay(
-        &log,
+        Arc::clone(&log),
         Arc::clone(&fresh),
         &engine_cfg.projection,
         &until,

@@ -253,6 +253,7 @@ impl Command {
             }
             Command::Place(p) => {
                 keys.order.insert(p.order_id.clone());
+                keys.resv.insert(p.order_id.clone());
                 keys.inv.extend(p.lines.iter().map(|l| l.sku.clone()));
             }
             Command::Transition { body, .. } => {

@@ -6,6 +6,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use storeline_log::EventLog;
 use storeline_state::StateStore;
@@ -16,8 +17,11 @@ use crate::project::ProjectionConfig;
 
 /// Applies partition records `[start, until)` for every partition in `until` into `store`,
 /// committing every `batch` records; `progress` is called with the records applied so far.
+///
+/// Partitions are independent (each owns its rows), so they are rebuilt in parallel, one task
+/// each: one's commit overlaps another's apply.
 pub async fn replay<L: EventLog, S: StateStore>(
-    log: &L,
+    log: Arc<L>,
     store: Arc<S>,
     cfg: &ProjectionConfig,
     until: &BTreeMap<u32, u64>,
@@ -25,22 +29,39 @@ pub async fn replay<L: EventLog, S: StateStore>(
     progress: &(dyn Fn(u64) + Sync),
 ) -> Result<u64> {
     let offsets = store.offsets().await?;
-    let mut done = 0u64;
+    let done = Arc::new(AtomicU64::new(0));
+    let mut tasks = tokio::task::JoinSet::new();
     for (&p, &end) in until {
         let from = offsets.get(&p).copied().unwrap_or(0);
-        let mut a = Applier::new(p, store.clone(), cfg.clone(), from);
-        while a.next < end {
-            let max = batch.min((end - a.next) as usize);
-            let records = log.read(p, a.next, max).await?;
-            if records.is_empty() {
-                break;
+        let (log, store, cfg, done) = (log.clone(), store.clone(), cfg.clone(), done.clone());
+        tasks.spawn(async move {
+            let mut a = Applier::new(p, store, cfg, from);
+            while a.next < end {
+                let max = batch.min((end - a.next) as usize);
+                let records = log.read(p, a.next, max).await?;
+                if records.is_empty() {
+                    break;
+                }
+                let n = records.len() as u64;
+                a.apply(&records).await?;
+                a.commit().await?;
+                done.fetch_add(n, Ordering::Relaxed);
             }
-            let n = records.len() as u64;
-            a.apply(&records).await?;
-            a.commit().await?;
-            done += n;
-            progress(done);
+            Ok::<(), crate::error::Error>(())
+        });
+    }
+    let mut tick = tokio::time::interval(std::time::Duration::from_millis(100));
+    loop {
+        tokio::select! {
+            joined = tasks.join_next() => match joined {
+                None => break,
+                Some(Ok(result)) => result?,
+                Some(Err(e)) => return Err(crate::error::Error::Emit(format!("a replay task failed: {e}"))),
+            },
+            _ = tick.tick() => progress(done.load(Ordering::Relaxed)),
         }
     }
-    Ok(done)
+    let total = done.load(Ordering::Relaxed);
+    progress(total);
+    Ok(total)
 }

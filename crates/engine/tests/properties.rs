@@ -383,7 +383,7 @@ fn concurrent_commands_never_oversell() {
         // The live views equal a replay of the whole log.
         let replayed = fresh(&dir, "replay.db").await;
         let until: BTreeMap<u32, u64> = store.offsets().await.unwrap();
-        storeline_engine::replay::replay(&*log, replayed.clone(), &ProjectionConfig::default(), &until, 1000, &|_| {}).await.unwrap();
+        storeline_engine::replay::replay(log.clone(), replayed.clone(), &ProjectionConfig::default(), &until, 1000, &|_| {}).await.unwrap();
         assert_eq!(storeline_state::digest(&*store).await.unwrap(), storeline_state::digest(&*replayed).await.unwrap());
     });
 }

@@ -120,7 +120,7 @@ pub async fn views_and_replay(ctx: &Ctx, prep: &Prepared, f: &mut Figures) -> Re
     let t = Instant::now();
     let cfg = EngineConfig::default();
     let done = storeline_engine::replay::replay(
-        &*rig.log,
+        rig.log.clone(),
         fresh.clone(),
         &cfg.projection,
         &until,
