@@ -30,7 +30,7 @@ pub struct ReplayArgs {
     #[arg(long)]
     keep: bool,
     /// Records applied per transaction.
-    #[arg(long, default_value_t = 8192)]
+    #[arg(long, default_value_t = 32768)]
     batch: usize,
 }
 

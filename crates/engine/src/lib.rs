@@ -61,7 +61,7 @@ impl Default for EngineConfig {
     fn default() -> Self {
         EngineConfig {
             projection: ProjectionConfig::default(),
-            batch_max: 4096,
+            batch_max: 16384,
             reservation_ttl: Duration::from_secs(15 * 60),
         }
     }

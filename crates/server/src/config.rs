@@ -219,7 +219,7 @@ pub struct EngineSection {
 impl Default for EngineSection {
     fn default() -> Self {
         EngineSection {
-            batch_max: 4096,
+            batch_max: 16384,
             reservation_ttl: Duration::from_secs(15 * 60),
             read_wait: Duration::from_secs(5),
         }

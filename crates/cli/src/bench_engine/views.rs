@@ -124,7 +124,7 @@ pub async fn views_and_replay(ctx: &Ctx, prep: &Prepared, f: &mut Figures) -> Re
         fresh.clone(),
         &cfg.projection,
         &until,
-        8192,
+        32768,
         &|n| bar.set_position(n),
     )
     .await
