@@ -77,6 +77,13 @@ impl<S: StateStore> Applier<S> {
         Ok((emits, evs))
     }
 
+    /// Forgets what was applied but not committed: the next batch is read again from the
+    /// committed offset, over the rows the store holds.
+    pub fn reset(&mut self) {
+        self.views = Views::new(self.partition);
+        self.next = self.committed;
+    }
+
     /// Commits everything applied since the last commit.
     pub async fn commit(&mut self) -> Result<usize> {
         if self.next == self.committed {
@@ -94,10 +101,8 @@ impl<S: StateStore> Applier<S> {
             })
             .await;
         if let Err(e) = result {
-            // The changes left the cache with the failed commit: start again from what the store
-            // holds, re-reading the log from the committed offset.
-            self.views = Views::new(self.partition);
-            self.next = self.committed;
+            // The changes left the cache with the failed commit: start again from the store.
+            self.reset();
             return Err(e.into());
         }
         self.committed = self.next;

@@ -194,8 +194,12 @@ impl<L: EventLog, S: StateStore, A: Appender> Runner<L, S, A> {
                 self.track_expiry(ev);
             }
         }
-        if !emits.is_empty() {
-            self.append_emits(emits).await?;
+        if !emits.is_empty()
+            && let Err(e) = self.append_emits(emits).await
+        {
+            // The batch must not be committed without the events it caused: apply it again.
+            self.applier.reset();
+            return Err(e);
         }
         self.applier.commit().await?;
         metrics::histogram!("storeline_engine_batch_seconds")
