@@ -21,8 +21,6 @@ pub enum Error {
     Encode(String),
     #[error("appending the events a batch caused failed: {0}")]
     Emit(String),
-    #[error("the engine is stopped")]
-    Stopped,
 }
 
 impl Error {

@@ -144,17 +144,6 @@ pub struct Keys {
     pub idem: BTreeSet<String>,
 }
 
-impl Keys {
-    pub fn is_empty(&self) -> bool {
-        self.frag.is_empty()
-            && self.link.is_empty()
-            && self.order.is_empty()
-            && self.inv.is_empty()
-            && self.resv.is_empty()
-            && self.idem.is_empty()
-    }
-}
-
 /// Every row a partition's writer holds in memory.
 #[derive(Debug)]
 pub struct Views {
