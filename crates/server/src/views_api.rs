@@ -223,12 +223,7 @@ pub async fn find_customers(
     headers: HeaderMap,
     q: Q,
 ) -> Result<Response, ApiError> {
-    state
-        .keys
-        .authorize(&headers, Scope::Read, "GET /v1/customers")?;
-    let q = query(q)?;
-    wait(&state, &q).await?;
-    let engine = engine(&state)?;
+    let (engine, q) = view_read(&state, &headers, "GET /v1/customers", q).await?;
     let limit = q.limit.unwrap_or(20).clamp(1, 100);
     let identities = match (&q.email, &q.trait_, &q.value) {
         (Some(e), None, None) => vec![e.clone()],
@@ -257,6 +252,19 @@ pub async fn find_customers(
     Ok(Json(json!({ "customers": out })).into_response())
 }
 
+/// The steps of every view read: authorize, parse the query, wait for `?min_offset=`.
+async fn view_read<'a>(
+    state: &'a AppState,
+    headers: &HeaderMap,
+    what: &str,
+    q: Q,
+) -> Result<(&'a crate::Engine, ReadQuery), ApiError> {
+    state.keys.authorize(headers, Scope::Read, what)?;
+    let q = query(q)?;
+    wait(state, &q).await?;
+    Ok((engine(state)?, q))
+}
+
 /// The steps of every customer read: authorize, wait for `?min_offset=`, find the profile.
 async fn customer_read(
     state: &AppState,
@@ -264,12 +272,7 @@ async fn customer_read(
     id: &str,
     q: Q,
 ) -> Result<(ReadQuery, read::Profile), ApiError> {
-    state
-        .keys
-        .authorize(headers, Scope::Read, "GET /v1/customers")?;
-    let q = query(q)?;
-    wait(state, &q).await?;
-    let engine = engine(state)?;
+    let (engine, q) = view_read(state, headers, "GET /v1/customers", q).await?;
     let p = read::profile(&*engine.store, id).await.map_err(internal)?;
     let p = p.ok_or_else(|| no_customer(id))?;
     Ok((q, p))
@@ -410,12 +413,7 @@ pub async fn get_order(
     headers: HeaderMap,
     q: Q,
 ) -> Result<Response, ApiError> {
-    state
-        .keys
-        .authorize(&headers, Scope::Read, "GET /v1/orders")?;
-    let q = query(q)?;
-    wait(&state, &q).await?;
-    let engine = engine(&state)?;
+    let (engine, _) = view_read(&state, &headers, "GET /v1/orders", q).await?;
     let o = read::order(&*engine.store, &id).await.map_err(internal)?;
     let o =
         o.ok_or_else(|| not_found("order_not_found", format!("order '{id}' does not exist")))?;
@@ -429,12 +427,7 @@ pub async fn get_inventory(
     headers: HeaderMap,
     q: Q,
 ) -> Result<Response, ApiError> {
-    state
-        .keys
-        .authorize(&headers, Scope::Read, "GET /v1/inventory")?;
-    let q = query(q)?;
-    wait(&state, &q).await?;
-    let engine = engine(&state)?;
+    let (engine, _) = view_read(&state, &headers, "GET /v1/inventory", q).await?;
     let v = read::inventory(
         &*engine.store,
         &sku,
