@@ -81,12 +81,7 @@ pub fn keys(ev: &Ev, keys: &mut Keys) {
         return;
     }
     let ids = linked(ev);
-    if let Some((first, _)) = ids.first() {
-        keys.frag.insert(first.clone());
-    }
-    for (id, _) in ids.iter().skip(1) {
-        keys.frag.insert(id.clone());
-    }
+    keys.frag.extend(ids.iter().map(|(i, _)| i.clone()));
     if ids.len() > 1 {
         keys.link.extend(ids.iter().map(|(i, _)| i.clone()));
     }
