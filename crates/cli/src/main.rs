@@ -11,6 +11,7 @@ mod bench_engine;
 mod client;
 mod replay;
 mod traffic;
+mod triggers_cmd;
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -129,6 +130,11 @@ enum Command {
     /// Rebuild every view from the log into a fresh store and compare its digest with the live
     /// state's (run it with the server stopped: it opens the log).
     Replay(replay::ReplayArgs),
+    /// Trigger files: check one, or backtest it against the stored log.
+    Triggers {
+        #[command(subcommand)]
+        command: triggers_cmd::TriggersCommand,
+    },
     /// Benchmarks that print figures.
     Bench {
         #[command(subcommand)]
@@ -299,6 +305,14 @@ async fn run(command: Command) -> Result<()> {
         } => {
             let config = Config::load(file.as_deref())?;
             config.validate()?;
+            if let Some(source) = config.trigger_source().map_err(anyhow::Error::msg)? {
+                if let Err(problems) = storeline_engine::triggers::TriggerSet::parse(&source) {
+                    for p in &problems {
+                        eprintln!("triggers: {p}");
+                    }
+                    anyhow::bail!("{} problem(s) in the trigger file", problems.len());
+                }
+            }
             println!("{}", toml::to_string_pretty(&config)?);
             eprintln!("configuration is valid");
             Ok(())
@@ -316,6 +330,7 @@ async fn run(command: Command) -> Result<()> {
             command: BenchCommand::Engine(args),
         } => bench_engine::run(args).await,
         Command::Replay(args) => replay::run(args).await,
+        Command::Triggers { command } => triggers_cmd::run(command).await,
     }
 }
 

@@ -10,10 +10,15 @@ use storeline_state::{Commit, StateStore};
 use crate::error::Result;
 use crate::event::Ev;
 use crate::project::{self, Emit, ProjectionConfig};
+use crate::triggers::{Stage, rows};
 use crate::views::{Keys, Views};
 
 /// Rows cached per partition before the cache is dropped after a commit.
 const CACHE_LIMIT: usize = 400_000;
+
+/// The most due timers loaded for one batch; when more are due, the batch stops at the last
+/// one loaded and the next batch takes the rest.
+const TIMERS_PER_BATCH: usize = 32_768;
 
 /// A partition's state as its writer holds it: the views and the next offset to apply.
 pub struct Applier<S> {
@@ -25,6 +30,7 @@ pub struct Applier<S> {
     pub next: u64,
     /// The offset the store holds (everything below is committed).
     pub committed: u64,
+    pub triggers: Stage,
 }
 
 impl<S: StateStore> Applier<S> {
@@ -36,15 +42,73 @@ impl<S: StateStore> Applier<S> {
             views: Views::new(partition),
             next: committed,
             committed,
+            triggers: Stage::new(crate::triggers::Registry::default(), None),
+        }
+    }
+
+    /// Loads the partition's trigger files and clock from the store (at start, not on replay
+    /// into an empty store).
+    pub async fn load_triggers(&mut self, commerce: Option<u32>) -> Result<()> {
+        let mut defs = Vec::new();
+        let mut after: Option<(String, u32)> = None;
+        loop {
+            let page = self
+                .store
+                .scan(rows::ns::TRIGDEF, "", after.as_ref().map(|(k, o)| (k.as_str(), *o)), 256)
+                .await?;
+            let Some(last) = page.last() else { break };
+            after = Some((last.key.clone(), last.owner));
+            for r in page.into_iter().filter(|r| r.owner == self.partition) {
+                if let Ok(d) = serde_json::from_slice::<rows::Definition>(&r.value) {
+                    defs.push((r.key, d));
+                }
+            }
+        }
+        self.triggers = Stage::new(crate::triggers::Registry::from_rows(defs), commerce);
+        Ok(())
+    }
+
+    /// The earliest pending timer of this partition, from the store.
+    pub async fn first_timer(&self) -> Result<Option<i64>> {
+        let page = self
+            .store
+            .scan(rows::ns::TIMER, &rows::timer_prefix(self.partition), None, 1)
+            .await?;
+        Ok(page
+            .first()
+            .and_then(|r| rows::parse_timer_key(&r.key))
+            .map(|(due, _)| due))
+    }
+
+    /// Timers due at or before `horizon`, in due order (at most [`TIMERS_PER_BATCH`]).
+    async fn due_timers(&self, horizon: i64) -> Result<Vec<String>> {
+        let prefix = rows::timer_prefix(self.partition);
+        let mut out: Vec<String> = Vec::new();
+        loop {
+            let after = out.last().map(|k| (k.as_str(), self.partition));
+            let page = self.store.scan(rows::ns::TIMER, &prefix, after, 4096).await?;
+            let n = page.len();
+            for r in page {
+                match rows::parse_timer_key(&r.key) {
+                    Some((due, _)) if due <= horizon => out.push(r.key),
+                    _ => return Ok(out),
+                }
+                if out.len() >= TIMERS_PER_BATCH {
+                    return Ok(out);
+                }
+            }
+            if n < 4096 {
+                return Ok(out);
+            }
         }
     }
 
     /// Applies `records` (which must start at `next`), returning the events they cause and the
-    /// parsed events (for the caller's own bookkeeping).
+    /// parsed events (for the caller's own bookkeeping). When more timers fall due within the
+    /// records than one batch loads, it stops early (`next` says where).
     pub async fn apply(&mut self, records: &[StoredRecord]) -> Result<(Vec<Emit>, Vec<Ev>)> {
         let mut evs = Vec::with_capacity(records.len());
         for r in records {
-            debug_assert_eq!(r.offset, self.next + evs.len() as u64);
             match Ev::parse(&r.value, self.partition, r.offset) {
                 Ok(ev) => evs.push(ev),
                 Err(e) => {
@@ -54,9 +118,37 @@ impl<S: StateStore> Applier<S> {
                 }
             }
         }
+        // The partition's clock never goes back, whatever the records' times say.
+        let mut clocks = Vec::with_capacity(evs.len());
+        let mut clock = self.triggers.clock;
+        for ev in &evs {
+            clock = clock.max(ev.received);
+            clocks.push(clock);
+        }
+        let mut horizon = clock;
+        let mut keep = evs.len();
+        let mut due = Vec::new();
+        if self.triggers.next_due.is_none_or(|d| d.is_some_and(|d| d <= horizon)) {
+            due = self.due_timers(horizon).await?;
+            if due.len() >= TIMERS_PER_BATCH
+                && let Some((last, _)) = due.last().and_then(|k| rows::parse_timer_key(k))
+            {
+                horizon = last;
+                keep = clocks.iter().take_while(|c| **c <= horizon).count();
+            }
+        }
+        evs.truncate(keep);
         let mut keys = Keys::default();
         for ev in &evs {
             project::keys(ev, &self.cfg, &mut keys);
+            self.triggers.keys(ev, &mut keys);
+        }
+        for k in &due {
+            match rows::parse_timer_key(k) {
+                Some((_, rows::Target::Run(r))) => keys.run.insert(r),
+                Some((_, rows::Target::Arb(c))) => keys.arb.insert(c),
+                None => false,
+            };
         }
         self.views.load(&*self.store, &keys).await?;
         // An unmerge changes both ends of each edge: load the other ends too.
@@ -67,13 +159,43 @@ impl<S: StateStore> Applier<S> {
             };
             self.views.load(&*self.store, &more).await?;
         }
-        let mut emits = Vec::new();
-        for ev in &evs {
-            project::apply(&mut self.views, ev, &self.cfg, &mut emits);
+        // Runs lead to their customers' rows, wait lists to their runs: load until closed.
+        for _ in 0..4 {
+            if !self.triggers.follow(&self.views, &mut keys) {
+                break;
+            }
+            self.views.load(&*self.store, &keys).await?;
         }
-        if let Some(last) = records.last() {
+        self.views.due = due.into_iter().collect();
+        let mut emits = Vec::new();
+        let p = self.partition;
+        for (ev, clock) in evs.iter().zip(&clocks) {
+            self.triggers.fire_due(&mut self.views, p, *clock, &mut emits);
+            self.triggers.clock = *clock;
+            project::apply(&mut self.views, ev, &self.cfg, &mut emits);
+            self.triggers.apply(&mut self.views, ev, p, &mut emits);
+            self.triggers.fire_due(&mut self.views, p, *clock, &mut emits);
+        }
+        if keep < records.len() {
+            // Stopped early: fire what was loaded up to the horizon, then resume at the first
+            // record not applied.
+            self.triggers.fire_due(&mut self.views, p, horizon, &mut emits);
+            self.triggers.clock = self.triggers.clock.max(horizon);
+            self.next = evs.last().map_or(self.next, |e| e.offset + 1);
+            if evs.is_empty() {
+                self.next = records[0].offset;
+            }
+        } else if let Some(last) = records.last() {
             self.next = last.offset + 1;
         }
+        let fresh = std::mem::take(&mut self.views.due);
+        // What is still pending from this batch bounds the next due time from above; the store
+        // may hold earlier ones only if this batch loaded none (then it is looked up again).
+        self.triggers.next_due = if self.views.timers.is_empty() && fresh.is_empty() {
+            self.triggers.next_due.filter(|d| d.is_none_or(|d| d > horizon))
+        } else {
+            None
+        };
         Ok((emits, evs))
     }
 
@@ -82,11 +204,13 @@ impl<S: StateStore> Applier<S> {
     pub fn reset(&mut self) {
         self.views = Views::new(self.partition);
         self.next = self.committed;
+        self.triggers.next_due = None;
+        self.triggers.outcomes.clear();
     }
 
     /// Commits everything applied since the last commit.
     pub async fn commit(&mut self) -> Result<usize> {
-        if self.next == self.committed {
+        if self.next == self.committed && !self.views.is_dirty() {
             return Ok(0);
         }
         let writes = self.views.take_writes()?;

@@ -14,6 +14,9 @@ pub struct Ev {
     pub ty: String,
     /// Event time, ms since the Unix epoch.
     pub time: i64,
+    /// When it was stored, ms since the Unix epoch (the event time if unknown): the clock
+    /// triggers run on.
+    pub received: i64,
     pub subject: Option<String>,
     pub data: Value,
     /// Segment's anonymous id when the event also names a user (extension `anonymousid`).
@@ -52,6 +55,8 @@ struct Raw<'a> {
     idempotencykey: Option<String>,
     #[serde(default)]
     commandhash: Option<String>,
+    #[serde(default, borrow)]
+    received_at: Option<std::borrow::Cow<'a, str>>,
 }
 
 impl Ev {
@@ -61,6 +66,11 @@ impl Ev {
         let time = chrono::DateTime::parse_from_rfc3339(&raw.time)
             .map_err(|e| format!("time '{}': {e}", raw.time))?
             .timestamp_millis();
+        let received = raw
+            .received_at
+            .as_deref()
+            .and_then(|r| chrono::DateTime::parse_from_rfc3339(r).ok())
+            .map_or(time, |t| t.timestamp_millis());
         let command = match (raw.command, raw.idempotencykey, raw.commandhash) {
             (Some(name), Some(key), Some(hash)) => Some(CommandMark { name, key, hash }),
             _ => None,
@@ -69,6 +79,7 @@ impl Ev {
             id: raw.id.into_owned(),
             ty: raw.ty.into_owned(),
             time,
+            received,
             subject: raw.subject,
             data: raw.data,
             anonymous_id: raw.anonymousid,

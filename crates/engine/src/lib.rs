@@ -20,6 +20,7 @@ pub mod project;
 pub mod read;
 pub mod replay;
 pub mod runner;
+pub mod triggers;
 pub mod views;
 
 use std::collections::HashMap;
@@ -111,7 +112,9 @@ impl<S: StateStore> Engine<S> {
                 commands: if p == commerce { rx.take() } else { None },
                 expiries: Default::default(),
                 recent: HashMap::new(),
+                ticked: None,
             };
+            runner.applier.load_triggers(Some(commerce)).await?;
             if p == commerce {
                 runner.expiries = load_expiries(&*store, p).await?;
             }

@@ -78,10 +78,27 @@ pub struct Runner<L, S, A> {
     /// Commerce writer: results of recent commands by idempotency key (rejections included,
     /// which the log does not record).
     pub recent: HashMap<String, (String, std::result::Result<CommandOutcome, CommandError>)>,
+    /// The due time a tick was last appended for (so one due time gets one tick).
+    pub ticked: Option<i64>,
 }
 
 fn now_ms() -> i64 {
     chrono::Utc::now().timestamp_millis()
+}
+
+/// Counts a batch's trigger decisions (labels: trigger name and outcome, both bounded).
+fn report_outcomes(outcomes: Vec<crate::triggers::Outcome>) {
+    if outcomes.is_empty() {
+        return;
+    }
+    let mut counts: std::collections::BTreeMap<(String, String), u64> = Default::default();
+    for o in outcomes {
+        *counts.entry((o.trigger, o.what)).or_default() += 1;
+    }
+    for ((trigger, outcome), n) in counts {
+        metrics::counter!("storeline_trigger_outcomes_total", "trigger" => trigger, "outcome" => outcome)
+            .increment(n);
+    }
 }
 
 /// Builds a stored-to-be event.
@@ -157,13 +174,55 @@ impl<L: EventLog, S: StateStore, A: Appender> Runner<L, S, A> {
                 }
                 continue;
             }
+            let wake = self.timer_wake().await;
             tokio::select! {
                 _ = tail.changed() => {}
+                _ = tokio::time::sleep(wake.unwrap_or(Duration::from_secs(3600))), if wake.is_some() => {
+                    self.tick().await;
+                }
                 Some(req) = async { match self.commands.as_mut() { Some(rx) => rx.recv().await, None => std::future::pending().await } } => {
                     self.handle_commands(req).await;
                 }
                 _ = tick.tick(), if self.commands.is_some() => self.expire().await,
                 _ = shutdown.changed() => {}
+            }
+        }
+    }
+
+    /// How long until the earliest pending timer is due (`None`: no timer, or its tick is out).
+    async fn timer_wake(&mut self) -> Option<Duration> {
+        if self.applier.triggers.next_due.is_none() {
+            match self.applier.first_timer().await {
+                Ok(d) => self.applier.triggers.next_due = Some(d),
+                Err(e) => {
+                    tracing::warn!(partition = self.applier.partition, error = %e, "cannot read the next timer; retrying");
+                    return Some(Duration::from_secs(1));
+                }
+            }
+        }
+        let due = self.applier.triggers.next_due.flatten()?;
+        if self.ticked == Some(due) {
+            return None;
+        }
+        Some(Duration::from_millis((due - now_ms()).max(0) as u64))
+    }
+
+    /// Appends a tick so the partition's clock reaches a due timer.
+    async fn tick(&mut self) {
+        let p = self.applier.partition;
+        let Some(due) = self.applier.triggers.next_due.flatten() else {
+            return;
+        };
+        if due > now_ms() {
+            return;
+        }
+        let id = format!("tick_{}", ulid::Ulid::new().to_string().to_lowercase());
+        let ev = build_event(id, "storeline/engine", crate::triggers::TICK, None, now_ms(), &json!({}), None);
+        match self.appender.append(vec![ev], Some(p)).await {
+            Ok(_) => self.ticked = Some(due),
+            Err(e) => {
+                tracing::warn!(partition = p, error = %e.message, "appending a timer tick failed; retrying");
+                tokio::time::sleep(Duration::from_millis(200)).await;
             }
         }
     }
@@ -202,6 +261,7 @@ impl<L: EventLog, S: StateStore, A: Appender> Runner<L, S, A> {
             return Err(e);
         }
         self.applier.commit().await?;
+        report_outcomes(std::mem::take(&mut self.applier.triggers.outcomes));
         metrics::histogram!("storeline_engine_batch_seconds")
             .record(started.elapsed().as_secs_f64());
         metrics::counter!("storeline_engine_events_total").increment(records.len() as u64);

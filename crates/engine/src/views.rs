@@ -15,6 +15,7 @@ use storeline_state::{StateStore, Write};
 
 use crate::error::{Error, Result};
 use crate::model::{Frag, Idem, Links, Order, Reservation, Stock, ns};
+use crate::triggers::rows::{self as trows, Arb, Definition, Journal, Run, Stats, WaitList, Window};
 
 /// The cached rows of one namespace, and which of them changed since the last commit.
 #[derive(Debug)]
@@ -142,6 +143,29 @@ pub struct Keys {
     pub inv: BTreeSet<String>,
     pub resv: BTreeSet<String>,
     pub idem: BTreeSet<String>,
+    pub run: BTreeSet<String>,
+    pub wait: BTreeSet<String>,
+    pub arb: BTreeSet<String>,
+    pub jrnl: BTreeSet<String>,
+    pub agg: BTreeSet<String>,
+    pub tstat: BTreeSet<String>,
+}
+
+impl Keys {
+    pub fn extend(&mut self, other: Keys) {
+        self.frag.extend(other.frag);
+        self.link.extend(other.link);
+        self.order.extend(other.order);
+        self.inv.extend(other.inv);
+        self.resv.extend(other.resv);
+        self.idem.extend(other.idem);
+        self.run.extend(other.run);
+        self.wait.extend(other.wait);
+        self.arb.extend(other.arb);
+        self.jrnl.extend(other.jrnl);
+        self.agg.extend(other.agg);
+        self.tstat.extend(other.tstat);
+    }
 }
 
 /// Every row a partition's writer holds in memory.
@@ -154,6 +178,21 @@ pub struct Views {
     pub inv: Table<Stock>,
     pub resv: Table<Reservation>,
     pub idem: Table<Idem>,
+    pub run: Table<Run>,
+    pub wait: Table<WaitList>,
+    pub arb: Table<Arb>,
+    pub jrnl: Table<Journal>,
+    pub agg: Table<Window>,
+    pub tstat: Table<Stats>,
+    /// Timers to put (`true`) or delete (`false`); timers are written, never cached.
+    pub timers: BTreeMap<String, bool>,
+    /// Timers known to be pending in this batch (due ones from the store, and new ones), in due
+    /// order.
+    pub due: BTreeSet<String>,
+    /// Outbox entries to write.
+    pub outbox: BTreeMap<String, serde_json::Value>,
+    /// Trigger files to record.
+    pub trigdef: BTreeMap<String, Definition>,
     /// Trait-index entries to put (`true`) or delete (`false`), last write wins.
     pub traits: BTreeMap<String, bool>,
 }
@@ -168,6 +207,16 @@ impl Views {
             inv: Table::new(ns::INV),
             resv: Table::new(ns::RESV),
             idem: Table::new(ns::IDEM),
+            run: Table::new(trows::ns::RUN),
+            wait: Table::new(trows::ns::WAIT),
+            arb: Table::new(trows::ns::ARB),
+            jrnl: Table::new(trows::ns::JRNL),
+            agg: Table::new(trows::ns::AGG),
+            tstat: Table::new(trows::ns::TSTAT),
+            timers: BTreeMap::new(),
+            due: BTreeSet::new(),
+            outbox: BTreeMap::new(),
+            trigdef: BTreeMap::new(),
             traits: BTreeMap::new(),
         }
     }
@@ -181,7 +230,32 @@ impl Views {
         self.inv.load(store, o, &keys.inv).await?;
         self.resv.load(store, o, &keys.resv).await?;
         self.idem.load(store, o, &keys.idem).await?;
+        self.run.load(store, o, &keys.run).await?;
+        self.wait.load(store, o, &keys.wait).await?;
+        self.arb.load(store, o, &keys.arb).await?;
+        self.jrnl.load(store, o, &keys.jrnl).await?;
+        self.agg.load(store, o, &keys.agg).await?;
+        self.tstat.load(store, o, &keys.tstat).await?;
         Ok(())
+    }
+
+    /// Whether any key of `keys` is not cached yet.
+    pub fn missing(&self, keys: &Keys) -> bool {
+        fn any<T>(t: &Table<T>, k: &BTreeSet<String>) -> bool {
+            k.iter().any(|k| !t.rows.contains_key(k))
+        }
+        any(&self.frag, &keys.frag)
+            || any(&self.link, &keys.link)
+            || any(&self.order, &keys.order)
+            || any(&self.inv, &keys.inv)
+            || any(&self.resv, &keys.resv)
+            || any(&self.idem, &keys.idem)
+            || any(&self.run, &keys.run)
+            || any(&self.wait, &keys.wait)
+            || any(&self.arb, &keys.arb)
+            || any(&self.jrnl, &keys.jrnl)
+            || any(&self.agg, &keys.agg)
+            || any(&self.tstat, &keys.tstat)
     }
 
     /// Copies rows of `keys` that this (scratch) view lacks from `live`, unchanged and clean.
@@ -203,6 +277,34 @@ impl Views {
         self.inv.drain_writes(&mut out)?;
         self.resv.drain_writes(&mut out)?;
         self.idem.drain_writes(&mut out)?;
+        self.run.drain_writes(&mut out)?;
+        self.wait.drain_writes(&mut out)?;
+        self.arb.drain_writes(&mut out)?;
+        self.jrnl.drain_writes(&mut out)?;
+        self.agg.drain_writes(&mut out)?;
+        self.tstat.drain_writes(&mut out)?;
+        for (key, put) in std::mem::take(&mut self.timers) {
+            let ns = trows::ns::TIMER.to_owned();
+            out.push(if put {
+                Write::Put { ns, key, value: Bytes::new() }
+            } else {
+                Write::Delete { ns, key }
+            });
+        }
+        for (key, entry) in std::mem::take(&mut self.outbox) {
+            out.push(Write::Put {
+                ns: trows::ns::OUTBOX.to_owned(),
+                key,
+                value: Bytes::from(serde_json::to_vec(&entry).map_err(Error::encode)?),
+            });
+        }
+        for (key, def) in std::mem::take(&mut self.trigdef) {
+            out.push(Write::Put {
+                ns: trows::ns::TRIGDEF.to_owned(),
+                key,
+                value: Bytes::from(serde_json::to_vec(&def).map_err(Error::encode)?),
+            });
+        }
         for (key, present) in std::mem::take(&mut self.traits) {
             out.push(if present {
                 Write::Put {
@@ -228,6 +330,15 @@ impl Views {
             && self.inv.dirty.is_empty()
             && self.resv.dirty.is_empty()
             && self.idem.dirty.is_empty()
+            && self.run.dirty.is_empty()
+            && self.wait.dirty.is_empty()
+            && self.arb.dirty.is_empty()
+            && self.jrnl.dirty.is_empty()
+            && self.agg.dirty.is_empty()
+            && self.tstat.dirty.is_empty()
+            && self.timers.is_empty()
+            && self.outbox.is_empty()
+            && self.trigdef.is_empty()
             && self.traits.is_empty())
     }
 
@@ -239,6 +350,12 @@ impl Views {
             + self.inv.rows.len()
             + self.resv.rows.len()
             + self.idem.rows.len()
+            + self.run.rows.len()
+            + self.wait.rows.len()
+            + self.arb.rows.len()
+            + self.jrnl.rows.len()
+            + self.agg.rows.len()
+            + self.tstat.rows.len()
     }
 
     /// Drops the cache; only valid right after a commit (nothing dirty).

@@ -28,6 +28,17 @@ pub struct Config {
     pub state: StateConfig,
     pub engine: EngineSection,
     pub inventory: InventoryConfig,
+    pub triggers: TriggersSection,
+    /// Triggers, aggregates, connectors and arbitration may also be written inline here, in the
+    /// trigger file's format (`[[trigger]]`, `[[aggregate]]`, `[[connector]]`, `[arbitration]`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub trigger: Vec<toml::Value>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub aggregate: Vec<toml::Value>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub connector: Vec<toml::Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub arbitration: Option<toml::Value>,
 }
 
 impl Default for Config {
@@ -41,6 +52,11 @@ impl Default for Config {
             state: StateConfig::default(),
             engine: EngineSection::default(),
             inventory: InventoryConfig::default(),
+            triggers: TriggersSection::default(),
+            trigger: Vec::new(),
+            aggregate: Vec::new(),
+            connector: Vec::new(),
+            arbitration: None,
         }
     }
 }
@@ -241,6 +257,45 @@ impl Default for InventoryConfig {
         InventoryConfig {
             default_location: "main".into(),
             low_stock_threshold: 5,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TriggersSection {
+    /// A trigger file (`[[trigger]]`, `[[aggregate]]`, `[[connector]]`, `[arbitration]`), such
+    /// as the starter set `config/triggers.toml`. A relative path is taken from the current
+    /// directory. When the file's content changes, the next start installs it; until then a file
+    /// sent to `PUT /v1/triggers` stays in force.
+    pub file: Option<PathBuf>,
+}
+
+impl Config {
+    /// The trigger file's text, from `triggers.file` or the inline tables; `None` if neither.
+    pub fn trigger_source(&self) -> Result<Option<String>, String> {
+        let inline = !(self.trigger.is_empty()
+            && self.aggregate.is_empty()
+            && self.connector.is_empty()
+            && self.arbitration.is_none());
+        match (&self.triggers.file, inline) {
+            (Some(_), true) => Err("triggers.file is set and triggers are also written inline; use one".into()),
+            (Some(f), false) => std::fs::read_to_string(f)
+                .map(Some)
+                .map_err(|e| format!("triggers.file: cannot read {}: {e}", f.display())),
+            (None, true) => {
+                let mut t = toml::Table::new();
+                if let Some(a) = &self.arbitration {
+                    t.insert("arbitration".into(), a.clone());
+                }
+                for (k, v) in [("connector", &self.connector), ("aggregate", &self.aggregate), ("trigger", &self.trigger)] {
+                    if !v.is_empty() {
+                        t.insert(k.into(), toml::Value::Array(v.clone()));
+                    }
+                }
+                toml::to_string(&t).map(Some).map_err(|e| format!("inline triggers: {e}"))
+            }
+            (None, false) => Ok(None),
         }
     }
 }

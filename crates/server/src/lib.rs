@@ -13,6 +13,7 @@ mod ingest;
 mod ops;
 mod read;
 mod segment_api;
+mod triggers_api;
 mod views_api;
 
 use std::future::Future;
@@ -159,6 +160,8 @@ pub enum ServerError {
         #[source]
         source: std::io::Error,
     },
+    #[error("{0}")]
+    Triggers(String),
     #[error("server error: {0}")]
     Serve(#[source] std::io::Error),
 }
@@ -219,6 +222,13 @@ pub async fn run(
     .await?;
     let engine = Arc::new(engine);
     let _ = state.engine.set(Arc::clone(&engine));
+    if let Err(e) = triggers_api::install_configured(&state).await {
+        engine_stop.send_replace(true);
+        engine.join().await;
+        store.close().await;
+        state.log.close().await?;
+        return Err(ServerError::Triggers(e));
+    }
 
     let listener = tokio::net::TcpListener::bind(&state.config.server.listen)
         .await
@@ -292,6 +302,10 @@ fn router(state: SharedState, metrics: metrics_exporter_prometheus::PrometheusHa
         .route("/v1/orders/{id}", get(views_api::get_order))
         .route("/v1/inventory/{sku}", get(views_api::get_inventory))
         .route("/v1/engine", get(views_api::engine_status))
+        .route("/v1/triggers", get(triggers_api::get_triggers).put(triggers_api::put_triggers))
+        .route("/v1/customers/{id}/journeys", get(triggers_api::journeys))
+        .route("/v1/aggregates", get(triggers_api::list_aggregates))
+        .route("/v1/aggregates/{name}", get(triggers_api::get_aggregate))
         .route("/healthz", get(ops::healthz))
         .route("/readyz", get(ops::readyz))
         .route("/v1/openapi.json", get(ops::openapi))

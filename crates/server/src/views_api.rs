@@ -65,7 +65,7 @@ fn command_error(e: &CommandError) -> ApiError {
     }
 }
 
-fn engine(state: &AppState) -> Result<&crate::Engine, ApiError> {
+pub(crate) fn engine(state: &AppState) -> Result<&crate::Engine, ApiError> {
     state
         .engine
         .get()
@@ -142,7 +142,9 @@ pub struct ReadQuery {
     #[serde(rename = "trait")]
     trait_: Option<String>,
     value: Option<String>,
-    limit: Option<usize>,
+    pub(crate) limit: Option<usize>,
+    /// An aggregate's key (`GET /v1/aggregates/{name}?key=`).
+    pub(crate) key: Option<String>,
 }
 
 /// Waits for `?min_offset=` (see the module docs).
@@ -184,11 +186,11 @@ async fn wait(state: &AppState, q: &ReadQuery) -> Result<(), ApiError> {
     Ok(())
 }
 
-fn not_found(code: &'static str, what: String) -> ApiError {
+pub(crate) fn not_found(code: &'static str, what: String) -> ApiError {
     ApiError::new(StatusCode::NOT_FOUND, code, what)
 }
 
-fn internal(e: storeline_engine::Error) -> ApiError {
+pub(crate) fn internal(e: storeline_engine::Error) -> ApiError {
     tracing::error!(error = %e, "reading a view failed");
     ApiError::unavailable("the state store cannot be read now; retry")
 }
@@ -200,9 +202,9 @@ fn query(
         .map_err(|e| ApiError::bad_request("invalid_query", e.body_text()))
 }
 
-type Q = Result<Query<ReadQuery>, axum::extract::rejection::QueryRejection>;
+pub(crate) type Q = Result<Query<ReadQuery>, axum::extract::rejection::QueryRejection>;
 
-fn now_ms() -> i64 {
+pub(crate) fn now_ms() -> i64 {
     chrono::Utc::now().timestamp_millis()
 }
 
@@ -253,7 +255,7 @@ pub async fn find_customers(
 }
 
 /// The steps of every view read: authorize, parse the query, wait for `?min_offset=`.
-async fn view_read<'a>(
+pub(crate) async fn view_read<'a>(
     state: &'a AppState,
     headers: &HeaderMap,
     what: &str,
@@ -266,7 +268,7 @@ async fn view_read<'a>(
 }
 
 /// The steps of every customer read: authorize, wait for `?min_offset=`, find the profile.
-async fn customer_read(
+pub(crate) async fn customer_read(
     state: &AppState,
     headers: &HeaderMap,
     id: &str,

@@ -1,0 +1,210 @@
+//! `storeline triggers check FILE` and `storeline triggers backtest FILE`.
+//!
+//! `check` compiles a trigger file without starting anything and lists every problem with its
+//! location. `backtest` replays the stored log through the file on a virtual clock into a
+//! scratch store (the server must be stopped: it opens the log) and reports what would have
+//! happened, with examples.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::{Context, Result, bail};
+use serde_json::json;
+use storeline_engine::triggers::TriggerSet;
+use storeline_engine::triggers::backtest::{Report, backtest};
+use storeline_log::{EventLog, FileLog};
+use storeline_server::{Config, LogBackend};
+use storeline_state::{SqliteStore, StateStore};
+
+#[derive(clap::Subcommand, Debug)]
+pub enum TriggersCommand {
+    /// Check a trigger file: every problem, with where it is; exits 1 if there are any.
+    Check {
+        file: PathBuf,
+        /// Print the result as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Replay the stored log through a trigger file on a virtual clock, with no side effects,
+    /// and report how many runs would have started, sent, been held or suppressed, and why.
+    Backtest(BacktestArgs),
+}
+
+#[derive(clap::Args, Debug)]
+pub struct BacktestArgs {
+    file: PathBuf,
+    /// Configuration file (TOML).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Data directory [default: ./storeline-data].
+    #[arg(long)]
+    data: Option<PathBuf>,
+    /// Evaluate triggers from this time (RFC 3339, or a duration ago such as "7d") [default: the
+    /// log's start]. Earlier events still build customers and aggregate windows.
+    #[arg(long)]
+    from: Option<String>,
+    /// Evaluate up to this time (RFC 3339, or a duration ago) [default: the log's end].
+    #[arg(long)]
+    to: Option<String>,
+    /// Examples shown per trigger and outcome.
+    #[arg(long, default_value_t = 3)]
+    samples: usize,
+    /// Print the report as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+pub async fn run(cmd: TriggersCommand) -> Result<()> {
+    match cmd {
+        TriggersCommand::Check { file, json } => check(file, json),
+        TriggersCommand::Backtest(args) => run_backtest(args).await,
+    }
+}
+
+fn load(file: &PathBuf) -> Result<(String, TriggerSet)> {
+    let source = std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?;
+    match TriggerSet::parse(&source) {
+        Ok(set) => Ok((source, set)),
+        Err(problems) => {
+            for p in &problems {
+                eprintln!("{}: {p}", file.display());
+            }
+            bail!("{} problem(s) in {}", problems.len(), file.display())
+        }
+    }
+}
+
+fn check(file: PathBuf, as_json: bool) -> Result<()> {
+    let source = std::fs::read_to_string(&file).with_context(|| format!("cannot read {}", file.display()))?;
+    match TriggerSet::parse(&source) {
+        Ok(set) => {
+            if as_json {
+                println!("{}", json!({ "ok": true, "version": set.version, "triggers": set.triggers.iter().map(|t| json!({ "name": t.name, "version": t.version })).collect::<Vec<_>>(), "aggregates": set.aggregates.len() }));
+            } else {
+                for t in &set.triggers {
+                    println!("trigger {:<28} version {}  on {}", t.name, t.version, t.on.join(", "));
+                }
+                for a in &set.aggregates {
+                    println!("aggregate {:<26} {:?} over {}", a.name, a.func, humantime::format_duration(std::time::Duration::from_millis(a.window_ms as u64)));
+                }
+                eprintln!("{}: ok ({} triggers, {} aggregates; file version {})", file.display(), set.triggers.len(), set.aggregates.len(), set.version);
+            }
+            Ok(())
+        }
+        Err(problems) => {
+            if as_json {
+                println!("{}", json!({ "ok": false, "problems": problems }));
+            } else {
+                for p in &problems {
+                    eprintln!("{}: {p}", file.display());
+                }
+            }
+            bail!("{} problem(s) in {}", problems.len(), file.display())
+        }
+    }
+}
+
+/// RFC 3339, or a duration before now.
+fn parse_time(s: &str) -> Result<i64> {
+    if let Ok(t) = chrono::DateTime::parse_from_rfc3339(s) {
+        return Ok(t.timestamp_millis());
+    }
+    if let Ok(d) = humantime::parse_duration(s) {
+        return Ok(chrono::Utc::now().timestamp_millis() - d.as_millis() as i64);
+    }
+    bail!("'{s}' is neither an RFC 3339 time (2026-11-01T00:00:00Z) nor a duration ago (7d)")
+}
+
+async fn run_backtest(args: BacktestArgs) -> Result<()> {
+    let (source, set) = load(&args.file)?;
+    let from = args.from.as_deref().map(parse_time).transpose()?.unwrap_or(i64::MIN);
+    let to = args.to.as_deref().map(parse_time).transpose()?.unwrap_or(i64::MAX);
+    if from > to {
+        bail!("--from is after --to");
+    }
+    let mut cfg = Config::load(args.config.as_deref())?;
+    if let Some(d) = args.data {
+        cfg.data_dir = d;
+    }
+    if cfg.log.backend != LogBackend::File {
+        bail!("backtest reads the file log; log.backend is {:?}", cfg.log.backend);
+    }
+    let dir = cfg.log_dir();
+    if !dir.join("log.json").exists() {
+        bail!("there is no log in {} (is --data right?)", dir.display());
+    }
+    let file_cfg = cfg.log.file();
+    let log = Arc::new(
+        tokio::task::spawn_blocking(move || FileLog::open(dir, file_cfg))
+            .await?
+            .context("cannot open the log (is a server running on this data directory? stop it first)")?,
+    );
+    let total: u64 = (0..log.partitions())
+        .map(|p| log.bounds(p).map(|b| b.end).unwrap_or(0))
+        .sum();
+    let scratch = tempfile::tempdir().context("cannot create a scratch directory")?;
+    let store = Arc::new(SqliteStore::open(&scratch.path().join("backtest.db")).await?);
+    eprintln!("backtest of {} (version {}) over {total} stored events; nothing is sent", args.file.display(), set.version);
+    let bar = indicatif::ProgressBar::new(total);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} events  {per_sec}  eta {eta}")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    let started = std::time::Instant::now();
+    let projection = storeline_server::engine_config(&cfg).projection;
+    let report = backtest(Arc::clone(&log), Arc::clone(&store), &source, &projection, (from, to), args.samples, &|n| bar.set_position(n)).await?;
+    bar.finish_and_clear();
+    let secs = started.elapsed().as_secs_f64();
+    store.close().await;
+    let _ = log.close().await;
+    if args.json {
+        println!("{}", report_json(&report, &set));
+    } else {
+        print_report(&report, &set, secs);
+    }
+    Ok(())
+}
+
+fn time(ms: i64) -> String {
+    chrono::DateTime::from_timestamp_millis(ms)
+        .map(|t| storeline_event::format_time(&t))
+        .unwrap_or_else(|| "-".into())
+}
+
+fn report_json(r: &Report, set: &TriggerSet) -> serde_json::Value {
+    let samples: Vec<serde_json::Value> = r
+        .samples
+        .iter()
+        .flat_map(|((t, what), list)| {
+            list.iter().map(move |o| json!({ "trigger": t, "outcome": what, "customer": o.customer, "at": time(o.at), "run": o.run.replace('\u{1f}', "/") }))
+        })
+        .collect();
+    json!({
+        "version": set.version, "events": r.events,
+        "clock": r.clock.map(|(a, b)| json!({ "from": time(a), "to": time(b) })),
+        "counts": r.counts, "samples": samples,
+    })
+}
+
+fn print_report(r: &Report, set: &TriggerSet, secs: f64) {
+    println!("{} events replayed in {secs:.1} s", r.events);
+    if let Some((a, b)) = r.clock {
+        println!("virtual clock {} .. {}", time(a), time(b));
+    }
+    for t in &set.triggers {
+        let Some(c) = r.counts.get(&t.name) else {
+            println!("\n{}: never triggered", t.name);
+            continue;
+        };
+        let line: Vec<String> = c.iter().map(|(k, v)| format!("{k} {v}")).collect();
+        println!("\n{}: {}", t.name, line.join(", "));
+        for ((name, what), list) in &r.samples {
+            if *name != t.name {
+                continue;
+            }
+            for o in list {
+                println!("  e.g. {what:<20} {} customer {} ({})", time(o.at), o.customer.as_deref().unwrap_or("-"), o.run.replace('\u{1f}', "/"));
+            }
+        }
+    }
+}

@@ -1,0 +1,340 @@
+//! Triggers and journeys as code: TOML definitions with CEL conditions ([`def`], [`cel`]), a
+//! pure state machine ([`machine`]) over rows kept in the state store ([`rows`]), and the glue
+//! that runs it inside a partition's batch ([`Stage`]).
+//!
+//! Time is the partition's clock: the `received_at` of each record, never the wall clock.
+//! Timers due at or before a record's clock fire before that record, so "X and no Y within T"
+//! is decided by log order alone: live, on replay and in a backtest alike. A quiet partition's
+//! clock is moved on by `storeline.tick` records the runner appends when a timer falls due.
+//!
+//! Trigger files travel through the log too (`storeline.triggers`, one per partition), so each
+//! partition switches at a known position and a run keeps the version it started with.
+
+pub mod backtest;
+pub mod cel;
+pub mod def;
+pub mod machine;
+pub mod read;
+pub mod rows;
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
+
+use serde_json::{Value, json};
+
+pub use def::{Problem, Trigger, TriggerSet};
+use machine::{Machine, doc_of, is_forwarded_type};
+use rows::Definition;
+
+use crate::event::Ev;
+use crate::project::Emit;
+use crate::views::{Keys, Views};
+
+/// A commerce event about a customer, copied to the customer's partition for its triggers.
+pub const FORWARDED: &str = "storeline.forwarded";
+/// Moves a quiet partition's clock so due timers fire.
+pub const TICK: &str = "storeline.tick";
+/// A new trigger file, from the config or `PUT /v1/triggers`.
+pub const TRIGGERS: &str = "storeline.triggers";
+
+/// One decision, for metrics and backtest reports.
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    pub trigger: String,
+    pub what: String,
+    pub customer: Option<String>,
+    pub run: String,
+    pub at: i64,
+}
+
+/// Every trigger version a partition may still need, and the current file.
+#[derive(Debug, Default)]
+pub struct Registry {
+    pub current: Arc<TriggerSet>,
+    versions: HashMap<String, Arc<Trigger>>,
+    /// Event types some version waits for or is cancelled by.
+    watched: BTreeSet<String>,
+}
+
+impl Registry {
+    pub fn new(set: TriggerSet) -> Registry {
+        let mut r = Registry::default();
+        r.install(set);
+        r
+    }
+
+    /// Makes `set` current; versions already known stay available to runs in flight.
+    pub fn install(&mut self, set: TriggerSet) {
+        for t in &set.triggers {
+            self.versions.insert(t.id(), t.clone());
+            for s in &t.steps {
+                if let def::Step::Wait { wait, .. } = s {
+                    self.watched.extend(wait.types.iter().cloned());
+                }
+            }
+            self.watched.extend(t.cancel_on.iter().map(|c| c.ty.clone()));
+        }
+        self.current = Arc::new(set);
+    }
+
+    /// Adds an older file's versions without making it current.
+    fn remember(&mut self, set: TriggerSet) {
+        let current = self.current.clone();
+        self.install(set);
+        self.current = current;
+    }
+
+    pub fn version(&self, name: &str, version: &str) -> Option<Arc<Trigger>> {
+        self.versions.get(&format!("{name}@{version}")).cloned()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.versions.is_empty()
+    }
+
+    fn starts(&self, ty: &str) -> bool {
+        self.current.triggers.iter().any(|t| t.on.iter().any(|o| o == ty))
+    }
+
+    /// Rebuilds the registry from a partition's `trigdef` rows (`current`, `set:<version>`).
+    pub fn from_rows(rows: Vec<(String, Definition)>) -> Registry {
+        let mut reg = Registry::default();
+        let mut current = None;
+        for (key, d) in rows {
+            match TriggerSet::parse(&d.source) {
+                Ok(set) if key == "current" => current = Some(set),
+                Ok(set) => reg.remember(set),
+                Err(p) => tracing::error!(key, problems = ?p, "a stored trigger file no longer compiles; its runs stop"),
+            }
+        }
+        if let Some(set) = current {
+            reg.install(set);
+        }
+        reg
+    }
+}
+
+/// The trigger stage of one partition writer.
+#[derive(Debug)]
+pub struct Stage {
+    pub reg: Registry,
+    /// The partition's clock: the latest `received_at` applied.
+    pub clock: i64,
+    /// The partition that owns stock and orders: it forwards customer events.
+    pub commerce: Option<u32>,
+    /// The earliest pending timer, if known (`None`: look in the store).
+    pub next_due: Option<Option<i64>>,
+    /// Backtest: evaluate only records whose clock is in this range; the file never changes.
+    pub window: Option<(i64, i64)>,
+    /// Decisions since the caller last took them.
+    pub outcomes: Vec<Outcome>,
+}
+
+impl Stage {
+    pub fn new(reg: Registry, commerce: Option<u32>) -> Stage {
+        Stage {
+            reg,
+            clock: 0,
+            commerce,
+            next_due: None,
+            window: None,
+            outcomes: Vec::new(),
+        }
+    }
+
+    fn live(&self, clock: i64) -> bool {
+        self.window.is_none_or(|(from, to)| clock >= from && clock <= to)
+    }
+
+    /// The rows `ev` may touch, known from the event alone.
+    pub fn keys(&self, ev: &Ev, keys: &mut Keys) {
+        let Some((doc, here)) = doc_of(ev) else { return };
+        let scope = cel::Scope::default().with("event", &doc.value);
+        if ev.ty != FORWARDED {
+            for a in &self.reg.current.aggregates {
+                if a.on.iter().any(|t| *t == doc.ty)
+                    && let Ok(Some(k)) = a.key.key(&scope)
+                {
+                    keys.agg.insert(format!("{}{}{k}", a.name, rows::SEP));
+                }
+            }
+        }
+        if !here {
+            return;
+        }
+        let starts = self.reg.starts(&doc.ty);
+        if !starts && !self.reg.watched.contains(&doc.ty) {
+            return;
+        }
+        let customer = doc.customer.clone().unwrap_or_default();
+        if let Some(c) = &doc.customer {
+            keys.wait.insert(format!("c:{c}"));
+            keys.arb.insert(c.clone());
+            keys.jrnl.insert(c.clone());
+            keys.frag.insert(c.clone());
+        }
+        if let Some(o) = &doc.order {
+            keys.wait.insert(format!("o:{o}"));
+        }
+        for t in &self.reg.current.triggers {
+            keys.tstat.insert(t.id());
+            if !t.on.iter().any(|o| *o == doc.ty) {
+                continue;
+            }
+            let k = match &t.key {
+                None => String::new(),
+                Some(e) => e.key(&scope).ok().flatten().unwrap_or_default(),
+            };
+            keys.run.insert(rows::run_key(&customer, &t.name, &k));
+            if t.when.as_ref().is_some_and(|w| w.uses_agg) {
+                for a in &self.reg.current.aggregates {
+                    if let Ok(Some(k)) = a.key.key(&scope) {
+                        keys.agg.insert(format!("{}{}{k}", a.name, rows::SEP));
+                    }
+                }
+            }
+        }
+    }
+
+    /// The rows that rows already loaded lead to (a wait list's runs, a run's customer, …).
+    /// Returns whether it added any key that is not cached.
+    pub fn follow(&self, views: &Views, keys: &mut Keys) -> bool {
+        let mut more = Keys::default();
+        for w in &keys.wait {
+            if let Some(l) = views.wait.get(w) {
+                more.run.extend(l.runs.iter().map(|x| x.run.clone()));
+            }
+        }
+        for a in &keys.arb {
+            if let Some(a) = views.arb.get(a) {
+                more.run.extend(a.held.iter().map(|h| h.run.clone()));
+            }
+        }
+        for rk in keys.run.iter().chain(more.run.clone().iter()) {
+            let (c, _, _) = rows::split_run_key(rk);
+            if !c.is_empty() {
+                more.arb.insert(c.to_owned());
+                more.jrnl.insert(c.to_owned());
+                more.frag.insert(c.to_owned());
+                more.wait.insert(format!("c:{c}"));
+            }
+            if let Some(r) = views.run.get(rk) {
+                more.wait.extend(r.listed.iter().cloned());
+                more.tstat.insert(format!("{}@{}", r.trigger, r.version));
+                if let Some(o) = r.event.pointer("/data/order_id").and_then(Value::as_str) {
+                    more.wait.insert(format!("o:{o}"));
+                }
+                for h in views.arb.get(c).map(|a| a.held.as_slice()).unwrap_or(&[]) {
+                    if let (Some(t), Some(v)) = (h.entry["trigger"].as_str(), h.entry["version"].as_str()) {
+                        more.tstat.insert(format!("{t}@{v}"));
+                    }
+                }
+            }
+        }
+        let missing = views.missing(&more);
+        keys.extend(more);
+        missing
+    }
+
+    /// Fires every pending timer due at or before `clock`, earliest first.
+    pub fn fire_due(&mut self, views: &mut Views, partition: u32, clock: i64, emits: &mut Vec<Emit>) {
+        let until = self.window.map_or(clock, |(_, to)| clock.min(to));
+        loop {
+            let Some(first) = views.due.first().cloned() else { return };
+            let Some((due, target)) = rows::parse_timer_key(&first) else {
+                views.due.remove(&first);
+                continue;
+            };
+            if due > until {
+                return;
+            }
+            views.due.remove(&first);
+            let at = self.clock.max(due);
+            let mut m = Machine {
+                partition,
+                reg: &self.reg,
+                views,
+                clock: at,
+                emits,
+                outcomes: &mut self.outcomes,
+            };
+            m.fire(&first, &target);
+        }
+    }
+
+    /// Applies one record: a new trigger file, or an event for aggregates, waits and triggers.
+    /// Called after the projections have folded it.
+    pub fn apply(&mut self, views: &mut Views, ev: &Ev, partition: u32, emits: &mut Vec<Emit>) {
+        if ev.ty == TRIGGERS {
+            if self.window.is_none() {
+                self.install(views, ev);
+            }
+            return;
+        }
+        let Some((doc, here)) = doc_of(ev) else { return };
+        if Some(partition) == self.commerce && ev.ty != FORWARDED && is_forwarded_type(&ev.ty) {
+            if let Some(c) = &doc.customer {
+                emits.push(Emit {
+                    id: format!("fwd_{partition}_{}", ev.offset),
+                    ty: FORWARDED.into(),
+                    subject: Some(c.clone()),
+                    time: ev.time,
+                    data: doc.value.clone(),
+                });
+            }
+        }
+        // A backtest leaves out the events live triggers emitted: it makes its own.
+        if self.window.is_some() && ev.id.starts_with("trg_") {
+            return;
+        }
+        let origin = format!("{partition}:{}", ev.offset);
+        let live = self.live(self.clock);
+        let mut m = Machine {
+            partition,
+            reg: &self.reg,
+            views,
+            clock: self.clock,
+            emits,
+            outcomes: &mut self.outcomes,
+        };
+        if ev.ty != FORWARDED {
+            m.aggregate(&doc);
+        }
+        if here && live {
+            m.on_event(&doc, &origin);
+        }
+    }
+
+    fn install(&mut self, views: &mut Views, ev: &Ev) {
+        let source = ev.data.get("source").and_then(Value::as_str).unwrap_or("");
+        match TriggerSet::parse(source) {
+            Ok(set) => {
+                let def = Definition {
+                    version: set.version.clone(),
+                    source: source.to_owned(),
+                };
+                views.trigdef.insert(format!("set:{}", set.version), def.clone());
+                views.trigdef.insert("current".into(), def);
+                tracing::info!(version = set.version, triggers = set.triggers.len(), "trigger file installed");
+                self.reg.install(set);
+            }
+            Err(p) => {
+                tracing::error!(problems = ?p, "a trigger file in the log does not compile; the previous one stays");
+            }
+        }
+    }
+}
+
+/// The record that installs `set` in one partition (a fresh id each time, so installing an
+/// earlier file again is not mistaken for a duplicate).
+pub fn install_event(set: &TriggerSet) -> storeline_event::Event {
+    crate::runner::build_event(
+        format!("trigs_{}", ulid::Ulid::new().to_string().to_lowercase()),
+        "storeline/engine",
+        TRIGGERS,
+        None,
+        chrono::Utc::now().timestamp_millis(),
+        &json!({ "version": set.version, "source": set.source }),
+        None,
+    )
+}

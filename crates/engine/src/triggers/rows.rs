@@ -1,0 +1,248 @@
+//! The rows the trigger engine keeps in the state store, committed with the views and the
+//! partition offset (so a crash never loses or doubles a run's step, a timer or an outbox entry).
+//!
+//! Keys (`\u{1f}` separates parts, so a prefix scan lists one customer's runs):
+//!
+//! ```text
+//!  run    {customer}␟{trigger}␟{key}          one run per customer, trigger and key (the latest)
+//!  wait   c:{customer} | o:{order}             runs waiting for, or cancelled by, an event
+//!  timer  {partition:04}␟{due ms:013}␟{r|a}␟{run key | customer}   sorted by due time
+//!  arb    {customer}                            messages sent (for caps) and held back
+//!  jrnl   {customer}                            the latest decisions that did not start a run
+//!  outbox {partition:04}␟{time:013}␟{delivery id}   what to deliver (the next issue's worker)
+//!  agg    {aggregate}␟{key}                     a sliding window's buckets
+//!  tstat  {trigger}@{version}                   counters per outcome
+//!  trigdef current | {trigger}@{version}        the partition's trigger file and every version in use
+//! ```
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+pub mod ns {
+    pub const RUN: &str = "run";
+    pub const WAIT: &str = "wait";
+    pub const TIMER: &str = "timer";
+    pub const ARB: &str = "arb";
+    pub const JRNL: &str = "jrnl";
+    pub const OUTBOX: &str = "outbox";
+    pub const AGG: &str = "agg";
+    pub const TSTAT: &str = "tstat";
+    pub const TRIGDEF: &str = "trigdef";
+}
+
+pub const SEP: char = '\u{1f}';
+
+/// The most history entries a run keeps (the first ones and the latest).
+pub const HISTORY: usize = 40;
+/// The most decisions a customer's journal keeps.
+pub const JOURNAL: usize = 50;
+
+pub fn run_key(customer: &str, trigger: &str, key: &str) -> String {
+    format!("{customer}{SEP}{trigger}{SEP}{key}")
+}
+
+/// `(customer, trigger, key)` of a run key.
+pub fn split_run_key(k: &str) -> (&str, &str, &str) {
+    let mut it = k.splitn(3, SEP);
+    (
+        it.next().unwrap_or(""),
+        it.next().unwrap_or(""),
+        it.next().unwrap_or(""),
+    )
+}
+
+pub fn timer_prefix(partition: u32) -> String {
+    format!("{partition:04}{SEP}")
+}
+
+/// What a timer wakes.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Target {
+    Run(String),
+    Arb(String),
+}
+
+pub fn timer_key(partition: u32, due: i64, target: &Target) -> String {
+    let (kind, t) = match target {
+        Target::Run(r) => ('r', r),
+        Target::Arb(c) => ('a', c),
+    };
+    format!("{partition:04}{SEP}{:013}{SEP}{kind}{SEP}{t}", due.max(0))
+}
+
+/// `(due, target)` of a timer key.
+pub fn parse_timer_key(k: &str) -> Option<(i64, Target)> {
+    let mut it = k.splitn(4, SEP);
+    let _p = it.next()?;
+    let due = it.next()?.parse().ok()?;
+    let kind = it.next()?;
+    let target = it.next()?.to_owned();
+    Some((
+        due,
+        match kind {
+            "r" => Target::Run(target),
+            "a" => Target::Arb(target),
+            _ => return None,
+        },
+    ))
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Status {
+    #[default]
+    Active,
+    Finished,
+    Cancelled,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Phase {
+    #[default]
+    Start,
+    Debounce,
+    Delay,
+    Wait,
+    Done,
+}
+
+/// One journey of one customer through one trigger.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Run {
+    pub trigger: String,
+    pub version: String,
+    /// Where it started (`partition:offset` of the trigger event): unique, and the seed of the
+    /// ids of everything the run causes.
+    pub origin: String,
+    pub status: Status,
+    pub phase: Phase,
+    pub step: usize,
+    pub started_at: i64,
+    pub updated_at: i64,
+    /// The event that started (or, debounced, last restarted) the run.
+    pub event: Value,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timer: Option<String>,
+    /// `wait` rows this run is listed in.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub listed: Vec<String>,
+    /// How many times a debounce restarted it.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub restarts: u32,
+    pub history: Vec<Entry>,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
+}
+
+/// One thing that happened to a run, and why.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Entry {
+    pub at: i64,
+    pub what: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub step: Option<usize>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+}
+
+impl Run {
+    pub fn log(&mut self, at: i64, what: &str, step: Option<usize>, detail: Option<String>) {
+        if self.history.len() >= HISTORY {
+            // Keep the start and the latest: drop the oldest after the first few.
+            self.history.remove(4);
+        }
+        self.history.push(Entry {
+            at,
+            what: what.to_owned(),
+            step,
+            detail,
+        });
+    }
+}
+
+/// Why a run is listed under a correlation: it waits for `ty`, or `ty` cancels it.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct Listing {
+    pub ty: String,
+    pub run: String,
+    pub cancel: bool,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct WaitList {
+    pub runs: Vec<Listing>,
+}
+
+/// A message waiting for arbitration (a cap's window or the end of quiet hours).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HeldMessage {
+    pub not_before: i64,
+    pub priority: i32,
+    pub channel: String,
+    pub reason: String,
+    pub run: String,
+    pub entry: Value,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Arb {
+    /// `(time, channel)` of messages sent within the longest cap window.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub sent: Vec<(i64, String)>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub held: Vec<HeldMessage>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timer: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Decision {
+    pub at: i64,
+    pub trigger: String,
+    pub version: String,
+    pub what: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub event_id: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Journal {
+    pub entries: Vec<Decision>,
+}
+
+/// Counters per outcome for one trigger version (summed over partitions when read).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Stats {
+    #[serde(flatten)]
+    pub counts: BTreeMap<String, i64>,
+}
+
+impl Stats {
+    pub fn add(&mut self, what: &str, n: i64) {
+        *self.counts.entry(what.to_owned()).or_default() += n;
+    }
+}
+
+/// A sliding window: buckets of `(start, count, sum)` and, for `distinct`, each value's last time.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Window {
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub buckets: Vec<(i64, i64, f64)>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub seen: BTreeMap<String, i64>,
+    pub last: i64,
+}
+
+/// A trigger file as a partition knows it (the `current` row), or one trigger version.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Definition {
+    pub version: String,
+    pub source: String,
+}

@@ -1,0 +1,209 @@
+//! Triggers over HTTP and at start: install the configured trigger file, read and replace it
+//! (`GET/PUT /v1/triggers`), a customer's journeys, and aggregate values.
+//!
+//! A trigger file is installed by appending one `storeline.triggers` record to every partition:
+//! each partition's writer switches at that position of its log, so replay and backtest see the
+//! same switch, and runs in flight keep the version they started with.
+
+use std::collections::BTreeMap;
+
+use axum::Json;
+use axum::body::Body;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde_json::{Value, json};
+use storeline_engine::triggers::{self, TriggerSet};
+use storeline_log::EventLog;
+
+use crate::auth::Scope;
+use crate::error::ApiError;
+use crate::views_api::{Q, customer_read, engine, internal, not_found, now_ms, view_read};
+use crate::{AppState, SharedState};
+
+/// Appends `set` to every partition and waits (up to `engine.read_wait`) until each applied it.
+/// Returns whether all did in time.
+async fn install(state: &AppState, set: &TriggerSet) -> Result<bool, ApiError> {
+    let mut positions = Vec::new();
+    for p in 0..state.log.partitions() {
+        let acks = crate::ingest::store_routed(state, vec![triggers::install_event(set)], Some(p))
+            .await
+            .map_err(|e| ApiError::unavailable(format!("the trigger file could not be stored: {}", e.message)))?;
+        positions.extend(acks.iter().map(|a| (a.partition, a.offset)));
+    }
+    let engine = engine(state)?;
+    for (p, o) in positions {
+        if !engine.wait_applied(p, o, state.config.engine.read_wait).await {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
+
+/// At start: installs the configured trigger file if its content changed since it was last
+/// installed from the config (so a file sent over the API stays until the config changes).
+pub async fn install_configured(state: &AppState) -> Result<(), String> {
+    let Some(source) = state.config.trigger_source()? else {
+        return Ok(());
+    };
+    let set = TriggerSet::parse(&source).map_err(|problems| {
+        let lines: Vec<String> = problems.iter().map(|p| format!("  {p}")).collect();
+        format!("the trigger file has problems:\n{}", lines.join("\n"))
+    })?;
+    let marker = state.config.data_dir.join("triggers.installed");
+    let previous = std::fs::read_to_string(&marker).unwrap_or_default();
+    if previous.trim() == set.version {
+        tracing::info!(version = set.version, "the configured trigger file is unchanged; the installed one stays");
+        return Ok(());
+    }
+    if !install(state, &set).await.map_err(|e| e.message)? {
+        tracing::warn!("the trigger file is stored but not every partition applied it yet");
+    }
+    std::fs::write(&marker, &set.version).map_err(|e| format!("cannot write {}: {e}", marker.display()))?;
+    tracing::info!(version = set.version, triggers = set.triggers.len(), "trigger file from the config installed");
+    Ok(())
+}
+
+/// The trigger file in force (partition 0's, which all reach once they applied it).
+async fn current_set(state: &AppState) -> Result<Option<TriggerSet>, ApiError> {
+    let engine = engine(state)?;
+    let current = triggers::read::current(&*engine.store).await.map_err(internal)?;
+    Ok(current
+        .into_iter()
+        .next()
+        .and_then(|(_, d)| TriggerSet::parse(&d.source).ok()))
+}
+
+/// `GET /v1/triggers`: the file in force, each trigger's version and counters, and the runs
+/// still on older versions.
+pub async fn get_triggers(State(state): State<SharedState>, headers: HeaderMap, q: Q) -> Result<Response, ApiError> {
+    let (engine, _) = view_read(&state, &headers, "GET /v1/triggers", q).await?;
+    let current = triggers::read::current(&*engine.store).await.map_err(internal)?;
+    let stats = triggers::read::stats(&*engine.store).await.map_err(internal)?;
+    let Some((_, def)) = current.first() else {
+        return Ok(Json(json!({ "version": null, "source": null, "triggers": [], "stats": stats })).into_response());
+    };
+    let set = TriggerSet::parse(&def.source).unwrap_or_default();
+    let list: Vec<Value> = set
+        .triggers
+        .iter()
+        .map(|t| {
+            let older: Vec<Value> = stats
+                .iter()
+                .filter(|(id, s)| id.starts_with(&format!("{}@", t.name)) && **id != t.id() && s.get("active").copied().unwrap_or(0) > 0)
+                .map(|(id, s)| json!({ "version": id.split('@').nth(1), "active_runs": s.get("active") }))
+                .collect();
+            json!({
+                "name": t.name, "version": t.version, "on": t.on, "description": t.def.description,
+                "counts": stats.get(&t.id()).cloned().unwrap_or_default(),
+                "older_versions_running": older,
+            })
+        })
+        .collect();
+    let partitions: Vec<Value> = current.iter().map(|(p, d)| json!({ "partition": p, "version": d.version })).collect();
+    Ok(Json(json!({
+        "version": def.version, "source": def.source, "triggers": list,
+        "aggregates": set.aggregates.iter().map(|a| json!({ "name": a.name, "on": a.on, "window_ms": a.window_ms, "fn": a.func })).collect::<Vec<_>>(),
+        "partitions": partitions, "stats": stats,
+    }))
+    .into_response())
+}
+
+/// `PUT /v1/triggers` (admin): checks and installs a whole trigger file (TOML body).
+pub async fn put_triggers(State(state): State<SharedState>, headers: HeaderMap, body: Body) -> Result<Response, ApiError> {
+    state.keys.authorize(&headers, Scope::Admin, "PUT /v1/triggers")?;
+    let bytes = crate::read_body(&headers, body, 1 << 20).await?;
+    let source = String::from_utf8(bytes.to_vec())
+        .map_err(|_| ApiError::bad_request("invalid_body", "the trigger file must be UTF-8 TOML"))?;
+    let set = TriggerSet::parse(&source).map_err(|problems| {
+        ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_triggers",
+            format!("the trigger file has {} problem(s); nothing was changed", problems.len()),
+        )
+        .with_details(json!({ "problems": problems }))
+    })?;
+    let engine = engine(&state)?;
+    let before = current_set(&state).await?;
+    let stats = triggers::read::stats(&*engine.store).await.map_err(internal)?;
+    let mut replaced = Vec::new();
+    let mut removed = Vec::new();
+    let mut waiting_old = 0;
+    if let Some(old) = &before {
+        for t in &old.triggers {
+            let active = triggers::read::active(&stats, &t.id());
+            match set.trigger(&t.name) {
+                Some(n) if n.version == t.version => {}
+                Some(n) => {
+                    waiting_old += active;
+                    replaced.push(json!({ "name": t.name, "old_version": t.version, "new_version": n.version, "runs_on_old_version": active }));
+                }
+                None => {
+                    waiting_old += active;
+                    removed.push(json!({ "name": t.name, "version": t.version, "runs_on_old_version": active }));
+                }
+            }
+        }
+    }
+    let applied = install(&state, &set).await?;
+    let added: Vec<&str> = set
+        .triggers
+        .iter()
+        .filter(|t| before.as_ref().is_none_or(|b| b.trigger(&t.name).is_none()))
+        .map(|t| t.name.as_str())
+        .collect();
+    tracing::info!(version = set.version, replaced = replaced.len(), removed = removed.len(), runs_on_old_versions = waiting_old, "trigger file replaced over the API");
+    Ok(Json(json!({
+        "version": set.version, "applied": applied, "added": added, "replaced": replaced, "removed": removed,
+        "runs_on_old_versions": waiting_old,
+        "note": "runs in flight finish on the version they started with",
+    }))
+    .into_response())
+}
+
+/// `GET /v1/customers/{id}/journeys`: each run with its steps and reasons, the decisions that
+/// started none (condition false, already running, once), and messages held back.
+pub async fn journeys(State(state): State<SharedState>, Path(id): Path<String>, headers: HeaderMap, q: Q) -> Result<Response, ApiError> {
+    let (_, p) = customer_read(&state, &headers, &id, q).await?;
+    let engine = engine(&state)?;
+    let mut out = triggers::read::journeys(&*engine.store, &p.identities).await.map_err(internal)?;
+    out["customer"] = Value::String(p.id());
+    Ok(Json(out).into_response())
+}
+
+/// `GET /v1/aggregates`: the aggregates defined; `GET /v1/aggregates/{name}?key=`: a value.
+pub async fn list_aggregates(State(state): State<SharedState>, headers: HeaderMap, q: Q) -> Result<Response, ApiError> {
+    view_read(&state, &headers, "GET /v1/aggregates", q).await?;
+    let set = current_set(&state).await?.unwrap_or_default();
+    let list: Vec<Value> = set
+        .aggregates
+        .iter()
+        .map(|a| json!({ "name": a.name, "on": a.on, "key": a.key.source, "window_ms": a.window_ms, "fn": a.func }))
+        .collect();
+    Ok(Json(json!({ "aggregates": list })).into_response())
+}
+
+pub async fn get_aggregate(State(state): State<SharedState>, Path(name): Path<String>, headers: HeaderMap, q: Q) -> Result<Response, ApiError> {
+    let (engine, q) = view_read(&state, &headers, "GET /v1/aggregates", q).await?;
+    let set = current_set(&state).await?.unwrap_or_default();
+    let unknown = || not_found("aggregate_not_found", format!("no aggregate named '{name}' in the trigger file in force"));
+    let now = now_ms();
+    match &q.key {
+        Some(key) => {
+            let v = triggers::read::aggregate(&*engine.store, &set, &name, key, now)
+                .await
+                .map_err(internal)?
+                .ok_or_else(unknown)?;
+            Ok(Json(json!({ "name": name, "key": key, "value": v })).into_response())
+        }
+        None => {
+            let limit = q.limit.unwrap_or(100).clamp(1, 1000);
+            let keys = triggers::read::aggregate_keys(&*engine.store, &set, &name, now, limit)
+                .await
+                .map_err(internal)?
+                .ok_or_else(unknown)?;
+            let values: BTreeMap<String, Value> = keys.into_iter().collect();
+            Ok(Json(json!({ "name": name, "values": values })).into_response())
+        }
+    }
+}
