@@ -50,21 +50,33 @@ impl<S: StateStore> Applier<S> {
     /// into an empty store).
     pub async fn load_triggers(&mut self, commerce: Option<u32>) -> Result<()> {
         let mut defs = Vec::new();
+        let mut clock = None;
         let mut after: Option<(String, u32)> = None;
         loop {
             let page = self
                 .store
-                .scan(rows::ns::TRIGDEF, "", after.as_ref().map(|(k, o)| (k.as_str(), *o)), 256)
+                .scan(
+                    rows::ns::TRIGDEF,
+                    "",
+                    after.as_ref().map(|(k, o)| (k.as_str(), *o)),
+                    256,
+                )
                 .await?;
             let Some(last) = page.last() else { break };
             after = Some((last.key.clone(), last.owner));
             for r in page.into_iter().filter(|r| r.owner == self.partition) {
-                if let Ok(d) = serde_json::from_slice::<rows::Definition>(&r.value) {
+                if r.key == rows::CLOCK_KEY {
+                    clock = std::str::from_utf8(&r.value)
+                        .ok()
+                        .and_then(|c| c.parse().ok());
+                } else if let Ok(d) = serde_json::from_slice::<rows::Definition>(&r.value) {
                     defs.push((r.key, d));
                 }
             }
         }
         self.triggers = Stage::new(crate::triggers::Registry::from_rows(defs), commerce);
+        // The clock resumes where it stopped.
+        self.triggers.clock = clock.unwrap_or(0);
         Ok(())
     }
 
@@ -72,7 +84,12 @@ impl<S: StateStore> Applier<S> {
     pub async fn first_timer(&self) -> Result<Option<i64>> {
         let page = self
             .store
-            .scan(rows::ns::TIMER, &rows::timer_prefix(self.partition), None, 1)
+            .scan(
+                rows::ns::TIMER,
+                &rows::timer_prefix(self.partition),
+                None,
+                1,
+            )
             .await?;
         Ok(page
             .first()
@@ -86,7 +103,10 @@ impl<S: StateStore> Applier<S> {
         let mut out: Vec<String> = Vec::new();
         loop {
             let after = out.last().map(|k| (k.as_str(), self.partition));
-            let page = self.store.scan(rows::ns::TIMER, &prefix, after, 4096).await?;
+            let page = self
+                .store
+                .scan(rows::ns::TIMER, &prefix, after, 4096)
+                .await?;
             let n = page.len();
             for r in page {
                 match rows::parse_timer_key(&r.key) {
@@ -125,18 +145,30 @@ impl<S: StateStore> Applier<S> {
             clock = clock.max(ev.received);
             clocks.push(clock);
         }
-        let mut horizon = clock;
-        let mut keep = evs.len();
+        // A new trigger file changes which rows later records touch: the batch ends with it.
+        let mut keep = evs
+            .iter()
+            .position(|e| e.ty == crate::triggers::TRIGGERS)
+            .map_or(evs.len(), |i| i + 1);
+        let mut horizon = keep
+            .checked_sub(1)
+            .and_then(|i| clocks.get(i).copied())
+            .unwrap_or(clock);
         let mut due = Vec::new();
-        if self.triggers.next_due.is_none_or(|d| d.is_some_and(|d| d <= horizon)) {
+        if self
+            .triggers
+            .next_due
+            .is_none_or(|d| d.is_some_and(|d| d <= horizon))
+        {
             due = self.due_timers(horizon).await?;
             if due.len() >= TIMERS_PER_BATCH
                 && let Some((last, _)) = due.last().and_then(|k| rows::parse_timer_key(k))
             {
                 horizon = last;
-                keep = clocks.iter().take_while(|c| **c <= horizon).count();
+                keep = keep.min(clocks.iter().take_while(|c| **c <= horizon).count());
             }
         }
+        let evs_total = evs.len();
         evs.truncate(keep);
         let mut keys = Keys::default();
         for ev in &evs {
@@ -170,16 +202,19 @@ impl<S: StateStore> Applier<S> {
         let mut emits = Vec::new();
         let p = self.partition;
         for (ev, clock) in evs.iter().zip(&clocks) {
-            self.triggers.fire_due(&mut self.views, p, *clock, &mut emits);
+            self.triggers
+                .fire_due(&mut self.views, p, *clock, &mut emits);
             self.triggers.clock = *clock;
             project::apply(&mut self.views, ev, &self.cfg, &mut emits);
             self.triggers.apply(&mut self.views, ev, p, &mut emits);
-            self.triggers.fire_due(&mut self.views, p, *clock, &mut emits);
+            self.triggers
+                .fire_due(&mut self.views, p, *clock, &mut emits);
         }
-        if keep < records.len() {
+        if keep < evs_total {
             // Stopped early: fire what was loaded up to the horizon, then resume at the first
             // record not applied.
-            self.triggers.fire_due(&mut self.views, p, horizon, &mut emits);
+            self.triggers
+                .fire_due(&mut self.views, p, horizon, &mut emits);
             self.triggers.clock = self.triggers.clock.max(horizon);
             self.next = evs.last().map_or(self.next, |e| e.offset + 1);
             if evs.is_empty() {
@@ -188,11 +223,16 @@ impl<S: StateStore> Applier<S> {
         } else if let Some(last) = records.last() {
             self.next = last.offset + 1;
         }
+        if !evs.is_empty() {
+            self.views.clock = Some(self.triggers.clock);
+        }
         let fresh = std::mem::take(&mut self.views.due);
         // What is still pending from this batch bounds the next due time from above; the store
         // may hold earlier ones only if this batch loaded none (then it is looked up again).
         self.triggers.next_due = if self.views.timers.is_empty() && fresh.is_empty() {
-            self.triggers.next_due.filter(|d| d.is_none_or(|d| d > horizon))
+            self.triggers
+                .next_due
+                .filter(|d| d.is_none_or(|d| d > horizon))
         } else {
             None
         };
@@ -206,6 +246,7 @@ impl<S: StateStore> Applier<S> {
         self.next = self.committed;
         self.triggers.next_due = None;
         self.triggers.outcomes.clear();
+        self.triggers.fired.clear();
     }
 
     /// Commits everything applied since the last commit.

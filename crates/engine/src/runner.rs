@@ -217,7 +217,15 @@ impl<L: EventLog, S: StateStore, A: Appender> Runner<L, S, A> {
             return;
         }
         let id = format!("tick_{}", ulid::Ulid::new().to_string().to_lowercase());
-        let ev = build_event(id, "storeline/engine", crate::triggers::TICK, None, now_ms(), &json!({}), None);
+        let ev = build_event(
+            id,
+            "storeline/engine",
+            crate::triggers::TICK,
+            None,
+            now_ms(),
+            &json!({}),
+            None,
+        );
         match self.appender.append(vec![ev], Some(p)).await {
             Ok(_) => self.ticked = Some(due),
             Err(e) => {
@@ -262,6 +270,16 @@ impl<L: EventLog, S: StateStore, A: Appender> Runner<L, S, A> {
         }
         self.applier.commit().await?;
         report_outcomes(std::mem::take(&mut self.applier.triggers.outcomes));
+        let fired = std::mem::take(&mut self.applier.triggers.fired);
+        if !fired.is_empty() {
+            // How long after its due time a timer's effects were committed.
+            let now = now_ms();
+            metrics::counter!("storeline_trigger_timers_fired_total").increment(fired.len() as u64);
+            let h = metrics::histogram!("storeline_trigger_timer_lateness_seconds");
+            for due in fired {
+                h.record(((now - due).max(0) as f64) / 1000.0);
+            }
+        }
         metrics::histogram!("storeline_engine_batch_seconds")
             .record(started.elapsed().as_secs_f64());
         metrics::counter!("storeline_engine_events_total").increment(records.len() as u64);

@@ -15,7 +15,9 @@ use storeline_state::{StateStore, Write};
 
 use crate::error::{Error, Result};
 use crate::model::{Frag, Idem, Links, Order, Reservation, Stock, ns};
-use crate::triggers::rows::{self as trows, Arb, Definition, Journal, Run, Stats, WaitList, Window};
+use crate::triggers::rows::{
+    self as trows, Arb, Definition, Journal, Run, Stats, WaitList, Window,
+};
 
 /// The cached rows of one namespace, and which of them changed since the last commit.
 #[derive(Debug)]
@@ -193,6 +195,8 @@ pub struct Views {
     pub outbox: BTreeMap<String, serde_json::Value>,
     /// Trigger files to record.
     pub trigdef: BTreeMap<String, Definition>,
+    /// The partition's trigger clock, to record with the commit.
+    pub clock: Option<i64>,
     /// Trait-index entries to put (`true`) or delete (`false`), last write wins.
     pub traits: BTreeMap<String, bool>,
 }
@@ -217,6 +221,7 @@ impl Views {
             due: BTreeSet::new(),
             outbox: BTreeMap::new(),
             trigdef: BTreeMap::new(),
+            clock: None,
             traits: BTreeMap::new(),
         }
     }
@@ -286,7 +291,11 @@ impl Views {
         for (key, put) in std::mem::take(&mut self.timers) {
             let ns = trows::ns::TIMER.to_owned();
             out.push(if put {
-                Write::Put { ns, key, value: Bytes::new() }
+                Write::Put {
+                    ns,
+                    key,
+                    value: Bytes::new(),
+                }
             } else {
                 Write::Delete { ns, key }
             });
@@ -296,6 +305,13 @@ impl Views {
                 ns: trows::ns::OUTBOX.to_owned(),
                 key,
                 value: Bytes::from(serde_json::to_vec(&entry).map_err(Error::encode)?),
+            });
+        }
+        if let Some(clock) = self.clock.take() {
+            out.push(Write::Put {
+                ns: trows::ns::TRIGDEF.to_owned(),
+                key: trows::CLOCK_KEY.to_owned(),
+                value: Bytes::from(clock.to_string()),
             });
         }
         for (key, def) in std::mem::take(&mut self.trigdef) {
@@ -339,6 +355,7 @@ impl Views {
             && self.timers.is_empty()
             && self.outbox.is_empty()
             && self.trigdef.is_empty()
+            && self.clock.is_none()
             && self.traits.is_empty())
     }
 

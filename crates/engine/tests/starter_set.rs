@@ -30,7 +30,11 @@ const JOURNEYS: &[&str] = &[
 ];
 
 /// Event types of the file that are not in the catalog (typos would land here).
-const CUSTOM: &[&str] = &["product.stock_alert_requested", "product.back_in_stock_notify", "fraud.suspected"];
+const CUSTOM: &[&str] = &[
+    "product.stock_alert_requested",
+    "product.back_in_stock_notify",
+    "fraud.suspected",
+];
 
 fn parse() -> TriggerSet {
     match TriggerSet::parse(SOURCE) {
@@ -44,7 +48,9 @@ fn the_starter_set_compiles_and_has_every_journey() {
     let set = parse();
     assert!(set.triggers.len() >= 10, "{} triggers", set.triggers.len());
     for name in JOURNEYS {
-        let t = set.trigger(name).unwrap_or_else(|| panic!("no trigger named {name}"));
+        let t = set
+            .trigger(name)
+            .unwrap_or_else(|| panic!("no trigger named {name}"));
         assert!(t.def.description.is_some(), "{name} has no description");
     }
     for c in ["email", "sms", "erp", "fraud"] {
@@ -71,10 +77,14 @@ fn full(ty: &str) -> Option<Value> {
     let level = json!({ "sku": "SKU-1", "location": "main", "available": 3, "threshold": 5 });
     let product = json!({ "sku": "SKU-1", "product_id": "P-1", "name": "Mug" });
     Some(match ty {
-        "customer.signed_up" => json!({ "customer_id": "cus-1", "email": "a@example.com", "phone": "+4912345",
+        "customer.signed_up" => {
+            json!({ "customer_id": "cus-1", "email": "a@example.com", "phone": "+4912345",
             "name": "Ann Lee", "first_name": "Ann", "last_name": "Lee", "locale": "de-DE",
-            "timezone": "Europe/Berlin", "traits": {}, "anonymous_id": "anon-1" }),
-        "customer.consent_changed" => json!({ "channel": "email", "granted": true, "source": "form" }),
+            "timezone": "Europe/Berlin", "traits": {}, "anonymous_id": "anon-1" })
+        }
+        "customer.consent_changed" => {
+            json!({ "channel": "email", "granted": true, "source": "form" })
+        }
         "cart.item_added" | "cart.item_removed" => json!({ "cart_id": "cart-1", "sku": "SKU-1",
             "product_id": "P-1", "quantity": 1, "unit_price": money(2500), "cart_value": money(2500),
             "name": "Mug", "brand": "Acme", "category": "kitchen", "variant": "blue" }),
@@ -85,7 +95,9 @@ fn full(ty: &str) -> Option<Value> {
         "order.shipped" => json!({ "order_id": "ord-1", "carrier": "DHL", "tracking_number": "123",
             "tracking_url": "https://t.example.com/123", "location": "main" }),
         "order.delivered" | "order.cancelled" => order_ref,
-        "order.paid" => json!({ "order_id": "ord-1", "amount": money(2500), "payment_id": "pay-1" }),
+        "order.paid" => {
+            json!({ "order_id": "ord-1", "amount": money(2500), "payment_id": "pay-1" })
+        }
         "order.refunded" => json!({ "order_id": "ord-1", "amount": money(2500), "reason": "r",
             "lines": [{ "sku": "SKU-1", "quantity": 1 }] }),
         "return.requested" => json!({ "order_id": "ord-1", "return_id": "ret-1",
@@ -121,7 +133,11 @@ fn doc(ty: &str, data: Value) -> Value {
 
 /// The Customer 360 document's shape (what `customer` holds), with and without consent.
 fn customer(consented: bool) -> Value {
-    let consent = if consented { json!({ "email": true, "sms": true }) } else { json!({}) };
+    let consent = if consented {
+        json!({ "email": true, "sms": true })
+    } else {
+        json!({})
+    };
     json!({ "id": "cus-1", "identities": {}, "merges": [], "traits": { "timezone": "Europe/Berlin" },
             "consent": consent, "consent_details": {}, "stats": {}, "cart": if consented {
                 json!({ "items": [], "value": { "amount": 2500, "currency": "EUR" }, "updated_at": "2026-03-02T10:00:00.000Z" })
@@ -138,19 +154,44 @@ struct Use {
     condition: bool,
 }
 
+/// A step's actions, each with the event types its `event` can be.
+fn actions<'a>(s: &'a Step, on: &'a [String]) -> Vec<(&'a Action, &'a [String])> {
+    match s {
+        Step::Then(acts) => acts.iter().map(|a| (a, on)).collect(),
+        Step::Wait {
+            wait,
+            on_event,
+            on_timeout,
+            ..
+        } => on_event
+            .iter()
+            .map(|a| (a, wait.types.as_slice()))
+            .chain(on_timeout.iter().map(|a| (a, on)))
+            .collect(),
+        Step::Delay(_) | Step::DelayUntil(..) => Vec::new(),
+    }
+}
+
+/// Every CEL expression of the file.
 fn uses(set: &TriggerSet) -> Vec<Use> {
     let mut out = Vec::new();
-    let mut add = |at: String, expr: &Expr, event: &[String], trigger: &[String], condition: bool| {
-        let expr = Expr::compile(&expr.source).expect("compiled once already");
-        out.push(Use { at, expr, event: event.to_vec(), trigger: trigger.to_vec(), condition });
+    let mut add = |at: String, expr: &Expr, event: &[String], trigger: &[String], cond: bool| {
+        out.push(Use {
+            at,
+            expr: Expr::compile(&expr.source).expect("compiled once already"),
+            event: event.to_vec(),
+            trigger: trigger.to_vec(),
+            condition: cond,
+        });
     };
     for a in &set.aggregates {
-        add(format!("aggregate {}.key", a.name), &a.key, &a.on, &a.on, false);
+        let at = format!("aggregate {}", a.name);
+        add(format!("{at}.key"), &a.key, &a.on, &a.on, false);
         if let Some(v) = &a.value {
-            add(format!("aggregate {}.value", a.name), v, &a.on, &a.on, false);
+            add(format!("{at}.value"), v, &a.on, &a.on, false);
         }
         if let Some(w) = &a.when {
-            add(format!("aggregate {}.when", a.name), w, &a.on, &a.on, true);
+            add(format!("{at}.when"), w, &a.on, &a.on, true);
         }
     }
     for t in &set.triggers {
@@ -163,32 +204,33 @@ fn uses(set: &TriggerSet) -> Vec<Use> {
         }
         for c in &t.cancel_on {
             if let Match::Cel(e) = &c.matching {
-                add(format!("{n}.cancel_on {}", c.ty), e, std::slice::from_ref(&c.ty), &t.on, true);
+                let ty = std::slice::from_ref(&c.ty);
+                add(format!("{n}.cancel_on {}", c.ty), e, ty, &t.on, true);
             }
         }
         for (i, s) in t.steps.iter().enumerate() {
-            let mut actions = |acts: &[Action], event: &[String]| {
-                for a in acts {
-                    match a {
-                        Action::Deliver { data, .. } | Action::Emit { data, .. } => {
-                            for (k, e) in data {
-                                add(format!("{n}.steps[{i}].data.{k}"), e, event, &t.on, false);
-                            }
+            if let Step::Wait { wait, .. } = s
+                && let Match::Cel(e) = &wait.matching
+            {
+                add(
+                    format!("{n}.steps[{i}].wait.match"),
+                    e,
+                    &wait.types,
+                    &t.on,
+                    true,
+                );
+            }
+            for (a, event) in actions(s, &t.on) {
+                match a {
+                    Action::Deliver { data, .. } | Action::Emit { data, .. } => {
+                        for (k, e) in data {
+                            add(format!("{n}.steps[{i}].data.{k}"), e, event, &t.on, false);
                         }
-                        Action::SetTrait { value, .. } => add(format!("{n}.steps[{i}].value"), value, event, &t.on, false),
+                    }
+                    Action::SetTrait { value, .. } => {
+                        add(format!("{n}.steps[{i}].value"), value, event, &t.on, false);
                     }
                 }
-            };
-            match s {
-                Step::Then(acts) => actions(acts, &t.on),
-                Step::Wait { wait, on_event, on_timeout, .. } => {
-                    actions(on_event, &wait.types);
-                    actions(on_timeout, &t.on);
-                    if let Match::Cel(e) = &wait.matching {
-                        add(format!("{n}.steps[{i}].wait.match"), e, &wait.types, &t.on, true);
-                    }
-                }
-                Step::Delay(_) | Step::DelayUntil(..) => {}
             }
         }
     }
@@ -204,13 +246,21 @@ fn data_paths(src: &str, var: &str) -> Vec<Vec<String>> {
     while let Some(i) = src[from..].find(&pat) {
         let start = from + i;
         from = start + pat.len();
-        if start > 0 && (bytes[start - 1].is_ascii_alphanumeric() || bytes[start - 1] == b'_' || bytes[start - 1] == b'.') {
+        if start > 0
+            && (bytes[start - 1].is_ascii_alphanumeric()
+                || bytes[start - 1] == b'_'
+                || bytes[start - 1] == b'.')
+        {
             continue;
         }
         let mut path = Vec::new();
         let mut j = from;
         while j < bytes.len() && bytes[j] == b'.' {
-            let k = j + 1 + src[j + 1..].find(|c: char| !(c.is_ascii_alphanumeric() || c == '_')).unwrap_or(src.len() - j - 1);
+            let k = j
+                + 1
+                + src[j + 1..]
+                    .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                    .unwrap_or(src.len() - j - 1);
             if bytes.get(k) == Some(&b'(') {
                 break; // a method such as .exists(
             }
@@ -232,27 +282,19 @@ fn cel_reads_only_fields_the_payloads_have() {
     }
     for t in &set.triggers {
         for s in &t.steps {
-            let acts: &[Action] = match s {
-                Step::Then(a) => a,
-                Step::Wait { on_event, on_timeout, .. } => {
-                    types.extend(on_event.iter().chain(on_timeout).filter_map(|a| match a {
-                        Action::Emit { ty, .. } => Some(ty.clone()),
-                        _ => None,
-                    }));
-                    &[]
+            for (a, _) in actions(s, &t.on) {
+                if let Action::Emit { ty, .. } = a {
+                    types.insert(ty.clone());
                 }
-                _ => &[],
-            };
-            types.extend(acts.iter().filter_map(|a| match a {
-                Action::Emit { ty, .. } => Some(ty.clone()),
-                _ => None,
-            }));
+            }
         }
     }
     // Every type is a catalog type or a known custom one, and its samples are valid payloads.
     for ty in &types {
         if !storeline_event::is_catalog_type(ty) && !CUSTOM.contains(&ty.as_str()) {
-            problems.push(format!("'{ty}' is neither a catalog type nor a known custom type (a typo?)"));
+            problems.push(format!(
+                "'{ty}' is neither a catalog type nor a known custom type (a typo?)"
+            ));
             continue;
         }
         if ty == "fraud.suspected" {
@@ -280,7 +322,11 @@ fn cel_reads_only_fields_the_payloads_have() {
                             Some(next) => v = next.clone(),
                             None if v.is_array() => break,
                             None => {
-                                problems.push(format!("{}: {var}.data.{} is not a field of {ty}", u.at, path.join(".")));
+                                problems.push(format!(
+                                    "{}: {var}.data.{} is not a field of {ty}",
+                                    u.at,
+                                    path.join(".")
+                                ));
                                 break;
                             }
                         }
@@ -290,17 +336,32 @@ fn cel_reads_only_fields_the_payloads_have() {
         }
         // Evaluation: with every field present nothing fails; with only the required ones a
         // condition still decides (true or false) instead of erring.
-        let agg: serde_json::Map<String, Value> = set.aggregates.iter().map(|a| (a.name.clone(), json!(0))).collect();
+        let agg: serde_json::Map<String, Value> = set
+            .aggregates
+            .iter()
+            .map(|a| (a.name.clone(), json!(0)))
+            .collect();
         for ev_ty in &u.event {
             for tr_ty in &u.trigger {
                 for (payloads, consented) in [("full", true), ("minimal", false)] {
-                    let data = |ty: &str| if payloads == "full" { full(ty).unwrap_or(json!({})) } else { minimal(ty) };
+                    let event = if payloads == "full" {
+                        full(ev_ty).unwrap_or(json!({}))
+                    } else {
+                        minimal(ev_ty)
+                    };
+                    // The run's event passed the trigger's `when` (whose own check is the
+                    // `event` case): it is taken with every field.
+                    let trigger = full(tr_ty).unwrap_or(json!({}));
                     let scope = Scope::default()
-                        .with("event", &doc(ev_ty, data(ev_ty)))
-                        .with("trigger", &doc(tr_ty, data(tr_ty)))
+                        .with("event", &doc(ev_ty, event))
+                        .with("trigger", &doc(tr_ty, trigger))
                         .with("customer", &customer(consented))
                         .with("agg", &Value::Object(agg.clone()));
-                    let result = if u.condition { u.expr.test(&scope).map(|_| ()) } else { u.expr.value(&scope).map(|_| ()) };
+                    let result = if u.condition {
+                        u.expr.test(&scope).map(|_| ())
+                    } else {
+                        u.expr.value(&scope).map(|_| ())
+                    };
                     if let Err(e) = result
                         && (payloads == "full" || u.condition)
                     {
@@ -324,7 +385,25 @@ const DAY: i64 = 24 * HOUR;
 
 /// 2026-03-02 (a Monday) 00:00 UTC.
 fn day0() -> i64 {
-    chrono::DateTime::parse_from_rfc3339("2026-03-02T00:00:00Z").unwrap().timestamp_millis()
+    chrono::DateTime::parse_from_rfc3339("2026-03-02T00:00:00Z")
+        .expect("a time")
+        .timestamp_millis()
+}
+
+/// A stored event (partition and offset are set when it is applied).
+fn stored(id: String, ty: &str, received: i64, subject: Option<String>, data: Value) -> Ev {
+    Ev {
+        id,
+        ty: ty.into(),
+        time: received,
+        received,
+        subject,
+        data,
+        anonymous_id: None,
+        command: None,
+        partition: 0,
+        offset: 0,
+    }
 }
 
 struct Part {
@@ -333,8 +412,10 @@ struct Part {
     offset: u64,
 }
 
-/// Two partitions, as a live node would run them: commerce events in one, customers' in the
-/// other, the commerce partition's copies of order events forwarded to the customers'.
+/// Two partitions, applied as the partition writer does (timers due at or before a record fire
+/// first): commerce events in one, customers' in the other, the commerce partition's copies of
+/// order events forwarded to the customers'. Rows stay in memory, so the loading of rows by key
+/// (`Stage::keys`/`follow`) is not exercised here.
 struct World {
     parts: Vec<Part>,
     queue: VecDeque<(u32, Ev)>,
@@ -349,28 +430,51 @@ struct World {
 
 impl World {
     fn new() -> World {
+        World::with(SOURCE)
+    }
+
+    fn with(source: &str) -> World {
         let part = || Part {
             views: Views::new(0),
-            stage: Stage::new(Registry::new(parse()), Some(COMMERCE)),
+            stage: Stage::new(
+                Registry::new(TriggerSet::parse(source).expect("compiles")),
+                Some(COMMERCE),
+            ),
             offset: 0,
         };
         let mut parts = vec![part(), part()];
         parts[1].views = Views::new(CUSTOMERS);
-        World { parts, queue: VecDeque::new(), cfg: ProjectionConfig::default(), sent: Vec::new(),
-                outcomes: Vec::new(), emitted: Vec::new(), now: day0(), n: 0 }
+        World {
+            parts,
+            queue: VecDeque::new(),
+            cfg: ProjectionConfig::default(),
+            sent: Vec::new(),
+            outcomes: Vec::new(),
+            emitted: Vec::new(),
+            now: day0(),
+            n: 0,
+        }
     }
 
     fn route(ty: &str) -> u32 {
-        if ty != FORWARDED && storeline_event::is_commerce_type(ty) { COMMERCE } else { CUSTOMERS }
+        if ty != FORWARDED && storeline_event::is_commerce_type(ty) {
+            COMMERCE
+        } else {
+            CUSTOMERS
+        }
     }
 
     /// Sends an event at `at` (ms) and applies everything it causes.
     fn send(&mut self, at: i64, ty: &str, subject: &str, data: Value) {
         self.tick(at);
         self.n += 1;
-        let ev = Ev { id: format!("evt-{}", self.n), ty: ty.into(), time: at, received: at,
-                      subject: Some(subject.into()), data, anonymous_id: None, command: None,
-                      partition: 0, offset: 0 };
+        let ev = stored(
+            format!("evt-{}", self.n),
+            ty,
+            at,
+            Some(subject.into()),
+            data,
+        );
         self.queue.push_back((Self::route(ty), ev));
         self.drain();
     }
@@ -380,9 +484,8 @@ impl World {
         assert!(at >= self.now, "time goes forward");
         self.now = at;
         for p in [COMMERCE, CUSTOMERS] {
-            let ev = Ev { id: format!("tick-{at}"), ty: TICK.into(), time: at, received: at, subject: None,
-                          data: Value::Null, anonymous_id: None, command: None, partition: p, offset: 0 };
-            self.queue.push_back((p, ev));
+            self.queue
+                .push_back((p, stored(format!("tick-{at}"), TICK, at, None, Value::Null)));
         }
         self.drain();
     }
@@ -400,11 +503,20 @@ impl World {
             project::apply(&mut part.views, &ev, &self.cfg, &mut emits);
             part.stage.apply(&mut part.views, &ev, p, &mut emits);
             part.stage.fire_due(&mut part.views, p, clock, &mut emits);
-            self.sent.extend(std::mem::take(&mut part.views.outbox).into_values());
+            for (key, mut entry) in std::mem::take(&mut part.views.outbox) {
+                // The key is `partition␟time␟id`: the time it was handed to delivery.
+                let at: i64 = key
+                    .split('\u{1f}')
+                    .nth(1)
+                    .and_then(|t| t.parse().ok())
+                    .expect("outbox key");
+                entry["sent_at"] = json!(at);
+                self.sent.push(entry);
+            }
             self.outcomes.append(&mut part.stage.outcomes);
             for e in emits {
-                let ev = Ev { id: e.id, ty: e.ty, time: e.time, received: clock, subject: e.subject, data: e.data,
-                              anonymous_id: None, command: None, partition: 0, offset: 0 };
+                let mut ev = stored(e.id, &e.ty, clock, e.subject, e.data);
+                ev.time = e.time;
                 if ev.ty != FORWARDED {
                     self.emitted.push(ev.clone());
                 }
@@ -413,20 +525,35 @@ impl World {
         }
     }
 
-    /// Deliveries of `trigger`, as `(minutes after day0, template or connector)`.
+    /// Deliveries of `trigger`, as `(minutes after day0 when handed to delivery, template or
+    /// connector)`.
     fn sent_by(&self, trigger: &str) -> Vec<(i64, String)> {
-        self.sent
+        let mut out: Vec<(i64, String)> = self
+            .sent
             .iter()
             .filter(|d| d["trigger"] == trigger)
             .map(|d| {
-                let what = d["template"].as_str().or(d["connector"].as_str()).unwrap_or("").to_owned();
-                ((d["created_at"].as_i64().unwrap() - day0()) / MIN, what)
+                let what = d["template"]
+                    .as_str()
+                    .or(d["connector"].as_str())
+                    .unwrap_or("")
+                    .to_owned();
+                (
+                    (d["sent_at"].as_i64().expect("sent_at") - day0()) / MIN,
+                    what,
+                )
             })
-            .collect()
+            .collect();
+        // Entries written at the same time are ordered by their delivery id.
+        out.sort();
+        out
     }
 
     fn count(&self, trigger: &str, what: &str) -> usize {
-        self.outcomes.iter().filter(|o| o.trigger == trigger && o.what == what).count()
+        self.outcomes
+            .iter()
+            .filter(|o| o.trigger == trigger && o.what == what)
+            .count()
     }
 }
 
@@ -435,7 +562,12 @@ fn money(a: i64) -> Value {
 }
 
 fn consent(w: &mut World, at: i64, customer: &str) {
-    w.send(at, "customer.consent_changed", customer, json!({ "channel": "email", "granted": true }));
+    w.send(
+        at,
+        "customer.consent_changed",
+        customer,
+        json!({ "channel": "email", "granted": true }),
+    );
 }
 
 fn order(w: &mut World, at: i64, customer: &str, id: &str) {
@@ -444,18 +576,34 @@ fn order(w: &mut World, at: i64, customer: &str, id: &str) {
 }
 
 fn add_to_cart(w: &mut World, at: i64, customer: &str, value: i64) {
-    w.send(at, "cart.item_added", customer, json!({ "sku": "SKU-1", "quantity": 1, "cart_value": money(value) }));
+    w.send(
+        at,
+        "cart.item_added",
+        customer,
+        json!({ "sku": "SKU-1", "quantity": 1, "cart_value": money(value) }),
+    );
 }
 
 #[test]
 fn welcome_series_waits_for_the_consent_then_sends_two_emails() {
     let mut w = World::new();
     let t0 = day0() + 10 * HOUR;
-    w.send(t0, "customer.signed_up", "cus-1", json!({ "email": "a@example.com", "first_name": "Ann" }));
+    w.send(
+        t0,
+        "customer.signed_up",
+        "cus-1",
+        json!({ "email": "a@example.com", "first_name": "Ann" }),
+    );
     consent(&mut w, t0 + 2 * MIN, "cus-1");
     w.send(t0 + 3 * MIN, "customer.signed_up", "cus-1", json!({}));
     w.tick(t0 + 3 * DAY);
-    assert_eq!(w.sent_by("welcome-series"), [(602, "welcome".into()), (602 + 2 * 24 * 60, "welcome_2".into())]);
+    assert_eq!(
+        w.sent_by("welcome-series"),
+        [
+            (602, "welcome".into()),
+            (602 + 2 * 24 * 60, "welcome_2".into())
+        ]
+    );
     assert_eq!(w.sent[0]["data"]["first_name"], "Ann");
     assert_eq!(w.count("welcome-series", "already_running"), 1);
     // Once: after the series, another sign-up starts nothing.
@@ -479,11 +627,20 @@ fn abandoned_cart_reminds_after_the_last_add_and_stops_at_an_order() {
     w.tick(t0 + 10 * MIN + 15 * MIN + 59 * MIN);
     assert_eq!(w.sent_by("abandoned-cart"), []);
     w.tick(t0 + 10 * MIN + 15 * MIN + 60 * MIN);
-    assert_eq!(w.sent_by("abandoned-cart"), [(9 * 60 + 85, "abandoned_cart".into())]);
+    assert_eq!(
+        w.sent_by("abandoned-cart"),
+        [(9 * 60 + 85, "abandoned_cart".into())]
+    );
     w.tick(t0 + 2 * DAY);
     let sent = w.sent_by("abandoned-cart");
-    assert_eq!(sent[1], (9 * 60 + 85 + 23 * 60, "abandoned_cart_discount".into()));
-    assert_eq!(w.sent.last().unwrap()["data"]["discount_code"], "COMEBACK10");
+    assert_eq!(
+        sent[1],
+        (9 * 60 + 85 + 23 * 60, "abandoned_cart_discount".into())
+    );
+    assert_eq!(
+        w.sent.last().unwrap()["data"]["discount_code"],
+        "COMEBACK10"
+    );
     assert_eq!(w.count("abandoned-cart", "condition_false"), 1);
     assert_eq!(w.count("abandoned-cart", "debounced"), 1);
 
@@ -494,7 +651,11 @@ fn abandoned_cart_reminds_after_the_last_add_and_stops_at_an_order() {
     w.tick(t1 + 2 * HOUR);
     order(&mut w, t1 + 3 * HOUR, "cus-2", "ord-2");
     w.tick(t1 + 2 * DAY);
-    let cus2: Vec<&Value> = w.sent.iter().filter(|d| d["customer"] == "cus-2" && d["trigger"] == "abandoned-cart").collect();
+    let cus2: Vec<&Value> = w
+        .sent
+        .iter()
+        .filter(|d| d["customer"] == "cus-2" && d["trigger"] == "abandoned-cart")
+        .collect();
     assert_eq!(cus2.len(), 1, "{cus2:#?}");
     assert_eq!(w.count("abandoned-cart", "cancelled"), 1);
 }
@@ -504,14 +665,36 @@ fn transactional_messages_ignore_consent_and_quiet_hours() {
     let mut w = World::new();
     let night = day0() + 23 * HOUR;
     order(&mut w, night, "cus-1", "ord-1");
-    w.send(night + MIN, "order.shipped", "cus-1", json!({ "order_id": "ord-1", "tracking_url": "https://t.example.com/1" }));
-    assert_eq!(w.sent_by("order-confirmation"), [(23 * 60, "order_confirmation".into())]);
-    assert_eq!(w.sent_by("shipping-notification"), [(23 * 60 + 1, "order_shipped".into()), (23 * 60 + 1, "order_shipped_sms".into())]);
-    let sms = w.sent.iter().find(|d| d["template"] == "order_shipped_sms").unwrap();
+    w.send(
+        night + MIN,
+        "order.shipped",
+        "cus-1",
+        json!({ "order_id": "ord-1", "tracking_url": "https://t.example.com/1" }),
+    );
+    assert_eq!(
+        w.sent_by("order-confirmation"),
+        [(23 * 60, "order_confirmation".into())]
+    );
+    assert_eq!(
+        w.sent_by("shipping-notification"),
+        [
+            (23 * 60 + 1, "order_shipped".into()),
+            (23 * 60 + 1, "order_shipped_sms".into())
+        ]
+    );
+    let sms = w
+        .sent
+        .iter()
+        .find(|d| d["template"] == "order_shipped_sms")
+        .unwrap();
     assert_eq!(sms["channel"], "sms");
     assert_eq!(sms["data"]["tracking_url"], "https://t.example.com/1");
     // The shipping email reads optional fields the shop did not send: they are null.
-    let email = w.sent.iter().find(|d| d["template"] == "order_shipped").unwrap();
+    let email = w
+        .sent
+        .iter()
+        .find(|d| d["template"] == "order_shipped")
+        .unwrap();
     assert_eq!(email["data"]["carrier"], Value::Null);
 }
 
@@ -523,14 +706,28 @@ fn payment_recovery_waits_for_a_payment_of_the_same_order() {
     w.send(t0, "payment.failed", "cus-1", fail("ord-1"));
     w.send(t0, "payment.failed", "cus-1", fail("ord-2"));
     w.send(t0 + 5 * MIN, "payment.failed", "cus-1", fail("ord-2"));
-    w.send(t0 + 10 * MIN, "payment.succeeded", "cus-1", json!({ "order_id": "ord-1", "amount": money(2500) }));
+    w.send(
+        t0 + 10 * MIN,
+        "payment.succeeded",
+        "cus-1",
+        json!({ "order_id": "ord-1", "amount": money(2500) }),
+    );
     w.tick(t0 + 2 * HOUR);
-    let sent: Vec<&Value> = w.sent.iter().filter(|d| d["trigger"] == "payment-failed-recovery").collect();
+    let sent: Vec<&Value> = w
+        .sent
+        .iter()
+        .filter(|d| d["trigger"] == "payment-failed-recovery")
+        .collect();
     assert_eq!(sent.len(), 1);
     assert_eq!(sent[0]["data"]["order_id"], "ord-2");
     assert_eq!(w.count("payment-failed-recovery", "already_running"), 1);
     // No order id: nothing to wait for.
-    w.send(t0 + 3 * HOUR, "payment.failed", "cus-1", json!({ "amount": money(1) }));
+    w.send(
+        t0 + 3 * HOUR,
+        "payment.failed",
+        "cus-1",
+        json!({ "amount": money(1) }),
+    );
     assert_eq!(w.count("payment-failed-recovery", "condition_false"), 1);
 }
 
@@ -539,16 +736,29 @@ fn card_velocity_flags_the_sixth_failure_once() {
     let mut w = World::new();
     let t0 = day0() + 10 * HOUR;
     for i in 0..8 {
-        w.send(t0 + i * MIN, "payment.failed", "cus-1", json!({ "amount": money(100), "card_fingerprint": "fp-1" }));
+        w.send(
+            t0 + i * MIN,
+            "payment.failed",
+            "cus-1",
+            json!({ "amount": money(100), "card_fingerprint": "fp-1" }),
+        );
     }
     assert_eq!(w.count("card-velocity", "condition_false"), 5);
     assert_eq!(w.sent_by("card-velocity"), [(10 * 60 + 5, "fraud".into())]);
-    let flags: Vec<&Ev> = w.emitted.iter().filter(|e| e.ty == "fraud.suspected").collect();
+    let flags: Vec<&Ev> = w
+        .emitted
+        .iter()
+        .filter(|e| e.ty == "fraud.suspected")
+        .collect();
     assert_eq!(flags.len(), 1);
     assert_eq!(flags[0].data["card_fingerprint"], "fp-1");
     assert_eq!(flags[0].subject.as_deref(), Some("cus-1"));
     assert_eq!(w.count("card-velocity", "already_running"), 2);
-    assert!(w.emitted.iter().any(|e| e.ty == "customer.updated" && e.data["traits"]["fraud_flag"] == "card_velocity"));
+    assert!(
+        w.emitted.iter().any(
+            |e| e.ty == "customer.updated" && e.data["traits"]["fraud_flag"] == "card_velocity"
+        )
+    );
 }
 
 #[test]
@@ -561,7 +771,10 @@ fn win_back_counts_sixty_days_from_the_latest_order() {
     w.tick(t0 + 89 * DAY);
     assert_eq!(w.sent_by("win-back"), []);
     w.tick(t0 + 91 * DAY);
-    assert_eq!(w.sent_by("win-back"), [(90 * 24 * 60 + 10 * 60, "win_back".into())]);
+    assert_eq!(
+        w.sent_by("win-back"),
+        [(90 * 24 * 60 + 10 * 60, "win_back".into())]
+    );
     assert_eq!(w.sent.last().unwrap()["data"]["last_order_id"], "ord-2");
 }
 
@@ -572,13 +785,37 @@ fn review_request_goes_at_ten_after_seven_days_unless_returned() {
     consent(&mut w, t0, "cus-1");
     order(&mut w, t0, "cus-1", "ord-1");
     order(&mut w, t0, "cus-1", "ord-2");
-    w.send(t0 + DAY, "order.delivered", "cus-1", json!({ "order_id": "ord-1" }));
-    w.send(t0 + DAY, "order.delivered", "cus-1", json!({ "order_id": "ord-2" }));
-    w.send(t0 + 3 * DAY, "return.requested", "cus-1", json!({ "order_id": "ord-2", "lines": [{ "sku": "SKU-1", "quantity": 1 }] }));
+    w.send(
+        t0 + DAY,
+        "order.delivered",
+        "cus-1",
+        json!({ "order_id": "ord-1" }),
+    );
+    w.send(
+        t0 + DAY,
+        "order.delivered",
+        "cus-1",
+        json!({ "order_id": "ord-2" }),
+    );
+    w.send(
+        t0 + 3 * DAY,
+        "return.requested",
+        "cus-1",
+        json!({ "order_id": "ord-2", "lines": [{ "sku": "SKU-1", "quantity": 1 }] }),
+    );
     w.tick(t0 + 10 * DAY);
     // Delivered on day 1 at 14:00: seven days on is day 8, 14:00; the next 10:00 is day 9.
-    assert_eq!(w.sent_by("review-request"), [(9 * 24 * 60 + 10 * 60, "review_request".into())]);
-    assert_eq!(w.sent.iter().find(|d| d["trigger"] == "review-request").unwrap()["data"]["order_id"], "ord-1");
+    assert_eq!(
+        w.sent_by("review-request"),
+        [(9 * 24 * 60 + 10 * 60, "review_request".into())]
+    );
+    assert_eq!(
+        w.sent
+            .iter()
+            .find(|d| d["trigger"] == "review-request")
+            .unwrap()["data"]["order_id"],
+        "ord-1"
+    );
 }
 
 #[test]
@@ -587,23 +824,66 @@ fn stock_journeys_go_to_the_erp_and_to_customers_who_asked() {
     let t0 = day0() + 10 * HOUR;
     consent(&mut w, t0, "cus-1");
     consent(&mut w, t0, "cus-2");
-    w.send(t0, "inventory.adjusted", "SKU-1", json!({ "sku": "SKU-1", "set": 10 }));
-    w.send(t0 + MIN, "inventory.adjusted", "SKU-1", json!({ "sku": "SKU-1", "set": 3 }));
+    w.send(
+        t0,
+        "inventory.adjusted",
+        "SKU-1",
+        json!({ "sku": "SKU-1", "set": 10 }),
+    );
+    w.send(
+        t0 + MIN,
+        "inventory.adjusted",
+        "SKU-1",
+        json!({ "sku": "SKU-1", "set": 3 }),
+    );
     assert_eq!(w.sent_by("low-stock-to-erp"), [(10 * 60 + 1, "erp".into())]);
     assert_eq!(w.sent.last().unwrap()["data"]["available"], 3);
 
-    w.send(t0 + 2 * MIN, "inventory.adjusted", "SKU-1", json!({ "sku": "SKU-1", "set": 0 }));
-    w.send(t0 + 3 * MIN, "product.stock_alert_requested", "cus-1", json!({ "sku": "SKU-1" }));
-    w.send(t0 + 3 * MIN, "product.stock_alert_requested", "cus-2", json!({ "sku": "SKU-1" }));
+    w.send(
+        t0 + 2 * MIN,
+        "inventory.adjusted",
+        "SKU-1",
+        json!({ "sku": "SKU-1", "set": 0 }),
+    );
+    w.send(
+        t0 + 3 * MIN,
+        "product.stock_alert_requested",
+        "cus-1",
+        json!({ "sku": "SKU-1" }),
+    );
+    w.send(
+        t0 + 3 * MIN,
+        "product.stock_alert_requested",
+        "cus-2",
+        json!({ "sku": "SKU-1" }),
+    );
     // cus-2 buys the SKU elsewhere meanwhile: its alert is cancelled.
     order(&mut w, t0 + HOUR, "cus-2", "ord-9");
-    w.send(t0 + DAY, "inventory.adjusted", "SKU-1", json!({ "sku": "SKU-1", "set": 20 }));
-    assert_eq!(w.sent_by("back-in-stock-to-erp"), [(24 * 60 + 10 * 60, "erp".into())]);
+    w.send(
+        t0 + DAY,
+        "inventory.adjusted",
+        "SKU-1",
+        json!({ "sku": "SKU-1", "set": 20 }),
+    );
+    // Stock went from 0 to 10 at the start, and from 0 to 20 now.
+    assert_eq!(
+        w.sent_by("back-in-stock-to-erp"),
+        [(10 * 60, "erp".into()), (24 * 60 + 10 * 60, "erp".into())]
+    );
     // The shop notifies everyone on its list (also someone who never asked, and twice).
     for c in ["cus-1", "cus-2", "cus-3", "cus-1"] {
-        w.send(t0 + DAY + MIN, "product.back_in_stock_notify", c, json!({ "sku": "SKU-1", "name": "Mug" }));
+        w.send(
+            t0 + DAY + MIN,
+            "product.back_in_stock_notify",
+            c,
+            json!({ "sku": "SKU-1", "name": "Mug" }),
+        );
     }
-    let alerts: Vec<&Value> = w.sent.iter().filter(|d| d["trigger"] == "back-in-stock-alert").collect();
+    let alerts: Vec<&Value> = w
+        .sent
+        .iter()
+        .filter(|d| d["trigger"] == "back-in-stock-alert")
+        .collect();
     assert_eq!(alerts.len(), 1, "{alerts:#?}");
     assert_eq!(alerts[0]["customer"], "cus-1");
     assert_eq!(alerts[0]["data"]["sku"], "SKU-1");
@@ -618,7 +898,10 @@ fn caps_and_quiet_hours_hold_messages() {
     // 20:30: a cart add; the reminder is due at 21:45, inside quiet hours: held until 08:00.
     add_to_cart(&mut w, t0, "cus-1", 3000);
     w.tick(t0 + 12 * HOUR);
-    assert_eq!(w.sent_by("abandoned-cart"), [(24 * 60 + 8 * 60, "abandoned_cart".into())]);
+    assert_eq!(
+        w.sent_by("abandoned-cart"),
+        [(24 * 60 + 8 * 60, "abandoned_cart".into())]
+    );
     assert_eq!(w.count("abandoned-cart", "deferred_quiet_hours"), 1);
 }
 

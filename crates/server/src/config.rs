@@ -279,7 +279,9 @@ impl Config {
             && self.connector.is_empty()
             && self.arbitration.is_none());
         match (&self.triggers.file, inline) {
-            (Some(_), true) => Err("triggers.file is set and triggers are also written inline; use one".into()),
+            (Some(_), true) => {
+                Err("triggers.file is set and triggers are also written inline; use one".into())
+            }
             (Some(f), false) => std::fs::read_to_string(f)
                 .map(Some)
                 .map_err(|e| format!("triggers.file: cannot read {}: {e}", f.display())),
@@ -288,12 +290,18 @@ impl Config {
                 if let Some(a) = &self.arbitration {
                     t.insert("arbitration".into(), a.clone());
                 }
-                for (k, v) in [("connector", &self.connector), ("aggregate", &self.aggregate), ("trigger", &self.trigger)] {
+                for (k, v) in [
+                    ("connector", &self.connector),
+                    ("aggregate", &self.aggregate),
+                    ("trigger", &self.trigger),
+                ] {
                     if !v.is_empty() {
                         t.insert(k.into(), toml::Value::Array(v.clone()));
                     }
                 }
-                toml::to_string(&t).map(Some).map_err(|e| format!("inline triggers: {e}"))
+                toml::to_string(&t)
+                    .map(Some)
+                    .map_err(|e| format!("inline triggers: {e}"))
             }
             (None, false) => Ok(None),
         }

@@ -302,7 +302,10 @@ fn router(state: SharedState, metrics: metrics_exporter_prometheus::PrometheusHa
         .route("/v1/orders/{id}", get(views_api::get_order))
         .route("/v1/inventory/{sku}", get(views_api::get_inventory))
         .route("/v1/engine", get(views_api::engine_status))
-        .route("/v1/triggers", get(triggers_api::get_triggers).put(triggers_api::put_triggers))
+        .route(
+            "/v1/triggers",
+            get(triggers_api::get_triggers).put(triggers_api::put_triggers),
+        )
         .route("/v1/customers/{id}/journeys", get(triggers_api::journeys))
         .route("/v1/aggregates", get(triggers_api::list_aggregates))
         .route("/v1/aggregates/{name}", get(triggers_api::get_aggregate))

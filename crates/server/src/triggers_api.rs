@@ -28,12 +28,20 @@ async fn install(state: &AppState, set: &TriggerSet) -> Result<bool, ApiError> {
     for p in 0..state.log.partitions() {
         let acks = crate::ingest::store_routed(state, vec![triggers::install_event(set)], Some(p))
             .await
-            .map_err(|e| ApiError::unavailable(format!("the trigger file could not be stored: {}", e.message)))?;
+            .map_err(|e| {
+                ApiError::unavailable(format!(
+                    "the trigger file could not be stored: {}",
+                    e.message
+                ))
+            })?;
         positions.extend(acks.iter().map(|a| (a.partition, a.offset)));
     }
     let engine = engine(state)?;
     for (p, o) in positions {
-        if !engine.wait_applied(p, o, state.config.engine.read_wait).await {
+        if !engine
+            .wait_applied(p, o, state.config.engine.read_wait)
+            .await
+        {
             return Ok(false);
         }
     }
@@ -53,21 +61,31 @@ pub async fn install_configured(state: &AppState) -> Result<(), String> {
     let marker = state.config.data_dir.join("triggers.installed");
     let previous = std::fs::read_to_string(&marker).unwrap_or_default();
     if previous.trim() == set.version {
-        tracing::info!(version = set.version, "the configured trigger file is unchanged; the installed one stays");
+        tracing::info!(
+            version = set.version,
+            "the configured trigger file is unchanged; the installed one stays"
+        );
         return Ok(());
     }
     if !install(state, &set).await.map_err(|e| e.message)? {
         tracing::warn!("the trigger file is stored but not every partition applied it yet");
     }
-    std::fs::write(&marker, &set.version).map_err(|e| format!("cannot write {}: {e}", marker.display()))?;
-    tracing::info!(version = set.version, triggers = set.triggers.len(), "trigger file from the config installed");
+    std::fs::write(&marker, &set.version)
+        .map_err(|e| format!("cannot write {}: {e}", marker.display()))?;
+    tracing::info!(
+        version = set.version,
+        triggers = set.triggers.len(),
+        "trigger file from the config installed"
+    );
     Ok(())
 }
 
 /// The trigger file in force (partition 0's, which all reach once they applied it).
 async fn current_set(state: &AppState) -> Result<Option<TriggerSet>, ApiError> {
     let engine = engine(state)?;
-    let current = triggers::read::current(&*engine.store).await.map_err(internal)?;
+    let current = triggers::read::current(&*engine.store)
+        .await
+        .map_err(internal)?;
     Ok(current
         .into_iter()
         .next()
@@ -76,12 +94,23 @@ async fn current_set(state: &AppState) -> Result<Option<TriggerSet>, ApiError> {
 
 /// `GET /v1/triggers`: the file in force, each trigger's version and counters, and the runs
 /// still on older versions.
-pub async fn get_triggers(State(state): State<SharedState>, headers: HeaderMap, q: Q) -> Result<Response, ApiError> {
+pub async fn get_triggers(
+    State(state): State<SharedState>,
+    headers: HeaderMap,
+    q: Q,
+) -> Result<Response, ApiError> {
     let (engine, _) = view_read(&state, &headers, "GET /v1/triggers", q).await?;
-    let current = triggers::read::current(&*engine.store).await.map_err(internal)?;
-    let stats = triggers::read::stats(&*engine.store).await.map_err(internal)?;
+    let current = triggers::read::current(&*engine.store)
+        .await
+        .map_err(internal)?;
+    let stats = triggers::read::stats(&*engine.store)
+        .await
+        .map_err(internal)?;
     let Some((_, def)) = current.first() else {
-        return Ok(Json(json!({ "version": null, "source": null, "triggers": [], "stats": stats })).into_response());
+        return Ok(Json(
+            json!({ "version": null, "source": null, "triggers": [], "stats": stats }),
+        )
+        .into_response());
     };
     let set = TriggerSet::parse(&def.source).unwrap_or_default();
     let list: Vec<Value> = set
@@ -100,7 +129,10 @@ pub async fn get_triggers(State(state): State<SharedState>, headers: HeaderMap, 
             })
         })
         .collect();
-    let partitions: Vec<Value> = current.iter().map(|(p, d)| json!({ "partition": p, "version": d.version })).collect();
+    let partitions: Vec<Value> = current
+        .iter()
+        .map(|(p, d)| json!({ "partition": p, "version": d.version }))
+        .collect();
     Ok(Json(json!({
         "version": def.version, "source": def.source, "triggers": list,
         "aggregates": set.aggregates.iter().map(|a| json!({ "name": a.name, "on": a.on, "window_ms": a.window_ms, "fn": a.func })).collect::<Vec<_>>(),
@@ -110,22 +142,34 @@ pub async fn get_triggers(State(state): State<SharedState>, headers: HeaderMap, 
 }
 
 /// `PUT /v1/triggers` (admin): checks and installs a whole trigger file (TOML body).
-pub async fn put_triggers(State(state): State<SharedState>, headers: HeaderMap, body: Body) -> Result<Response, ApiError> {
-    state.keys.authorize(&headers, Scope::Admin, "PUT /v1/triggers")?;
+pub async fn put_triggers(
+    State(state): State<SharedState>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    state
+        .keys
+        .authorize(&headers, Scope::Admin, "PUT /v1/triggers")?;
     let bytes = crate::read_body(&headers, body, 1 << 20).await?;
-    let source = String::from_utf8(bytes.to_vec())
-        .map_err(|_| ApiError::bad_request("invalid_body", "the trigger file must be UTF-8 TOML"))?;
+    let source = String::from_utf8(bytes.to_vec()).map_err(|_| {
+        ApiError::bad_request("invalid_body", "the trigger file must be UTF-8 TOML")
+    })?;
     let set = TriggerSet::parse(&source).map_err(|problems| {
         ApiError::new(
             StatusCode::UNPROCESSABLE_ENTITY,
             "invalid_triggers",
-            format!("the trigger file has {} problem(s); nothing was changed", problems.len()),
+            format!(
+                "the trigger file has {} problem(s); nothing was changed",
+                problems.len()
+            ),
         )
         .with_details(json!({ "problems": problems }))
     })?;
     let engine = engine(&state)?;
     let before = current_set(&state).await?;
-    let stats = triggers::read::stats(&*engine.store).await.map_err(internal)?;
+    let stats = triggers::read::stats(&*engine.store)
+        .await
+        .map_err(internal)?;
     let mut replaced = Vec::new();
     let mut removed = Vec::new();
     let mut waiting_old = 0;
@@ -152,7 +196,13 @@ pub async fn put_triggers(State(state): State<SharedState>, headers: HeaderMap, 
         .filter(|t| before.as_ref().is_none_or(|b| b.trigger(&t.name).is_none()))
         .map(|t| t.name.as_str())
         .collect();
-    tracing::info!(version = set.version, replaced = replaced.len(), removed = removed.len(), runs_on_old_versions = waiting_old, "trigger file replaced over the API");
+    tracing::info!(
+        version = set.version,
+        replaced = replaced.len(),
+        removed = removed.len(),
+        runs_on_old_versions = waiting_old,
+        "trigger file replaced over the API"
+    );
     Ok(Json(json!({
         "version": set.version, "applied": applied, "added": added, "replaced": replaced, "removed": removed,
         "runs_on_old_versions": waiting_old,
@@ -163,16 +213,27 @@ pub async fn put_triggers(State(state): State<SharedState>, headers: HeaderMap, 
 
 /// `GET /v1/customers/{id}/journeys`: each run with its steps and reasons, the decisions that
 /// started none (condition false, already running, once), and messages held back.
-pub async fn journeys(State(state): State<SharedState>, Path(id): Path<String>, headers: HeaderMap, q: Q) -> Result<Response, ApiError> {
+pub async fn journeys(
+    State(state): State<SharedState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    q: Q,
+) -> Result<Response, ApiError> {
     let (_, p) = customer_read(&state, &headers, &id, q).await?;
     let engine = engine(&state)?;
-    let mut out = triggers::read::journeys(&*engine.store, &p.identities).await.map_err(internal)?;
+    let mut out = triggers::read::journeys(&*engine.store, &p.identities)
+        .await
+        .map_err(internal)?;
     out["customer"] = Value::String(p.id());
     Ok(Json(out).into_response())
 }
 
 /// `GET /v1/aggregates`: the aggregates defined; `GET /v1/aggregates/{name}?key=`: a value.
-pub async fn list_aggregates(State(state): State<SharedState>, headers: HeaderMap, q: Q) -> Result<Response, ApiError> {
+pub async fn list_aggregates(
+    State(state): State<SharedState>,
+    headers: HeaderMap,
+    q: Q,
+) -> Result<Response, ApiError> {
     view_read(&state, &headers, "GET /v1/aggregates", q).await?;
     let set = current_set(&state).await?.unwrap_or_default();
     let list: Vec<Value> = set
@@ -183,10 +244,20 @@ pub async fn list_aggregates(State(state): State<SharedState>, headers: HeaderMa
     Ok(Json(json!({ "aggregates": list })).into_response())
 }
 
-pub async fn get_aggregate(State(state): State<SharedState>, Path(name): Path<String>, headers: HeaderMap, q: Q) -> Result<Response, ApiError> {
+pub async fn get_aggregate(
+    State(state): State<SharedState>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    q: Q,
+) -> Result<Response, ApiError> {
     let (engine, q) = view_read(&state, &headers, "GET /v1/aggregates", q).await?;
     let set = current_set(&state).await?.unwrap_or_default();
-    let unknown = || not_found("aggregate_not_found", format!("no aggregate named '{name}' in the trigger file in force"));
+    let unknown = || {
+        not_found(
+            "aggregate_not_found",
+            format!("no aggregate named '{name}' in the trigger file in force"),
+        )
+    };
     let now = now_ms();
     match &q.key {
         Some(key) => {

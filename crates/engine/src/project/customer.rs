@@ -27,8 +27,10 @@ pub fn identity_key(id: &str) -> String {
 /// The identities an event says belong together, with the event's own first, and which of them
 /// are user ids.
 fn linked(ev: &Ev) -> Vec<(String, bool)> {
-    if ev.ty.starts_with("inventory.") {
-        return Vec::new(); // about a SKU, not a customer
+    if ev.ty.starts_with("inventory.") || ev.ty.starts_with("storeline.") {
+        // About a SKU, or the engine's own bookkeeping (a forwarded copy is counted where the
+        // original is stored).
+        return Vec::new();
     }
     let mut ids: Vec<(String, bool)> = Vec::new();
     let mut add = |id: Option<&str>, user: bool| {

@@ -39,7 +39,10 @@ impl Report {
                 .or_default()
                 .entry(o.what.clone())
                 .or_default() += 1;
-            let s = self.samples.entry((o.trigger.clone(), o.what.clone())).or_default();
+            let s = self
+                .samples
+                .entry((o.trigger.clone(), o.what.clone()))
+                .or_default();
             if s.len() < samples {
                 s.push(o);
             }
@@ -72,7 +75,9 @@ pub async fn backtest<L: EventLog, S: StateStore>(
             let mut report = Report::default();
             let mut first_clock = None;
             while a.next < end {
-                let records = log.read(p, a.next, 32_768.min((end - a.next) as usize)).await?;
+                let records = log
+                    .read(p, a.next, 32_768.min((end - a.next) as usize))
+                    .await?;
                 if records.is_empty() {
                     break;
                 }

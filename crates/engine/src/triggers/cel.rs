@@ -45,9 +45,26 @@ impl Scope {
     }
 }
 
-/// JSON into a CEL value (integers stay integers).
+/// JSON into a CEL value. Whole numbers become `int` (signed), so `event.data.total.amount * 2`
+/// and `agg.x > 5` work as written (a JSON number is not a CEL `uint`).
 pub fn to_cel(v: &Value) -> Cel {
-    cel_interpreter::to_value(v).unwrap_or(Cel::Null)
+    match v {
+        Value::Null => Cel::Null,
+        Value::Bool(b) => Cel::Bool(*b),
+        Value::Number(n) => match n.as_i64() {
+            Some(i) => Cel::Int(i),
+            None => n
+                .as_u64()
+                .map_or_else(|| Cel::Float(n.as_f64().unwrap_or(0.0)), Cel::UInt),
+        },
+        Value::String(s) => Cel::String(std::sync::Arc::new(s.clone())),
+        Value::Array(a) => Cel::List(std::sync::Arc::new(a.iter().map(to_cel).collect())),
+        Value::Object(o) => {
+            let map: std::collections::HashMap<String, Cel> =
+                o.iter().map(|(k, v)| (k.clone(), to_cel(v))).collect();
+            Cel::from(map)
+        }
+    }
 }
 
 impl Expr {
@@ -76,7 +93,10 @@ impl Expr {
     pub fn test(&self, scope: &Scope) -> Result<bool, String> {
         match self.run(scope)? {
             Cel::Bool(b) => Ok(b),
-            other => Err(format!("'{}' gave {other:?}, not true or false", self.source)),
+            other => Err(format!(
+                "'{}' gave {other:?}, not true or false",
+                self.source
+            )),
         }
     }
 
@@ -104,18 +124,32 @@ mod tests {
     #[test]
     fn conditions_see_event_customer_and_agg() {
         let scope = Scope::default()
-            .with("event", &json!({ "type": "cart.item_added", "data": { "cart_value": { "amount": 2500 } } }))
+            .with(
+                "event",
+                &json!({ "type": "cart.item_added", "data": { "cart_value": { "amount": 2500 } } }),
+            )
             .with("customer", &json!({ "consent": { "email": true } }))
             .with("agg", &json!({ "failed": 6 }));
-        let e = Expr::compile("customer.consent.email && event.data.cart_value.amount >= 2000 && agg.failed > 5").unwrap();
+        let e = Expr::compile(
+            "customer.consent.email && event.data.cart_value.amount >= 2000 && agg.failed > 5",
+        )
+        .unwrap();
         assert!(e.uses_customer && e.uses_agg);
         assert_eq!(e.test(&scope), Ok(true));
         let e = Expr::compile("event.data.cart_value.amount < 2000").unwrap();
         assert_eq!(e.test(&scope), Ok(false));
-        assert!(Expr::compile("event.data.nope > 1").unwrap().test(&scope).is_err());
+        assert!(
+            Expr::compile("event.data.nope > 1")
+                .unwrap()
+                .test(&scope)
+                .is_err()
+        );
         assert!(Expr::compile("event.data.").is_err());
         let e = Expr::compile("event.data.cart_value.amount * 2").unwrap();
         assert_eq!(e.value(&scope), Ok(json!(5000)));
-        assert_eq!(Expr::compile("'x-' + event.type").unwrap().key(&scope), Ok(Some("x-cart.item_added".into())));
+        assert_eq!(
+            Expr::compile("'x-' + event.type").unwrap().key(&scope),
+            Ok(Some("x-cart.item_added".into()))
+        );
     }
 }

@@ -275,7 +275,7 @@ pub enum Step {
     /// Until the next `(hour, minute)` in the customer's time zone.
     DelayUntil(u32, u32),
     Wait {
-        wait: Wait,
+        wait: Box<Wait>,
         on_event: Vec<Action>,
         on_timeout: Vec<Action>,
         go_on: Continue,
@@ -384,7 +384,10 @@ impl TriggerSet {
             Err(e) => {
                 let at = match e.span() {
                     Some(span) => {
-                        let line = source[..span.start.min(source.len())].lines().count().max(1);
+                        let line = source[..span.start.min(source.len())]
+                            .lines()
+                            .count()
+                            .max(1);
                         format!("line {line}")
                     }
                     None => "file".into(),
@@ -427,7 +430,10 @@ impl TriggerSet {
         for (i, a) in file.aggregate.iter().enumerate() {
             let at = format!("aggregate[{i}] \"{}\"", a.name);
             if !valid_name(&a.name) {
-                p.add(&format!("{at}.name"), "use letters, digits and `_` (it is a CEL field name: agg.<name>)");
+                p.add(
+                    &format!("{at}.name"),
+                    "use letters, digits and `_` (it is a CEL field name: agg.<name>)",
+                );
             }
             if agg_names.insert(a.name.clone(), ()).is_some() {
                 p.add(&format!("{at}.name"), "defined twice");
@@ -437,16 +443,28 @@ impl TriggerSet {
                 "sum" => AggFn::Sum,
                 "distinct" => AggFn::Distinct,
                 other => {
-                    p.add(&format!("{at}.fn"), format!("'{other}' is not count, sum or distinct"));
+                    p.add(
+                        &format!("{at}.fn"),
+                        format!("'{other}' is not count, sum or distinct"),
+                    );
                     AggFn::Count
                 }
             };
             if func != AggFn::Count && a.value.is_none() {
-                p.add(&format!("{at}.value"), format!("fn = \"{}\" needs a `value` expression", a.func));
+                p.add(
+                    &format!("{at}.value"),
+                    format!("fn = \"{}\" needs a `value` expression", a.func),
+                );
             }
             let key = p.expr(&format!("{at}.key"), &a.key);
-            let value = a.value.as_ref().and_then(|v| p.expr(&format!("{at}.value"), v));
-            let when = a.when.as_ref().and_then(|v| p.expr(&format!("{at}.when"), v));
+            let value = a
+                .value
+                .as_ref()
+                .and_then(|v| p.expr(&format!("{at}.value"), v));
+            let when = a
+                .when
+                .as_ref()
+                .and_then(|v| p.expr(&format!("{at}.when"), v));
             let window_ms = p.duration(&format!("{at}.window"), &a.window);
             let on = p.types(&format!("{at}.on"), &a.on);
             if let (Some(key), Some(window_ms)) = (key, window_ms) {
@@ -466,7 +484,10 @@ impl TriggerSet {
         for (i, t) in file.trigger.iter().enumerate() {
             let at = format!("trigger[{i}] \"{}\"", t.name);
             if t.name.is_empty() || t.name.contains(['\u{1f}', '@', '/']) {
-                p.add(&format!("{at}.name"), "a trigger needs a name without `@`, `/` or control characters");
+                p.add(
+                    &format!("{at}.name"),
+                    "a trigger needs a name without `@`, `/` or control characters",
+                );
             }
             if names.insert(t.name.clone(), ()).is_some() {
                 p.add(&format!("{at}.name"), "defined twice");
@@ -519,7 +540,10 @@ fn compile_arbitration(a: &ArbitrationDef, p: &mut Problems) -> Arbitration {
     if let Some(tz) = &a.timezone {
         match tz.parse::<chrono_tz::Tz>() {
             Ok(tz) => out.timezone = tz,
-            Err(_) => p.add("arbitration.timezone", format!("'{tz}' is not an IANA time zone (e.g. Europe/Berlin)")),
+            Err(_) => p.add(
+                "arbitration.timezone",
+                format!("'{tz}' is not an IANA time zone (e.g. Europe/Berlin)"),
+            ),
         }
     }
     if let Some(q) = &a.quiet_hours {
@@ -535,7 +559,10 @@ fn compile_arbitration(a: &ArbitrationDef, p: &mut Problems) -> Arbitration {
     for (i, c) in a.cap.iter().enumerate() {
         let at = format!("arbitration.cap[{i}]");
         if c.max == 0 {
-            p.add(&format!("{at}.max"), "must be at least 1 (to stop a channel, withdraw consent)");
+            p.add(
+                &format!("{at}.max"),
+                "must be at least 1 (to stop a channel, withdraw consent)",
+            );
         }
         if let Some(w) = p.duration(&format!("{at}.window"), &c.window) {
             out.caps.push(Cap {
@@ -556,14 +583,23 @@ fn compile_trigger(
 ) -> Option<Trigger> {
     let before = p.list.len();
     let on = p.types(&format!("{at}.on"), &t.on);
-    let when = t.when.as_ref().and_then(|w| p.expr(&format!("{at}.when"), w));
+    let when = t
+        .when
+        .as_ref()
+        .and_then(|w| p.expr(&format!("{at}.when"), w));
     let key = t.key.as_ref().and_then(|w| p.expr(&format!("{at}.key"), w));
-    let debounce_ms = t.debounce.as_ref().and_then(|d| p.duration(&format!("{at}.debounce"), d));
+    let debounce_ms = t
+        .debounce
+        .as_ref()
+        .and_then(|d| p.duration(&format!("{at}.debounce"), d));
     let mode = |p: &mut Problems, field: &str, v: &Option<String>| match v.as_deref() {
         None | Some("defer") => false,
         Some("drop") => true,
         Some(other) => {
-            p.add(&format!("{at}.{field}"), format!("'{other}' is not defer or drop"));
+            p.add(
+                &format!("{at}.{field}"),
+                format!("'{other}' is not defer or drop"),
+            );
             false
         }
     };
@@ -594,15 +630,16 @@ fn compile_trigger(
         }
         (Some(s), false) => s.clone(),
         (None, _) => {
+            // The shorthand reads as "after the delay, do `then`, then wait".
             let mut s = Vec::new();
-            if let Some(then) = &t.then {
-                s.push(step(|d| d.then = Some(then.clone())));
-            }
             if let Some(d) = &t.delay {
                 s.push(step(|x| x.delay = Some(d.clone())));
             }
             if let Some(d) = &t.delay_until {
                 s.push(step(|x| x.delay_until = Some(d.clone())));
+            }
+            if let Some(then) = &t.then {
+                s.push(step(|d| d.then = Some(then.clone())));
             }
             if t.wait.is_some() || t.on_event.is_some() || t.on_timeout.is_some() {
                 s.push(step(|x| {
@@ -615,7 +652,10 @@ fn compile_trigger(
         }
     };
     if defs.is_empty() && p.list.len() == before {
-        p.add(at, "a trigger needs something to do: `then`, `wait` or `steps`");
+        p.add(
+            at,
+            "a trigger needs something to do: `then`, `wait` or `steps`",
+        );
     }
     let mut steps = Vec::new();
     for (i, s) in defs.iter().enumerate() {
@@ -631,12 +671,8 @@ fn compile_trigger(
     if p.list.len() > before {
         return None;
     }
-    let version = crate::hash_hex(
-        serde_json::to_string(t)
-            .unwrap_or_default()
-            .as_bytes(),
-    )[..8]
-        .to_owned();
+    let version =
+        crate::hash_hex(serde_json::to_string(t).unwrap_or_default().as_bytes())[..8].to_owned();
     Some(Trigger {
         name: t.name.clone(),
         version,
@@ -675,19 +711,37 @@ fn compile_step(
     channels: &HashMap<String, String>,
     p: &mut Problems,
 ) -> Option<Step> {
-    let kinds = [s.then.is_some(), s.delay.is_some(), s.delay_until.is_some(), s.wait.is_some()]
-        .iter()
-        .filter(|b| **b)
-        .count();
+    let kinds = [
+        s.then.is_some(),
+        s.delay.is_some(),
+        s.delay_until.is_some(),
+        s.wait.is_some(),
+    ]
+    .iter()
+    .filter(|b| **b)
+    .count();
     if kinds != 1 {
-        p.add(at, "a step is exactly one of `then`, `delay`, `delay_until` or `wait`");
+        p.add(
+            at,
+            "a step is exactly one of `then`, `delay`, `delay_until` or `wait`",
+        );
         return None;
     }
-    if s.wait.is_none() && (s.on_event.is_some() || s.on_timeout.is_some() || s.continue_on.is_some()) {
-        p.add(at, "`on_event`, `on_timeout` and `continue` belong to a `wait`");
+    if s.wait.is_none()
+        && (s.on_event.is_some() || s.on_timeout.is_some() || s.continue_on.is_some())
+    {
+        p.add(
+            at,
+            "`on_event`, `on_timeout` and `continue` belong to a `wait`",
+        );
     }
     if let Some(then) = &s.then {
-        return Some(Step::Then(actions(then, &format!("{at}.then"), channels, p)));
+        return Some(Step::Then(actions(
+            then,
+            &format!("{at}.then"),
+            channels,
+            p,
+        )));
     }
     if let Some(d) = &s.delay {
         return p.duration(&format!("{at}.delay"), d).map(Step::Delay);
@@ -706,19 +760,31 @@ fn compile_step(
         Some("event") => Continue::Event,
         Some("both") => Continue::Both,
         Some(other) => {
-            p.add(&format!("{at}.continue"), format!("'{other}' is not timeout, event or both"));
+            p.add(
+                &format!("{at}.continue"),
+                format!("'{other}' is not timeout, event or both"),
+            );
             Continue::Timeout
         }
     };
-    let on_event = actions(s.on_event.as_deref().unwrap_or(&[]), &format!("{at}.on_event"), channels, p);
-    let on_timeout =
-        actions(s.on_timeout.as_deref().unwrap_or(&[]), &format!("{at}.on_timeout"), channels, p);
+    let on_event = actions(
+        s.on_event.as_deref().unwrap_or(&[]),
+        &format!("{at}.on_event"),
+        channels,
+        p,
+    );
+    let on_timeout = actions(
+        s.on_timeout.as_deref().unwrap_or(&[]),
+        &format!("{at}.on_timeout"),
+        channels,
+        p,
+    );
     Some(Step::Wait {
-        wait: Wait {
+        wait: Box::new(Wait {
             types,
             within_ms: within?,
             matching: matching?,
-        },
+        }),
         on_event,
         on_timeout,
         go_on,
@@ -739,7 +805,10 @@ fn actions(
             .filter(|b| **b)
             .count();
         if kinds != 1 {
-            p.add(&at, "an action is exactly one of `deliver`, `emit` or `set_trait`");
+            p.add(
+                &at,
+                "an action is exactly one of `deliver`, `emit` or `set_trait`",
+            );
             continue;
         }
         let mut data = Vec::new();
@@ -751,7 +820,10 @@ fn actions(
         if let Some(c) = &a.deliver {
             if !channels.is_empty() && !channels.contains_key(c) {
                 let known: Vec<&String> = channels.keys().collect();
-                p.add(&format!("{at}.deliver"), format!("no connector named '{c}' (defined: {known:?})"));
+                p.add(
+                    &format!("{at}.deliver"),
+                    format!("no connector named '{c}' (defined: {known:?})"),
+                );
             }
             let channel = a
                 .channel
@@ -766,14 +838,23 @@ fn actions(
             });
         } else if let Some(ty) = &a.emit {
             p.check_type(&format!("{at}.emit"), ty);
-            out.push(Action::Emit { ty: ty.clone(), data });
+            out.push(Action::Emit {
+                ty: ty.clone(),
+                data,
+            });
         } else if let Some(name) = &a.set_trait {
-            match a.value.as_ref().and_then(|v| p.expr(&format!("{at}.value"), v)) {
+            match a
+                .value
+                .as_ref()
+                .and_then(|v| p.expr(&format!("{at}.value"), v))
+            {
                 Some(value) => out.push(Action::SetTrait {
                     name: name.clone(),
                     value,
                 }),
-                None if a.value.is_none() => p.add(&format!("{at}.value"), "set_trait needs a `value` (CEL)"),
+                None if a.value.is_none() => {
+                    p.add(&format!("{at}.value"), "set_trait needs a `value` (CEL)")
+                }
                 None => {}
             }
         }
@@ -813,7 +894,10 @@ impl Problems {
                 None
             }
             Err(e) => {
-                self.add(at, format!("'{s}' is not a duration like \"15m\" or \"24h\": {e}"));
+                self.add(
+                    at,
+                    format!("'{s}' is not a duration like \"15m\" or \"24h\": {e}"),
+                );
                 None
             }
         }
@@ -838,7 +922,10 @@ impl Problems {
             && !ty.starts_with('.')
             && !ty.ends_with('.');
         if !ok {
-            self.add(at, format!("'{ty}' is not an event type (lowercase dotted, like order.placed)"));
+            self.add(
+                at,
+                format!("'{ty}' is not an event type (lowercase dotted, like order.placed)"),
+            );
         }
     }
 

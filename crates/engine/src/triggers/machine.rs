@@ -39,10 +39,7 @@ pub fn doc_of(ev: &Ev) -> Option<(Doc, bool)> {
         let v = ev.data.clone();
         let ty = v.get("type").and_then(Value::as_str)?.to_owned();
         let id = v.get("id").and_then(Value::as_str).unwrap_or("").to_owned();
-        let customer = v
-            .get("customer")
-            .and_then(Value::as_str)
-            .map(identity_key);
+        let customer = v.get("customer").and_then(Value::as_str).map(identity_key);
         let order = v
             .pointer("/data/order_id")
             .and_then(Value::as_str)
@@ -61,7 +58,11 @@ pub fn doc_of(ev: &Ev) -> Option<(Doc, bool)> {
     if ev.ty.starts_with("storeline.") {
         return None;
     }
-    let customer = ev.customer().map(identity_key);
+    let customer = if ev.ty.starts_with("inventory.") {
+        None // about a SKU
+    } else {
+        ev.customer().map(identity_key)
+    };
     let forwarded_elsewhere = customer.is_some() && is_forwarded_type(&ev.ty);
     let time = chrono::DateTime::from_timestamp_millis(ev.time)
         .map(|t| storeline_event::format_time(&t))
@@ -106,7 +107,7 @@ impl Machine<'_> {
     pub fn aggregate(&mut self, doc: &Doc) {
         let scope = Scope::default().with("event", &doc.value);
         for a in &self.reg.current.aggregates {
-            if !a.on.iter().any(|t| *t == doc.ty) {
+            if !a.on.contains(&doc.ty) {
                 continue;
             }
             if let Some(w) = &a.when
@@ -163,12 +164,19 @@ impl Machine<'_> {
             .get(c)
             .map(|f| vec![(c.to_owned(), f.clone())])
             .unwrap_or_default();
-        Profile {
+        let mut doc = Profile {
             identities: vec![c.to_owned()],
             edges: Vec::new(),
             frags,
         }
-        .to_json(self.clock)
+        .to_json(self.clock);
+        // A channel never consented to reads as false, not as a missing key (an error in CEL).
+        if let Some(consent) = doc.get_mut("consent").and_then(Value::as_object_mut) {
+            for ch in ["email", "sms", "push", "whatsapp"] {
+                consent.entry(ch).or_insert(Value::Bool(false));
+            }
+        }
+        doc
     }
 
     /// Runs waiting for `doc` or cancelled by it, then the triggers it starts.
@@ -195,7 +203,7 @@ impl Machine<'_> {
         }
         let reg = self.reg;
         for t in &reg.current.triggers {
-            if t.on.iter().any(|ty| *ty == doc.ty) {
+            if t.on.contains(&doc.ty) {
                 self.start(t, doc, origin);
             }
         }
@@ -213,7 +221,9 @@ impl Machine<'_> {
             }
             match w.test(&scope) {
                 Ok(true) => {}
-                Ok(false) => return self.decide(t, customer.as_deref(), "condition_false", None, doc),
+                Ok(false) => {
+                    return self.decide(t, customer.as_deref(), "condition_false", None, doc);
+                }
                 Err(e) => {
                     return self.decide(t, customer.as_deref(), "condition_error", Some(e), doc);
                 }
@@ -230,8 +240,12 @@ impl Machine<'_> {
         let rk = rows::run_key(customer.as_deref().unwrap_or(""), &t.name, &key);
         if let Some(r) = self.views.run.get(&rk) {
             if r.status == Status::Active {
-                if r.phase == Phase::Debounce && t.debounce_ms.is_some() && r.version == t.version {
-                    return self.debounce(&rk, t, doc);
+                // A run debouncing on an older version restarts on that version's debounce.
+                let own = self.reg.version(&r.trigger, &r.version);
+                if r.phase == Phase::Debounce
+                    && let Some(own) = own.filter(|o| o.debounce_ms.is_some())
+                {
+                    return self.debounce(&rk, &own, doc);
                 }
                 return self.decide(t, customer.as_deref(), "already_running", None, doc);
             }
@@ -248,7 +262,12 @@ impl Machine<'_> {
             event: doc.value.clone(),
             ..Run::default()
         };
-        run.log(self.clock, "started", None, Some(format!("by {} {}", doc.ty, doc.id)));
+        run.log(
+            self.clock,
+            "started",
+            None,
+            Some(format!("by {} {}", doc.ty, doc.id)),
+        );
         self.views.run.put(&rk, run);
         self.count(t, customer.as_deref(), "started", &rk);
         for c in &t.cancel_on {
@@ -258,7 +277,12 @@ impl Machine<'_> {
             self.set_timer(&rk, self.clock + ms);
             if let Some(r) = self.views.run.get_mut(&rk) {
                 r.phase = Phase::Debounce;
-                r.log(self.clock, "waiting", None, Some(format!("debounce until {}", fmt(self.clock + ms))));
+                r.log(
+                    self.clock,
+                    "waiting",
+                    None,
+                    Some(format!("debounce until {}", fmt(self.clock + ms))),
+                );
             }
             return;
         }
@@ -273,7 +297,12 @@ impl Machine<'_> {
             r.event = doc.value.clone();
             r.restarts += 1;
             r.updated_at = self.clock;
-            r.log(self.clock, "debounced", None, Some(format!("restarted by {}; waits until {}", doc.id, fmt(due))));
+            r.log(
+                self.clock,
+                "debounced",
+                None,
+                Some(format!("restarted by {}; waits until {}", doc.id, fmt(due))),
+            );
         }
         self.count(t, doc.customer.as_deref(), "debounced", rk);
     }
@@ -298,7 +327,7 @@ impl Machine<'_> {
         else {
             return;
         };
-        if !wait.types.iter().any(|ty| *ty == doc.ty) {
+        if !wait.types.contains(&doc.ty) {
             return;
         }
         if let Match::Cel(expr) = &wait.matching {
@@ -315,7 +344,12 @@ impl Machine<'_> {
         self.unlist(rk, false);
         if let Some(r) = self.views.run.get_mut(rk) {
             r.updated_at = self.clock;
-            r.log(self.clock, "arrived", Some(run.step), Some(format!("{} {}", doc.ty, doc.id)));
+            r.log(
+                self.clock,
+                "arrived",
+                Some(run.step),
+                Some(format!("{} {}", doc.ty, doc.id)),
+            );
         }
         self.count(&t, cust(rk), "arrived", rk);
         self.act(rk, &t, on_event, run.step, Some(doc), "e");
@@ -366,7 +400,12 @@ impl Machine<'_> {
             r.status = Status::Cancelled;
             r.phase = Phase::Done;
             r.updated_at = self.clock;
-            r.log(self.clock, "cancelled", Some(run.step), Some(format!("by {} {}", doc.ty, doc.id)));
+            r.log(
+                self.clock,
+                "cancelled",
+                Some(run.step),
+                Some(format!("by {} {}", doc.ty, doc.id)),
+            );
         }
         self.count(&t, cust(rk), "cancelled", rk);
         self.count(&t, cust(rk), "-active", rk);
@@ -391,7 +430,12 @@ impl Machine<'_> {
             return; // stale: the run moved on in the same commit that should have removed it
         }
         let Some(t) = self.reg.version(&run.trigger, &run.version) else {
-            tracing::warn!(run = rk, trigger = run.trigger, version = run.version, "a timer fired for a trigger version that is not known; the run stops");
+            tracing::warn!(
+                run = rk,
+                trigger = run.trigger,
+                version = run.version,
+                "a timer fired for a trigger version that is not known; the run stops"
+            );
             return;
         };
         if let Some(r) = self.views.run.get_mut(rk) {
@@ -449,12 +493,24 @@ impl Machine<'_> {
                 }
                 Step::Delay(ms) => {
                     let due = self.clock + ms;
-                    return self.pause(rk, Phase::Delay, due, step, format!("delayed until {}", fmt(due)));
+                    return self.pause(
+                        rk,
+                        Phase::Delay,
+                        due,
+                        step,
+                        format!("delayed until {}", fmt(due)),
+                    );
                 }
                 Step::DelayUntil(h, m) => {
                     let tz = self.timezone(customer_of(rk));
                     let due = next_local_time(self.clock, tz, *h, *m);
-                    return self.pause(rk, Phase::Delay, due, step, format!("delayed until {h:02}:{m:02} {tz} ({})", fmt(due)));
+                    return self.pause(
+                        rk,
+                        Phase::Delay,
+                        due,
+                        step,
+                        format!("delayed until {h:02}:{m:02} {tz} ({})", fmt(due)),
+                    );
                 }
                 Step::Wait { wait, .. } => {
                     let due = self.clock + wait.within_ms;
@@ -464,13 +520,23 @@ impl Machine<'_> {
                         ty: String::new(),
                         id: String::new(),
                         customer: Some(customer_of(rk).to_owned()).filter(|c| !c.is_empty()),
-                        order: run.event.pointer("/data/order_id").and_then(Value::as_str).map(str::to_owned),
+                        order: run
+                            .event
+                            .pointer("/data/order_id")
+                            .and_then(Value::as_str)
+                            .map(str::to_owned),
                     };
                     for ty in &wait.types {
                         self.list(rk, ty, &wait.matching, false, &doc);
                     }
                     self.count(t, cust(rk), "waiting", rk);
-                    return self.pause(rk, Phase::Wait, due, step, format!("waiting for {} until {}", wait.types.join("|"), fmt(due)));
+                    return self.pause(
+                        rk,
+                        Phase::Wait,
+                        due,
+                        step,
+                        format!("waiting for {} until {}", wait.types.join("|"), fmt(due)),
+                    );
                 }
             }
         }
@@ -566,7 +632,15 @@ impl Machine<'_> {
 
     // ------------------------------------------------------------------------------ actions
 
-    fn act(&mut self, rk: &str, t: &Trigger, actions: &[Action], step: usize, arrived: Option<&Doc>, branch: &str) {
+    fn act(
+        &mut self,
+        rk: &str,
+        t: &Trigger,
+        actions: &[Action],
+        step: usize,
+        arrived: Option<&Doc>,
+        branch: &str,
+    ) {
         if actions.is_empty() {
             return;
         }
@@ -574,26 +648,47 @@ impl Machine<'_> {
             return;
         };
         let customer = Some(customer_of(rk)).filter(|c| !c.is_empty());
-        let needs_customer = actions.iter().any(|a| action_exprs(a).any(|e| e.uses_customer));
+        let needs_customer = actions
+            .iter()
+            .any(|a| action_exprs(a).any(|e| e.uses_customer));
         let mut scope = match arrived {
-            Some(d) => Scope::default().with("event", &d.value).with("trigger", &run.event),
-            None => Scope::default().with("event", &run.event).with("trigger", &run.event),
+            Some(d) => Scope::default()
+                .with("event", &d.value)
+                .with("trigger", &run.event),
+            None => Scope::default()
+                .with("event", &run.event)
+                .with("trigger", &run.event),
         };
         if needs_customer {
             scope.set("customer", to_cel(&self.customer_doc(customer)));
+        }
+        if actions.iter().any(|a| action_exprs(a).any(|e| e.uses_agg)) {
+            let doc = Doc {
+                value: run.event.clone(),
+                ty: String::new(),
+                id: String::new(),
+                customer: customer.map(str::to_owned),
+                order: None,
+            };
+            scope.set("agg", to_cel(&self.agg_scope(&doc)));
         }
         for (i, a) in actions.iter().enumerate() {
             let seed = format!("{}/{}/{step}{branch}{i}", run.origin, run.restarts);
             let id_hash = &crate::hash_hex(format!("{rk}\n{seed}").as_bytes())[..24];
             match a {
-                Action::Deliver { connector, channel, template, data } => {
+                Action::Deliver {
+                    connector,
+                    channel,
+                    template,
+                    data,
+                } => {
                     let data = eval_data(data, &scope);
                     let entry = json!({
                         "id": format!("dlv_{id_hash}"), "connector": connector, "channel": channel,
                         "template": template, "customer": customer, "trigger": t.name,
                         "version": t.version, "run": rk, "event": run.event,
                         "arrived": arrived.map(|d| &d.value), "data": data,
-                        "created_at": self.clock, "priority": t.priority,
+                        "created_at": self.clock, "priority": t.priority, "seq": seq_of(&run.origin, step, branch, i),
                         "transactional": t.transactional,
                     });
                     self.arbitrate(t, rk, entry, channel, step, true);
@@ -611,7 +706,12 @@ impl Machine<'_> {
                 }
                 Action::SetTrait { name, value } => {
                     let Some(c) = customer else {
-                        self.log_run(rk, "skipped", Some(step), Some(format!("set_trait {name}: no customer")));
+                        self.log_run(
+                            rk,
+                            "skipped",
+                            Some(step),
+                            Some(format!("set_trait {name}: no customer")),
+                        );
                         continue;
                     };
                     match value.value(&scope) {
@@ -647,15 +747,29 @@ impl Machine<'_> {
 
     /// Consent, quiet hours and caps, then the outbox; `fresh` is false when a held message is
     /// tried again.
-    fn arbitrate(&mut self, t: &Trigger, rk: &str, entry: Value, channel: &str, step: usize, fresh: bool) {
+    fn arbitrate(
+        &mut self,
+        t: &Trigger,
+        rk: &str,
+        entry: Value,
+        channel: &str,
+        step: usize,
+        fresh: bool,
+    ) {
         let customer = customer_of(rk).to_owned();
         let to_customer = !customer.is_empty() && is_customer_channel(channel);
         if !to_customer || t.transactional {
-            return self.send(t, rk, entry, channel, step, to_customer);
+            // Transactional messages bypass the caps and do not use them up.
+            return self.send(t, rk, entry, channel, step, false);
         }
         let profile = self.customer_doc(Some(&customer));
         if profile.pointer(&format!("/consent/{channel}")) != Some(&Value::Bool(true)) {
-            self.log_run(rk, "suppressed", Some(step), Some(format!("no consent for {channel}")));
+            self.log_run(
+                rk,
+                "suppressed",
+                Some(step),
+                Some(format!("no consent for {channel}")),
+            );
             self.count(t, Some(&customer), "suppressed_consent", rk);
             return;
         }
@@ -663,10 +777,24 @@ impl Machine<'_> {
         if let Some((from, to)) = arb.quiet {
             let tz = self.timezone(&customer);
             if let Some(end) = quiet_until(self.clock, tz, from, to) {
-                return self.hold(t, rk, entry, channel, step, end, "quiet_hours", t.drop_quiet);
+                return self.hold(
+                    t,
+                    rk,
+                    entry,
+                    channel,
+                    step,
+                    end,
+                    "quiet_hours",
+                    t.drop_quiet,
+                );
             }
         }
-        let sent = self.views.arb.get(&customer).map(|a| a.sent.clone()).unwrap_or_default();
+        let sent = self
+            .views
+            .arb
+            .get(&customer)
+            .map(|a| a.sent.clone())
+            .unwrap_or_default();
         for cap in &arb.caps {
             if cap.channel != "*" && cap.channel != channel {
                 continue;
@@ -679,7 +807,9 @@ impl Machine<'_> {
                 .collect();
             if inside.len() as u32 >= cap.max {
                 let oldest = inside.iter().copied().min().unwrap_or(self.clock);
-                let open = oldest + cap.window_ms + 1;
+                // The cap counts sends after `clock - window`: the oldest leaves it at
+                // `oldest + window`.
+                let open = oldest + cap.window_ms;
                 return self.hold(t, rk, entry, channel, step, open, "cap", t.drop_capped);
             }
         }
@@ -688,17 +818,44 @@ impl Machine<'_> {
     }
 
     #[allow(clippy::too_many_arguments)]
-    fn hold(&mut self, t: &Trigger, rk: &str, entry: Value, channel: &str, step: usize, until: i64, reason: &str, drop: bool) {
+    fn hold(
+        &mut self,
+        t: &Trigger,
+        rk: &str,
+        entry: Value,
+        channel: &str,
+        step: usize,
+        until: i64,
+        reason: &str,
+        drop: bool,
+    ) {
         let customer = customer_of(rk).to_owned();
         if drop {
-            self.log_run(rk, "dropped", Some(step), Some(format!("{reason}; the trigger says drop")));
+            self.log_run(
+                rk,
+                "dropped",
+                Some(step),
+                Some(format!("{reason}; the trigger says drop")),
+            );
             self.count(t, Some(&customer), &format!("dropped_{reason}"), rk);
             return;
         }
-        self.log_run(rk, "deferred", Some(step), Some(format!("{reason}; held until {}", fmt(until))));
+        self.log_run(
+            rk,
+            "deferred",
+            Some(step),
+            Some(format!("{reason}; held until {}", fmt(until))),
+        );
         self.count(t, Some(&customer), &format!("deferred_{reason}"), rk);
+        let origin = self
+            .views
+            .run
+            .get(rk)
+            .map(|r| r.origin.clone())
+            .unwrap_or_default();
         let a = self.views.arb.upsert(&customer);
         a.held.push(HeldMessage {
+            origin,
             not_before: until,
             priority: t.priority,
             channel: channel.to_owned(),
@@ -713,7 +870,8 @@ impl Machine<'_> {
         let partition = self.partition;
         let a = self.views.arb.upsert(customer);
         let next = a.held.iter().map(|h| h.not_before).min();
-        let want = next.map(|due| rows::timer_key(partition, due, &Target::Arb(customer.to_owned())));
+        let want =
+            next.map(|due| rows::timer_key(partition, due, &Target::Arb(customer.to_owned())));
         if a.timer == want {
             return;
         }
@@ -748,26 +906,73 @@ impl Machine<'_> {
             }
         });
         // The most important first: they take the window's free places.
-        due.sort_by(|x, y| y.priority.cmp(&x.priority).then(x.not_before.cmp(&y.not_before)));
+        due.sort_by(|x, y| {
+            y.priority
+                .cmp(&x.priority)
+                .then(x.not_before.cmp(&y.not_before))
+        });
         for h in due {
             let (trigger, version) = (
                 h.entry["trigger"].as_str().unwrap_or("").to_owned(),
                 h.entry["version"].as_str().unwrap_or("").to_owned(),
             );
             let Some(t) = self.reg.version(&trigger, &version) else {
+                tracing::warn!(
+                    trigger,
+                    version,
+                    "a held message's trigger version is not known; it is dropped"
+                );
                 continue;
             };
             let step = self.views.run.get(&h.run).map(|r| r.step).unwrap_or(0);
-            self.log_run(&h.run, "released", Some(step), Some(format!("{} over", h.reason)));
+            if self
+                .views
+                .run
+                .get(&h.run)
+                .is_some_and(|r| r.status == Status::Cancelled && r.origin == h.origin)
+            {
+                self.log_run(
+                    &h.run,
+                    "dropped",
+                    Some(step),
+                    Some(format!(
+                        "held message {}: the run was cancelled",
+                        h.entry["id"]
+                    )),
+                );
+                self.count(&t, cust(&h.run), "dropped_cancelled", &h.run);
+                continue;
+            }
+            self.log_run(
+                &h.run,
+                "released",
+                Some(step),
+                Some(format!("{} over", h.reason)),
+            );
             self.arbitrate(&t, &h.run, h.entry, &h.channel, step, false);
         }
         self.schedule_arb(customer);
     }
 
-    fn send(&mut self, t: &Trigger, rk: &str, entry: Value, channel: &str, step: usize, counts: bool) {
+    fn send(
+        &mut self,
+        t: &Trigger,
+        rk: &str,
+        entry: Value,
+        channel: &str,
+        step: usize,
+        counts: bool,
+    ) {
         let customer = customer_of(rk).to_owned();
         if counts {
-            let longest = self.reg.current.arbitration.caps.iter().map(|c| c.window_ms).max();
+            let longest = self
+                .reg
+                .current
+                .arbitration
+                .caps
+                .iter()
+                .map(|c| c.window_ms)
+                .max();
             let clock = self.clock;
             let a = self.views.arb.upsert(&customer);
             if let Some(w) = longest {
@@ -776,16 +981,39 @@ impl Machine<'_> {
             }
         }
         let id = entry["id"].as_str().unwrap_or("").to_owned();
-        let key = format!("{:04}{}{:013}{}{id}", self.partition, rows::SEP, self.clock.max(0), rows::SEP);
+        // Ordered by time, then by the action's place in its run (not by the id's hash).
+        let seq = entry["seq"].as_str().unwrap_or("");
+        let key = format!(
+            "{:04}{}{:013}{}{seq}{}{id}",
+            self.partition,
+            rows::SEP,
+            self.clock.max(0),
+            rows::SEP,
+            rows::SEP
+        );
         self.views.outbox.insert(key, entry);
         self.log_run(rk, "sent", Some(step), Some(format!("{id} via {channel}")));
-        self.count(t, Some(&customer).filter(|c| !c.is_empty()).map(|s| s.as_str()), "sent", rk);
+        self.count(
+            t,
+            Some(&customer)
+                .filter(|c| !c.is_empty())
+                .map(|s| s.as_str()),
+            "sent",
+            rk,
+        );
     }
 
     // ------------------------------------------------------------------------------ records
 
     /// A decision that started no run, kept in the customer's journal.
-    fn decide(&mut self, t: &Trigger, customer: Option<&str>, what: &str, detail: Option<String>, doc: &Doc) {
+    fn decide(
+        &mut self,
+        t: &Trigger,
+        customer: Option<&str>,
+        what: &str,
+        detail: Option<String>,
+        doc: &Doc,
+    ) {
         self.count(t, customer, what, "");
         let Some(c) = customer else { return };
         let j = self.views.jrnl.upsert(c);
@@ -835,6 +1063,16 @@ impl Machine<'_> {
     }
 }
 
+/// A sortable position of an action: its run's origin offset, step, branch and index.
+fn seq_of(origin: &str, step: usize, branch: &str, i: usize) -> String {
+    let offset: u64 = origin
+        .rsplit(':')
+        .next()
+        .and_then(|o| o.parse().ok())
+        .unwrap_or(0);
+    format!("{offset:020}.{step:03}{branch}{i:03}")
+}
+
 fn customer_of(rk: &str) -> &str {
     rows::split_run_key(rk).0
 }
@@ -845,7 +1083,9 @@ fn cust(rk: &str) -> Option<&str> {
 
 fn action_exprs(a: &Action) -> Box<dyn Iterator<Item = &Expr> + '_> {
     match a {
-        Action::Deliver { data, .. } | Action::Emit { data, .. } => Box::new(data.iter().map(|(_, e)| e)),
+        Action::Deliver { data, .. } | Action::Emit { data, .. } => {
+            Box::new(data.iter().map(|(_, e)| e))
+        }
         Action::SetTrait { value, .. } => Box::new(std::iter::once(value)),
     }
 }
@@ -870,12 +1110,14 @@ pub fn next_local_time(now: i64, tz: chrono_tz::Tz, h: u32, m: u32) -> i64 {
     let local = utc.with_timezone(&tz);
     for days in 0..3 {
         let date = local.date_naive() + chrono::Days::new(days);
-        let Some(naive) = date.and_hms_opt(h, m, 0) else { continue };
+        let Some(naive) = date.and_hms_opt(h, m, 0) else {
+            continue;
+        };
         // A time skipped by a DST change takes the next valid instant.
-        let candidate = tz
-            .from_local_datetime(&naive)
-            .earliest()
-            .or_else(|| tz.from_local_datetime(&(naive + chrono::Duration::hours(1))).earliest());
+        let candidate = tz.from_local_datetime(&naive).earliest().or_else(|| {
+            tz.from_local_datetime(&(naive + chrono::Duration::hours(1)))
+                .earliest()
+        });
         if let Some(c) = candidate
             && c.timestamp_millis() > now
         {
@@ -930,7 +1172,10 @@ pub fn add_to_window(w: &mut Window, window: i64, func: AggFn, clock: i64, value
 /// The window's value at `clock` (buckets that overlap the window: resolution is 1/60 of it).
 pub fn window_value(w: &Window, window: i64, func: AggFn, clock: i64) -> Value {
     let width = bucket_ms(window);
-    let live = w.buckets.iter().filter(|b| b.0 + width > clock - window && b.0 <= clock);
+    let live = w
+        .buckets
+        .iter()
+        .filter(|b| b.0 + width > clock - window && b.0 <= clock);
     match func {
         AggFn::Count => json!(live.map(|b| b.1).sum::<i64>()),
         AggFn::Sum => {

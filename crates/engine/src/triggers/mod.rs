@@ -72,7 +72,8 @@ impl Registry {
                     self.watched.extend(wait.types.iter().cloned());
                 }
             }
-            self.watched.extend(t.cancel_on.iter().map(|c| c.ty.clone()));
+            self.watched
+                .extend(t.cancel_on.iter().map(|c| c.ty.clone()));
         }
         self.current = Arc::new(set);
     }
@@ -93,7 +94,24 @@ impl Registry {
     }
 
     fn starts(&self, ty: &str) -> bool {
-        self.current.triggers.iter().any(|t| t.on.iter().any(|o| o == ty))
+        self.current
+            .triggers
+            .iter()
+            .any(|t| t.on.iter().any(|o| o == ty))
+    }
+
+    /// Whether commerce events of type `ty` about a customer are copied to the customer's
+    /// partition: when a trigger starts on or waits for them, or an aggregate counts them (then
+    /// the copy is counted, where the customer's triggers read it, and not the original).
+    pub fn forwards(&self, ty: &str) -> bool {
+        is_forwarded_type(ty)
+            && (self.starts(ty)
+                || self.watched.contains(ty)
+                || self
+                    .current
+                    .aggregates
+                    .iter()
+                    .any(|a| a.on.iter().any(|o| o == ty)))
     }
 
     /// Rebuilds the registry from a partition's `trigdef` rows (`current`, `set:<version>`).
@@ -104,7 +122,9 @@ impl Registry {
             match TriggerSet::parse(&d.source) {
                 Ok(set) if key == "current" => current = Some(set),
                 Ok(set) => reg.remember(set),
-                Err(p) => tracing::error!(key, problems = ?p, "a stored trigger file no longer compiles; its runs stop"),
+                Err(p) => {
+                    tracing::error!(key, problems = ?p, "a stored trigger file no longer compiles; its runs stop")
+                }
             }
         }
         if let Some(set) = current {
@@ -128,6 +148,8 @@ pub struct Stage {
     pub window: Option<(i64, i64)>,
     /// Decisions since the caller last took them.
     pub outcomes: Vec<Outcome>,
+    /// Due times of the timers fired since the caller last took them (for lateness).
+    pub fired: Vec<i64>,
 }
 
 impl Stage {
@@ -139,20 +161,24 @@ impl Stage {
             next_due: None,
             window: None,
             outcomes: Vec::new(),
+            fired: Vec::new(),
         }
     }
 
     fn live(&self, clock: i64) -> bool {
-        self.window.is_none_or(|(from, to)| clock >= from && clock <= to)
+        self.window
+            .is_none_or(|(from, to)| clock >= from && clock <= to)
     }
 
     /// The rows `ev` may touch, known from the event alone.
     pub fn keys(&self, ev: &Ev, keys: &mut Keys) {
-        let Some((doc, here)) = doc_of(ev) else { return };
+        let Some((doc, here)) = doc_of(ev) else {
+            return;
+        };
         let scope = cel::Scope::default().with("event", &doc.value);
-        if ev.ty != FORWARDED {
+        if counts_here(ev, &doc, &self.reg) {
             for a in &self.reg.current.aggregates {
-                if a.on.iter().any(|t| *t == doc.ty)
+                if a.on.contains(&doc.ty)
                     && let Ok(Some(k)) = a.key.key(&scope)
                 {
                     keys.agg.insert(format!("{}{}{k}", a.name, rows::SEP));
@@ -178,7 +204,7 @@ impl Stage {
         }
         for t in &self.reg.current.triggers {
             keys.tstat.insert(t.id());
-            if !t.on.iter().any(|o| *o == doc.ty) {
+            if !t.on.contains(&doc.ty) {
                 continue;
             }
             let k = match &t.key {
@@ -225,7 +251,9 @@ impl Stage {
                     more.wait.insert(format!("o:{o}"));
                 }
                 for h in views.arb.get(c).map(|a| a.held.as_slice()).unwrap_or(&[]) {
-                    if let (Some(t), Some(v)) = (h.entry["trigger"].as_str(), h.entry["version"].as_str()) {
+                    if let (Some(t), Some(v)) =
+                        (h.entry["trigger"].as_str(), h.entry["version"].as_str())
+                    {
                         more.tstat.insert(format!("{t}@{v}"));
                     }
                 }
@@ -237,10 +265,18 @@ impl Stage {
     }
 
     /// Fires every pending timer due at or before `clock`, earliest first.
-    pub fn fire_due(&mut self, views: &mut Views, partition: u32, clock: i64, emits: &mut Vec<Emit>) {
+    pub fn fire_due(
+        &mut self,
+        views: &mut Views,
+        partition: u32,
+        clock: i64,
+        emits: &mut Vec<Emit>,
+    ) {
         let until = self.window.map_or(clock, |(_, to)| clock.min(to));
         loop {
-            let Some(first) = views.due.first().cloned() else { return };
+            let Some(first) = views.due.first().cloned() else {
+                return;
+            };
             let Some((due, target)) = rows::parse_timer_key(&first) else {
                 views.due.remove(&first);
                 continue;
@@ -249,6 +285,7 @@ impl Stage {
                 return;
             }
             views.due.remove(&first);
+            self.fired.push(due);
             let at = self.clock.max(due);
             let mut m = Machine {
                 partition,
@@ -271,17 +308,23 @@ impl Stage {
             }
             return;
         }
-        let Some((doc, here)) = doc_of(ev) else { return };
-        if Some(partition) == self.commerce && ev.ty != FORWARDED && is_forwarded_type(&ev.ty) {
-            if let Some(c) = &doc.customer {
-                emits.push(Emit {
-                    id: format!("fwd_{partition}_{}", ev.offset),
-                    ty: FORWARDED.into(),
-                    subject: Some(c.clone()),
-                    time: ev.time,
-                    data: doc.value.clone(),
-                });
-            }
+        let Some((doc, here)) = doc_of(ev) else {
+            return;
+        };
+        // Forwarded only when some trigger starts on the type or waits for it, so a log without
+        // such triggers carries no copies.
+        if Some(partition) == self.commerce
+            && ev.ty != FORWARDED
+            && self.reg.forwards(&ev.ty)
+            && let Some(c) = &doc.customer
+        {
+            emits.push(Emit {
+                id: format!("fwd_{partition}_{}", ev.offset),
+                ty: FORWARDED.into(),
+                subject: Some(c.clone()),
+                time: ev.time,
+                data: doc.value.clone(),
+            });
         }
         // A backtest leaves out the events live triggers emitted: it makes its own.
         if self.window.is_some() && ev.id.starts_with("trg_") {
@@ -297,7 +340,7 @@ impl Stage {
             emits,
             outcomes: &mut self.outcomes,
         };
-        if ev.ty != FORWARDED {
+        if counts_here(ev, &doc, m.reg) {
             m.aggregate(&doc);
         }
         if here && live {
@@ -313,9 +356,15 @@ impl Stage {
                     version: set.version.clone(),
                     source: source.to_owned(),
                 };
-                views.trigdef.insert(format!("set:{}", set.version), def.clone());
+                views
+                    .trigdef
+                    .insert(format!("set:{}", set.version), def.clone());
                 views.trigdef.insert("current".into(), def);
-                tracing::info!(version = set.version, triggers = set.triggers.len(), "trigger file installed");
+                tracing::info!(
+                    version = set.version,
+                    triggers = set.triggers.len(),
+                    "trigger file installed"
+                );
                 self.reg.install(set);
             }
             Err(p) => {
@@ -323,6 +372,11 @@ impl Stage {
             }
         }
     }
+}
+
+/// Whether aggregates count this record: a forwarded copy, or an original that is not copied.
+fn counts_here(ev: &Ev, doc: &machine::Doc, reg: &Registry) -> bool {
+    ev.ty == FORWARDED || doc.customer.is_none() || !reg.forwards(&ev.ty)
 }
 
 /// The record that installs `set` in one partition (a fresh id each time, so installing an

@@ -18,12 +18,22 @@ fn time(ms: i64) -> Value {
 }
 
 /// Every row of `ns` under `prefix`, all owners.
-async fn scan_all<S: StateStore>(store: &S, ns: &str, prefix: &str, cap: usize) -> Result<Vec<(String, u32, bytes::Bytes)>> {
+async fn scan_all<S: StateStore>(
+    store: &S,
+    ns: &str,
+    prefix: &str,
+    cap: usize,
+) -> Result<Vec<(String, u32, bytes::Bytes)>> {
     let mut out = Vec::new();
     let mut after: Option<(String, u32)> = None;
     loop {
         let page = store
-            .scan(ns, prefix, after.as_ref().map(|(k, o)| (k.as_str(), *o)), 1024)
+            .scan(
+                ns,
+                prefix,
+                after.as_ref().map(|(k, o)| (k.as_str(), *o)),
+                1024,
+            )
             .await?;
         let Some(last) = page.last() else { break };
         after = Some((last.key.clone(), last.owner));
@@ -81,7 +91,9 @@ pub async fn journeys<S: StateStore>(store: &S, identities: &[String]) -> Result
     for id in ids {
         let prefix = format!("{id}{}", rows::SEP);
         for (key, owner, b) in scan_all(store, ns::RUN, &prefix, 10_000).await? {
-            let Ok(r) = serde_json::from_slice::<Run>(&b) else { continue };
+            let Ok(r) = serde_json::from_slice::<Run>(&b) else {
+                continue;
+            };
             let (_, _, k) = rows::split_run_key(&key);
             runs.push(json!({
                 "trigger": r.trigger, "version": r.version, "key": k, "identity": id,
@@ -128,11 +140,19 @@ pub async fn journeys<S: StateStore>(store: &S, identities: &[String]) -> Result
 }
 
 /// An aggregate's value for `key` now (all partitions' windows combined).
-pub async fn aggregate<S: StateStore>(store: &S, set: &TriggerSet, name: &str, key: &str, now: i64) -> Result<Option<Value>> {
+pub async fn aggregate<S: StateStore>(
+    store: &S,
+    set: &TriggerSet,
+    name: &str,
+    key: &str,
+    now: i64,
+) -> Result<Option<Value>> {
     let Some(a) = set.aggregates.iter().find(|a| a.name == name) else {
         return Ok(None);
     };
-    let rows = store.get(ns::AGG, &format!("{name}{}{key}", rows::SEP)).await?;
+    let rows = store
+        .get(ns::AGG, &format!("{name}{}{key}", rows::SEP))
+        .await?;
     let windows: Vec<Window> = rows
         .into_iter()
         .filter_map(|(_, b)| serde_json::from_slice(&b).ok())
@@ -141,7 +161,13 @@ pub async fn aggregate<S: StateStore>(store: &S, set: &TriggerSet, name: &str, k
 }
 
 /// The keys of an aggregate that have a window, with their values (at most `limit`).
-pub async fn aggregate_keys<S: StateStore>(store: &S, set: &TriggerSet, name: &str, now: i64, limit: usize) -> Result<Option<Vec<(String, Value)>>> {
+pub async fn aggregate_keys<S: StateStore>(
+    store: &S,
+    set: &TriggerSet,
+    name: &str,
+    now: i64,
+    limit: usize,
+) -> Result<Option<Vec<(String, Value)>>> {
     let Some(a) = set.aggregates.iter().find(|a| a.name == name) else {
         return Ok(None);
     };
@@ -149,7 +175,10 @@ pub async fn aggregate_keys<S: StateStore>(store: &S, set: &TriggerSet, name: &s
     let mut by_key: BTreeMap<String, Vec<Window>> = BTreeMap::new();
     for (key, _, b) in scan_all(store, ns::AGG, &prefix, limit * 8).await? {
         if let Ok(w) = serde_json::from_slice::<Window>(&b) {
-            by_key.entry(key[prefix.len()..].to_owned()).or_default().push(w);
+            by_key
+                .entry(key[prefix.len()..].to_owned())
+                .or_default()
+                .push(w);
         }
     }
     Ok(Some(
@@ -166,7 +195,12 @@ fn combine(windows: &[Window], window_ms: i64, func: AggFn, now: i64) -> Value {
         AggFn::Distinct => {
             let seen: BTreeSet<&String> = windows
                 .iter()
-                .flat_map(|w| w.seen.iter().filter(|(_, at)| **at > now - window_ms).map(|(k, _)| k))
+                .flat_map(|w| {
+                    w.seen
+                        .iter()
+                        .filter(|(_, at)| **at > now - window_ms)
+                        .map(|(k, _)| k)
+                })
                 .collect();
             json!(seen.len())
         }

@@ -34,6 +34,9 @@ pub mod ns {
 
 pub const SEP: char = '\u{1f}';
 
+/// The `trigdef` row holding the partition's trigger clock (ms, as text).
+pub const CLOCK_KEY: &str = "clock";
+
 /// The most history entries a run keeps (the first ones and the latest).
 pub const HISTORY: usize = 40;
 /// The most decisions a customer's journal keeps.
@@ -186,6 +189,9 @@ pub struct HeldMessage {
     pub channel: String,
     pub reason: String,
     pub run: String,
+    /// The run's origin when it was held (a later run may have the same key).
+    #[serde(default)]
+    pub origin: String,
     pub entry: Value,
 }
 
