@@ -19,7 +19,12 @@ fn starter_set() -> String {
 }
 
 async fn get(url: &str, key: &str, path: &str) -> Value {
-    let r = http().get(format!("{url}{path}")).bearer_auth(key).send().await.unwrap();
+    let r = http()
+        .get(format!("{url}{path}"))
+        .bearer_auth(key)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200, "GET {path}");
     r.json().await.unwrap()
 }
@@ -77,57 +82,143 @@ async fn triggers_are_replaced_over_the_api_and_journeys_explain_each_decision()
 
     // A broken file: every problem, each with its location; nothing changes.
     let broken = "[[trigger]]\nname = \"x\"\non = \"Cart Added\"\nwhen = \"event.data.\"\nwait = { for = \"order.placed\", within = \"soon\" }\n";
-    let r = client.put(format!("{url}/v1/triggers")).bearer_auth(&key).header("content-type", "application/toml").body(broken).send().await.unwrap();
+    let r = client
+        .put(format!("{url}/v1/triggers"))
+        .bearer_auth(&key)
+        .header("content-type", "application/toml")
+        .body(broken)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 422);
     let body: Value = r.json().await.unwrap();
     assert_eq!(body["error"]["code"], "invalid_triggers");
-    let at: Vec<&str> = body["error"]["details"]["problems"].as_array().unwrap().iter().map(|p| p["at"].as_str().unwrap()).collect();
+    let at: Vec<&str> = body["error"]["details"]["problems"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["at"].as_str().unwrap())
+        .collect();
     assert!(at.contains(&"trigger[0] \"x\".on"), "{at:?}");
     assert!(at.contains(&"trigger[0] \"x\".when"), "{at:?}");
     assert!(at.contains(&"trigger[0] \"x\".wait.within"), "{at:?}");
-    let syntax = client.put(format!("{url}/v1/triggers")).bearer_auth(&key).body("[[trigger]\nname=").send().await.unwrap();
+    let syntax = client
+        .put(format!("{url}/v1/triggers"))
+        .bearer_auth(&key)
+        .body("[[trigger]\nname=")
+        .send()
+        .await
+        .unwrap();
     let body: Value = syntax.json().await.unwrap();
-    assert!(body["error"]["details"]["problems"][0]["at"].as_str().unwrap().starts_with("line 1"), "{body}");
+    assert!(
+        body["error"]["details"]["problems"][0]["at"]
+            .as_str()
+            .unwrap()
+            .starts_with("line 1"),
+        "{body}"
+    );
     let read_key = create_key(dir.path(), "read");
-    let denied = client.put(format!("{url}/v1/triggers")).bearer_auth(&read_key).body(V1).send().await.unwrap();
+    let denied = client
+        .put(format!("{url}/v1/triggers"))
+        .bearer_auth(&read_key)
+        .body(V1)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(denied.status(), 403);
 
     // Version 1, and a run waiting on it.
-    let r = client.put(format!("{url}/v1/triggers")).bearer_auth(&key).body(V1).send().await.unwrap();
+    let r = client
+        .put(format!("{url}/v1/triggers"))
+        .bearer_auth(&key)
+        .body(V1)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200);
     let v1: Value = r.json().await.unwrap();
     assert_eq!(v1["added"], json!(["nudge"]));
     let ev = |id: &str, ty: &str, who: &str, data: Value| json!({ "specversion": "1.0", "id": id, "source": "t", "type": ty, "subject": who, "data": data });
-    send(&url, &key, &[
-        ev("a1", "cart.item_added", "cus-1", json!({ "sku": "S", "quantity": 3 })),
-        ev("a2", "cart.item_added", "cus-2", json!({ "sku": "S", "quantity": 1 })),
-    ]).await;
+    send(
+        &url,
+        &key,
+        &[
+            ev(
+                "a1",
+                "cart.item_added",
+                "cus-1",
+                json!({ "sku": "S", "quantity": 3 }),
+            ),
+            ev(
+                "a2",
+                "cart.item_added",
+                "cus-2",
+                json!({ "sku": "S", "quantity": 1 }),
+            ),
+        ],
+    )
+    .await;
     settle(&url, &key).await;
 
     // Version 2 of the trigger: the waiting run is reported and stays on version 1.
     let v2_src = V1.replace("nudge_v1", "nudge_v2");
-    let r = client.put(format!("{url}/v1/triggers")).bearer_auth(&key).body(v2_src.clone()).send().await.unwrap();
+    let r = client
+        .put(format!("{url}/v1/triggers"))
+        .bearer_auth(&key)
+        .body(v2_src.clone())
+        .send()
+        .await
+        .unwrap();
     let v2: Value = r.json().await.unwrap();
     assert_eq!(v2["replaced"][0]["name"], "nudge", "{v2}");
     assert_eq!(v2["replaced"][0]["runs_on_old_version"], 1, "{v2}");
     assert_eq!(v2["applied"], true);
     let t = get(&url, &key, "/v1/triggers").await;
     assert_eq!(t["source"], v2_src.as_str());
-    assert_eq!(t["triggers"][0]["older_versions_running"][0]["active_runs"], 1, "{t}");
-    send(&url, &key, &[ev("a3", "cart.item_added", "cus-3", json!({ "sku": "S", "quantity": 5 }))]).await;
+    assert_eq!(
+        t["triggers"][0]["older_versions_running"][0]["active_runs"], 1,
+        "{t}"
+    );
+    send(
+        &url,
+        &key,
+        &[ev(
+            "a3",
+            "cart.item_added",
+            "cus-3",
+            json!({ "sku": "S", "quantity": 5 }),
+        )],
+    )
+    .await;
     settle(&url, &key).await;
 
     let j1 = get(&url, &key, "/v1/customers/cus-1/journeys").await;
     let run = &j1["runs"][0];
     assert_eq!(run["trigger"], "nudge");
-    assert_eq!(run["version"], v2["replaced"][0]["old_version"], "the run in flight keeps its version");
+    assert_eq!(
+        run["version"], v2["replaced"][0]["old_version"],
+        "the run in flight keeps its version"
+    );
     assert_eq!(run["status"], "active");
     assert_eq!(run["phase"], "wait");
-    let whats: Vec<&str> = run["history"].as_array().unwrap().iter().map(|h| h["what"].as_str().unwrap()).collect();
+    let whats: Vec<&str> = run["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| h["what"].as_str().unwrap())
+        .collect();
     assert_eq!(whats, ["started", "waiting"]);
-    assert!(run["history"][1]["detail"].as_str().unwrap().contains("checkout.started"));
+    assert!(
+        run["history"][1]["detail"]
+            .as_str()
+            .unwrap()
+            .contains("checkout.started")
+    );
     let j3 = get(&url, &key, "/v1/customers/cus-3/journeys").await;
-    assert_ne!(j3["runs"][0]["version"], run["version"], "a new run starts on the new version");
+    assert_ne!(
+        j3["runs"][0]["version"], run["version"],
+        "a new run starts on the new version"
+    );
     // The condition that did not hold is recorded with the event that was judged.
     let j2 = get(&url, &key, "/v1/customers/cus-2/journeys").await;
     assert_eq!(j2["runs"], json!([]));
@@ -139,22 +230,45 @@ async fn triggers_are_replaced_over_the_api_and_journeys_explain_each_decision()
     assert_eq!(a["value"], 1);
     let all = get(&url, &key, "/v1/aggregates/adds").await;
     assert_eq!(all["values"].as_object().unwrap().len(), 3, "{all}");
-    let missing = client.get(format!("{url}/v1/aggregates/nope")).bearer_auth(&key).send().await.unwrap();
+    let missing = client
+        .get(format!("{url}/v1/aggregates/nope"))
+        .bearer_auth(&key)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(missing.status(), 404);
 }
 
 #[test]
 fn triggers_check_reports_every_problem_and_accepts_the_starter_set() {
-    let out = Command::new(BIN).args(["triggers", "check"]).arg(starter_set()).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = Command::new(BIN)
+        .args(["triggers", "check"])
+        .arg(starter_set())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let dir = tempfile::tempdir().unwrap();
     let bad = dir.path().join("bad.toml");
     std::fs::write(&bad, "[[trigger]]\nname = \"a\"\non = \"x.y\"\nthen = [ { deliver = \"email\", emit = \"z\" } ]\ndebounce = \"often\"\n").unwrap();
-    let out = Command::new(BIN).args(["triggers", "check"]).arg(&bad).output().unwrap();
+    let out = Command::new(BIN)
+        .args(["triggers", "check"])
+        .arg(&bad)
+        .output()
+        .unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("trigger[0] \"a\".then[0]: an action is exactly one of"), "{err}");
-    assert!(err.contains("trigger[0] \"a\".debounce: 'often' is not a duration"), "{err}");
+    assert!(
+        err.contains("trigger[0] \"a\".then[0]: an action is exactly one of"),
+        "{err}"
+    );
+    assert!(
+        err.contains("trigger[0] \"a\".debounce: 'often' is not a duration"),
+        "{err}"
+    );
     assert!(err.contains("2 problem(s)"), "{err}");
 }
 
@@ -167,7 +281,10 @@ fn comparable(counts: &Value) -> BTreeMap<String, BTreeMap<String, u64>> {
             if k == "active" || k == "waiting" || v.as_i64() == Some(0) {
                 continue;
             }
-            *out.entry(name.clone()).or_default().entry(k.clone()).or_default() += v.as_u64().unwrap();
+            *out.entry(name.clone())
+                .or_default()
+                .entry(k.clone())
+                .or_default() += v.as_u64().unwrap();
         }
     }
     out
@@ -182,17 +299,35 @@ async fn a_backtest_of_the_starter_set_counts_what_the_live_engine_counted() {
     let mut server = Server::start(dir.path(), &env);
     let url = server.url.clone();
     let out = Command::new(BIN)
-        .args(["gen", "--events", "20000", "--customers", "400", "--seed", "7"])
+        .args([
+            "gen",
+            "--events",
+            "20000",
+            "--customers",
+            "400",
+            "--seed",
+            "7",
+        ])
         .output()
         .unwrap();
-    let lines: Vec<Value> = String::from_utf8(out.stdout).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let lines: Vec<Value> = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
     for chunk in lines.chunks(500) {
         send(&url, &key, chunk).await;
     }
     settle(&url, &key).await;
     let live = get(&url, &key, "/v1/triggers").await;
     let live = comparable(&live["stats"]);
-    assert!(live.values().map(|c| c.get("started").copied().unwrap_or(0)).sum::<u64>() > 100, "gen traffic starts runs: {live:?}");
+    assert!(
+        live.values()
+            .map(|c| c.get("started").copied().unwrap_or(0))
+            .sum::<u64>()
+            > 100,
+        "gen traffic starts runs: {live:?}"
+    );
     assert_eq!(server.terminate(), Some(0));
 
     let out = Command::new(BIN)
@@ -203,10 +338,18 @@ async fn a_backtest_of_the_starter_set_counts_what_the_live_engine_counted() {
         .arg("--json")
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let report: Value = serde_json::from_slice(&out.stdout).unwrap();
-    let backtest: BTreeMap<String, BTreeMap<String, u64>> = serde_json::from_value(report["counts"].clone()).unwrap();
+    let backtest: BTreeMap<String, BTreeMap<String, u64>> =
+        serde_json::from_value(report["counts"].clone()).unwrap();
     eprintln!("live counts: {live:?}");
-    assert_eq!(backtest, live, "the backtest counts what the live engine counted");
+    assert_eq!(
+        backtest, live,
+        "the backtest counts what the live engine counted"
+    );
     assert!(!report["samples"].as_array().unwrap().is_empty());
 }

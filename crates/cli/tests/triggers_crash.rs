@@ -9,7 +9,7 @@ mod common;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{BIN, Server, create_key, http, read_partition};
+use common::{BIN, Postgres, Server, create_key, http, read_partition};
 use serde_json::{Value, json};
 
 const TIMERS: usize = 3000;
@@ -44,12 +44,23 @@ async fn stats(url: &str, key: &str) -> Value {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn pending_timers_fire_exactly_once_across_kill_9() {
+    pending_timers_fire_exactly_once_on(&[]).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn pending_timers_fire_exactly_once_across_kill_9_on_postgres() {
+    let pg = Postgres::schema("timers_kill");
+    pending_timers_fire_exactly_once_on(&pg.env()).await;
+}
+
+async fn pending_timers_fire_exactly_once_on(backend: &[(&str, &str)]) {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     std::fs::create_dir_all(&data).unwrap();
     let file = dir.path().join("triggers.toml");
     std::fs::write(&file, TRIGGERS).unwrap();
-    let env = [("STORELINE_TRIGGERS__FILE", file.to_str().unwrap())];
+    let mut env = vec![("STORELINE_TRIGGERS__FILE", file.to_str().unwrap())];
+    env.extend_from_slice(backend);
     let key = create_key(&data, "admin");
     let mut server = Server::start(&data, &env);
     let client = http();
@@ -121,7 +132,7 @@ async fn pending_timers_fire_exactly_once_across_kill_9() {
     let out = Command::new(BIN)
         .args(["replay", "--data"])
         .arg(&data)
-        .env("STORELINE_TRIGGERS__FILE", file.to_str().unwrap())
+        .envs(env.iter().copied())
         .output()
         .unwrap();
     assert!(

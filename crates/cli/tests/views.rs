@@ -8,41 +8,10 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{Server, create_key, http};
+use common::{Postgres, Server, create_key, http};
 use serde_json::{Value, json};
 
 /// A fresh schema in the machine's PostgreSQL (database `test`), dropped at the end.
-struct Postgres {
-    url: String,
-    schema: String,
-}
-
-impl Postgres {
-    fn schema(name: &str) -> Postgres {
-        let url = std::env::var("STORELINE_TEST_PG")
-            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
-        let schema = format!("v_{}_{}", name.replace('-', "_"), std::process::id());
-        Postgres { url, schema }
-    }
-
-    fn env(&self) -> Vec<(&str, &str)> {
-        vec![
-            ("STORELINE_STATE__BACKEND", "postgres"),
-            ("STORELINE_STATE__POSTGRES__URL", self.url.as_str()),
-            ("STORELINE_STATE__POSTGRES__SCHEMA", self.schema.as_str()),
-        ]
-    }
-}
-
-impl Drop for Postgres {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("psql")
-            .args([self.url.as_str(), "-q", "-c"])
-            .arg(format!("DROP SCHEMA IF EXISTS {} CASCADE", self.schema))
-            .output();
-    }
-}
-
 struct Env {
     _dir: tempfile::TempDir,
     server: Server,

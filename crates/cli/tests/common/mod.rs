@@ -146,3 +146,35 @@ pub async fn all_events(url: &str, key: &str) -> Vec<serde_json::Value> {
         .unwrap();
     page["events"].as_array().unwrap().clone()
 }
+
+/// A PostgreSQL schema of its own for one test (dropped at the end), as server env vars.
+pub struct Postgres {
+    url: String,
+    schema: String,
+}
+
+impl Postgres {
+    pub fn schema(name: &str) -> Postgres {
+        let url = std::env::var("STORELINE_TEST_PG")
+            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
+        let schema = format!("v_{}_{}", name.replace('-', "_"), std::process::id());
+        Postgres { url, schema }
+    }
+
+    pub fn env(&self) -> Vec<(&str, &str)> {
+        vec![
+            ("STORELINE_STATE__BACKEND", "postgres"),
+            ("STORELINE_STATE__POSTGRES__URL", self.url.as_str()),
+            ("STORELINE_STATE__POSTGRES__SCHEMA", self.schema.as_str()),
+        ]
+    }
+}
+
+impl Drop for Postgres {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("psql")
+            .args([self.url.as_str(), "-q", "-c"])
+            .arg(format!("DROP SCHEMA IF EXISTS {} CASCADE", self.schema))
+            .output();
+    }
+}
