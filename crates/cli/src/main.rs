@@ -8,6 +8,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 mod bench;
 mod bench_engine;
+mod bench_triggers;
 mod client;
 mod replay;
 mod traffic;
@@ -196,6 +197,9 @@ enum BenchCommand {
     /// Run the engine in-process over a generated log: events/s through all views, replay
     /// rate, command latency, and oversell checks under 64 clients on hot SKUs.
     Engine(bench_engine::EngineArgs),
+    /// Run the engine in-process with the starter trigger set: events/s, timer lateness at
+    /// 10k fires/s, and memory with 1M pending timers.
+    Triggers(bench_triggers::TriggersArgs),
 }
 
 fn init_tracing(format: &str) {
@@ -329,6 +333,9 @@ async fn run(command: Command) -> Result<()> {
         Command::Bench {
             command: BenchCommand::Engine(args),
         } => bench_engine::run(args).await,
+        Command::Bench {
+            command: BenchCommand::Triggers(args),
+        } => bench_triggers::run(args).await,
         Command::Replay(args) => replay::run(args).await,
         Command::Triggers { command } => triggers_cmd::run(command).await,
     }

@@ -62,7 +62,8 @@ pub async fn run(cmd: TriggersCommand) -> Result<()> {
 }
 
 fn load(file: &PathBuf) -> Result<(String, TriggerSet)> {
-    let source = std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?;
+    let source =
+        std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?;
     match TriggerSet::parse(&source) {
         Ok(set) => Ok((source, set)),
         Err(problems) => {
@@ -75,19 +76,41 @@ fn load(file: &PathBuf) -> Result<(String, TriggerSet)> {
 }
 
 fn check(file: PathBuf, as_json: bool) -> Result<()> {
-    let source = std::fs::read_to_string(&file).with_context(|| format!("cannot read {}", file.display()))?;
+    let source = std::fs::read_to_string(&file)
+        .with_context(|| format!("cannot read {}", file.display()))?;
     match TriggerSet::parse(&source) {
         Ok(set) => {
             if as_json {
-                println!("{}", json!({ "ok": true, "version": set.version, "triggers": set.triggers.iter().map(|t| json!({ "name": t.name, "version": t.version })).collect::<Vec<_>>(), "aggregates": set.aggregates.len() }));
+                println!(
+                    "{}",
+                    json!({ "ok": true, "version": set.version, "triggers": set.triggers.iter().map(|t| json!({ "name": t.name, "version": t.version })).collect::<Vec<_>>(), "aggregates": set.aggregates.len() })
+                );
             } else {
                 for t in &set.triggers {
-                    println!("trigger {:<28} version {}  on {}", t.name, t.version, t.on.join(", "));
+                    println!(
+                        "trigger {:<28} version {}  on {}",
+                        t.name,
+                        t.version,
+                        t.on.join(", ")
+                    );
                 }
                 for a in &set.aggregates {
-                    println!("aggregate {:<26} {:?} over {}", a.name, a.func, humantime::format_duration(std::time::Duration::from_millis(a.window_ms as u64)));
+                    println!(
+                        "aggregate {:<26} {:?} over {}",
+                        a.name,
+                        a.func,
+                        humantime::format_duration(std::time::Duration::from_millis(
+                            a.window_ms as u64
+                        ))
+                    );
                 }
-                eprintln!("{}: ok ({} triggers, {} aggregates; file version {})", file.display(), set.triggers.len(), set.aggregates.len(), set.version);
+                eprintln!(
+                    "{}: ok ({} triggers, {} aggregates; file version {})",
+                    file.display(),
+                    set.triggers.len(),
+                    set.aggregates.len(),
+                    set.version
+                );
             }
             Ok(())
         }
@@ -117,8 +140,18 @@ fn parse_time(s: &str) -> Result<i64> {
 
 async fn run_backtest(args: BacktestArgs) -> Result<()> {
     let (source, set) = load(&args.file)?;
-    let from = args.from.as_deref().map(parse_time).transpose()?.unwrap_or(i64::MIN);
-    let to = args.to.as_deref().map(parse_time).transpose()?.unwrap_or(i64::MAX);
+    let from = args
+        .from
+        .as_deref()
+        .map(parse_time)
+        .transpose()?
+        .unwrap_or(i64::MIN);
+    let to = args
+        .to
+        .as_deref()
+        .map(parse_time)
+        .transpose()?
+        .unwrap_or(i64::MAX);
     if from > to {
         bail!("--from is after --to");
     }
@@ -127,7 +160,10 @@ async fn run_backtest(args: BacktestArgs) -> Result<()> {
         cfg.data_dir = d;
     }
     if cfg.log.backend != LogBackend::File {
-        bail!("backtest reads the file log; log.backend is {:?}", cfg.log.backend);
+        bail!(
+            "backtest reads the file log; log.backend is {:?}",
+            cfg.log.backend
+        );
     }
     let dir = cfg.log_dir();
     if !dir.join("log.json").exists() {
@@ -137,22 +173,39 @@ async fn run_backtest(args: BacktestArgs) -> Result<()> {
     let log = Arc::new(
         tokio::task::spawn_blocking(move || FileLog::open(dir, file_cfg))
             .await?
-            .context("cannot open the log (is a server running on this data directory? stop it first)")?,
+            .context(
+                "cannot open the log (is a server running on this data directory? stop it first)",
+            )?,
     );
     let total: u64 = (0..log.partitions())
         .map(|p| log.bounds(p).map(|b| b.end).unwrap_or(0))
         .sum();
     let scratch = tempfile::tempdir().context("cannot create a scratch directory")?;
     let store = Arc::new(SqliteStore::open(&scratch.path().join("backtest.db")).await?);
-    eprintln!("backtest of {} (version {}) over {total} stored events; nothing is sent", args.file.display(), set.version);
+    eprintln!(
+        "backtest of {} (version {}) over {total} stored events; nothing is sent",
+        args.file.display(),
+        set.version
+    );
     let bar = indicatif::ProgressBar::new(total);
     bar.set_style(
-        indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} events  {per_sec}  eta {eta}")
-            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        indicatif::ProgressStyle::with_template(
+            "{bar:40} {pos}/{len} events  {per_sec}  eta {eta}",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
     );
     let started = std::time::Instant::now();
     let projection = storeline_server::engine_config(&cfg).projection;
-    let report = backtest(Arc::clone(&log), Arc::clone(&store), &source, &projection, (from, to), args.samples, &|n| bar.set_position(n)).await?;
+    let report = backtest(
+        Arc::clone(&log),
+        Arc::clone(&store),
+        &source,
+        &projection,
+        (from, to),
+        args.samples,
+        &|n| bar.set_position(n),
+    )
+    .await?;
     bar.finish_and_clear();
     let secs = started.elapsed().as_secs_f64();
     store.close().await;
@@ -203,7 +256,12 @@ fn print_report(r: &Report, set: &TriggerSet, secs: f64) {
                 continue;
             }
             for o in list {
-                println!("  e.g. {what:<20} {} customer {} ({})", time(o.at), o.customer.as_deref().unwrap_or("-"), o.run.replace('\u{1f}', "/"));
+                println!(
+                    "  e.g. {what:<20} {} customer {} ({})",
+                    time(o.at),
+                    o.customer.as_deref().unwrap_or("-"),
+                    o.run.replace('\u{1f}', "/")
+                );
             }
         }
     }

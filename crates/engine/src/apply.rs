@@ -77,6 +77,7 @@ impl<S: StateStore> Applier<S> {
         self.triggers = Stage::new(crate::triggers::Registry::from_rows(defs), commerce);
         // The clock resumes where it stopped.
         self.triggers.clock = clock.unwrap_or(0);
+        self.triggers.committed();
         Ok(())
     }
 
@@ -165,7 +166,8 @@ impl<S: StateStore> Applier<S> {
                 && let Some((last, _)) = due.last().and_then(|k| rows::parse_timer_key(k))
             {
                 horizon = last;
-                keep = keep.min(clocks.iter().take_while(|c| **c <= horizon).count());
+                // Records at the horizon itself wait: timers due then that were not loaded come first.
+                keep = keep.min(clocks.iter().take_while(|c| **c < horizon).count());
             }
         }
         let evs_total = evs.len();
@@ -173,7 +175,7 @@ impl<S: StateStore> Applier<S> {
         let mut keys = Keys::default();
         for ev in &evs {
             project::keys(ev, &self.cfg, &mut keys);
-            self.triggers.keys(ev, &mut keys);
+            self.triggers.keys(ev, self.partition, &mut keys);
         }
         for k in &due {
             match rows::parse_timer_key(k) {
@@ -244,9 +246,7 @@ impl<S: StateStore> Applier<S> {
     pub fn reset(&mut self) {
         self.views = Views::new(self.partition);
         self.next = self.committed;
-        self.triggers.next_due = None;
-        self.triggers.outcomes.clear();
-        self.triggers.fired.clear();
+        self.triggers.rollback();
     }
 
     /// Commits everything applied since the last commit.
@@ -271,6 +271,7 @@ impl<S: StateStore> Applier<S> {
             return Err(e.into());
         }
         self.committed = self.next;
+        self.triggers.committed();
         if self.views.cached() > CACHE_LIMIT {
             self.views.evict();
         }

@@ -30,12 +30,15 @@ pub async fn replay<L: EventLog, S: StateStore>(
 ) -> Result<u64> {
     let offsets = store.offsets().await?;
     let done = Arc::new(AtomicU64::new(0));
+    let commerce =
+        storeline_log::partition_for(storeline_event::COMMERCE_KEY.as_bytes(), log.partitions());
     let mut tasks = tokio::task::JoinSet::new();
     for (&p, &end) in until {
         let from = offsets.get(&p).copied().unwrap_or(0);
         let (log, store, cfg, done) = (log.clone(), store.clone(), cfg.clone(), done.clone());
         tasks.spawn(async move {
             let mut a = Applier::new(p, store, cfg, from);
+            a.triggers.commerce = Some(commerce);
             while a.next < end {
                 let max = batch.min((end - a.next) as usize);
                 let records = log.read(p, a.next, max).await?;

@@ -150,6 +150,7 @@ pub struct Keys {
     pub arb: BTreeSet<String>,
     pub jrnl: BTreeSet<String>,
     pub agg: BTreeSet<String>,
+    pub aggf: BTreeSet<String>,
     pub tstat: BTreeSet<String>,
 }
 
@@ -166,6 +167,7 @@ impl Keys {
         self.arb.extend(other.arb);
         self.jrnl.extend(other.jrnl);
         self.agg.extend(other.agg);
+        self.aggf.extend(other.aggf);
         self.tstat.extend(other.tstat);
     }
 }
@@ -185,6 +187,9 @@ pub struct Views {
     pub arb: Table<Arb>,
     pub jrnl: Table<Journal>,
     pub agg: Table<Window>,
+    /// Windows over forwarded copies, counted in the customer's partition for its conditions
+    /// (the originals are counted in `agg` where they are stored, which the API reads).
+    pub aggf: Table<Window>,
     pub tstat: Table<Stats>,
     /// Timers to put (`true`) or delete (`false`); timers are written, never cached.
     pub timers: BTreeMap<String, bool>,
@@ -216,6 +221,7 @@ impl Views {
             arb: Table::new(trows::ns::ARB),
             jrnl: Table::new(trows::ns::JRNL),
             agg: Table::new(trows::ns::AGG),
+            aggf: Table::new(trows::ns::AGGF),
             tstat: Table::new(trows::ns::TSTAT),
             timers: BTreeMap::new(),
             due: BTreeSet::new(),
@@ -240,6 +246,7 @@ impl Views {
         self.arb.load(store, o, &keys.arb).await?;
         self.jrnl.load(store, o, &keys.jrnl).await?;
         self.agg.load(store, o, &keys.agg).await?;
+        self.aggf.load(store, o, &keys.aggf).await?;
         self.tstat.load(store, o, &keys.tstat).await?;
         Ok(())
     }
@@ -260,6 +267,7 @@ impl Views {
             || any(&self.arb, &keys.arb)
             || any(&self.jrnl, &keys.jrnl)
             || any(&self.agg, &keys.agg)
+            || any(&self.aggf, &keys.aggf)
             || any(&self.tstat, &keys.tstat)
     }
 
@@ -287,6 +295,7 @@ impl Views {
         self.arb.drain_writes(&mut out)?;
         self.jrnl.drain_writes(&mut out)?;
         self.agg.drain_writes(&mut out)?;
+        self.aggf.drain_writes(&mut out)?;
         self.tstat.drain_writes(&mut out)?;
         for (key, put) in std::mem::take(&mut self.timers) {
             let ns = trows::ns::TIMER.to_owned();
@@ -351,6 +360,7 @@ impl Views {
             && self.arb.dirty.is_empty()
             && self.jrnl.dirty.is_empty()
             && self.agg.dirty.is_empty()
+            && self.aggf.dirty.is_empty()
             && self.tstat.dirty.is_empty()
             && self.timers.is_empty()
             && self.outbox.is_empty()
@@ -372,6 +382,7 @@ impl Views {
             + self.arb.rows.len()
             + self.jrnl.rows.len()
             + self.agg.rows.len()
+            + self.aggf.rows.len()
             + self.tstat.rows.len()
     }
 

@@ -907,7 +907,6 @@ fn caps_and_quiet_hours_hold_messages() {
 
 /// A held message of a run that is cancelled before the hold ends should not go out.
 #[test]
-#[ignore = "machine.rs fire_arb releases held messages without checking that their run is still active"]
 fn a_cancelled_run_does_not_send_its_held_message() {
     let mut w = World::new();
     let t0 = day0() + 20 * HOUR + 30 * MIN;

@@ -63,6 +63,8 @@ pub async fn backtest<L: EventLog, S: StateStore>(
     progress: &(dyn Fn(u64) + Sync),
 ) -> Result<Report> {
     let done = Arc::new(AtomicU64::new(0));
+    let commerce =
+        storeline_log::partition_for(storeline_event::COMMERCE_KEY.as_bytes(), log.partitions());
     let mut tasks = tokio::task::JoinSet::new();
     for p in 0..log.partitions() {
         let end = log.bounds(p)?.end;
@@ -70,7 +72,7 @@ pub async fn backtest<L: EventLog, S: StateStore>(
         let set = TriggerSet::parse(source).map_err(|e| Error::Emit(format!("{e:?}")))?;
         tasks.spawn(async move {
             let mut a = Applier::new(p, store, cfg, 0);
-            a.triggers = Stage::new(Registry::new(set), None);
+            a.triggers = Stage::new(Registry::new(set), Some(commerce));
             a.triggers.window = Some(window);
             let mut report = Report::default();
             let mut first_clock = None;

@@ -103,8 +103,9 @@ pub struct Machine<'a> {
 impl Machine<'_> {
     // ------------------------------------------------------------------------------ events
 
-    /// Updates aggregates with `doc` (only for the stored original, not a forwarded copy).
-    pub fn aggregate(&mut self, doc: &Doc) {
+    /// Updates aggregates with `doc`: the stored original into `agg`, a forwarded copy into
+    /// `aggf` (`copy`).
+    pub fn aggregate(&mut self, doc: &Doc, copy: bool) {
         let scope = Scope::default().with("event", &doc.value);
         for a in &self.reg.current.aggregates {
             if !a.on.contains(&doc.ty) {
@@ -126,10 +127,12 @@ impl Machine<'_> {
                 },
                 (None, _) => continue,
             };
-            let w = self
-                .views
-                .agg
-                .upsert(&format!("{}{}{key}", a.name, rows::SEP));
+            let k = format!("{}{}{key}", a.name, rows::SEP);
+            let w = if copy {
+                self.views.aggf.upsert(&k)
+            } else {
+                self.views.agg.upsert(&k)
+            };
             add_to_window(w, a.window_ms, a.func, self.clock, value.as_ref());
         }
     }
@@ -140,12 +143,15 @@ impl Machine<'_> {
         let mut out = Map::new();
         for a in &self.reg.current.aggregates {
             let v = match a.key.key(&scope) {
-                Ok(Some(key)) => self
-                    .views
-                    .agg
-                    .get(&format!("{}{}{key}", a.name, rows::SEP))
-                    .map(|w| window_value(w, a.window_ms, a.func, self.clock))
-                    .unwrap_or(json!(0)),
+                Ok(Some(key)) => {
+                    let k = format!("{}{}{key}", a.name, rows::SEP);
+                    let windows: Vec<Window> = [self.views.agg.get(&k), self.views.aggf.get(&k)]
+                        .into_iter()
+                        .flatten()
+                        .cloned()
+                        .collect();
+                    combine(&windows, a.window_ms, a.func, self.clock)
+                }
                 _ => json!(0),
             };
             out.insert(a.name.clone(), v);
@@ -1187,5 +1193,34 @@ pub fn window_value(w: &Window, window: i64, func: AggFn, clock: i64) -> Value {
             }
         }
         AggFn::Distinct => json!(w.seen.values().filter(|at| **at > clock - window).count()),
+    }
+}
+
+/// Several windows of one aggregate and key (partitions, or originals and copies) as one value.
+pub fn combine(windows: &[Window], window_ms: i64, func: AggFn, now: i64) -> Value {
+    match func {
+        AggFn::Distinct => {
+            let seen: std::collections::BTreeSet<&String> = windows
+                .iter()
+                .flat_map(|w| {
+                    w.seen
+                        .iter()
+                        .filter(|(_, at)| **at > now - window_ms)
+                        .map(|(k, _)| k)
+                })
+                .collect();
+            json!(seen.len())
+        }
+        _ => {
+            let total: f64 = windows
+                .iter()
+                .filter_map(|w| window_value(w, window_ms, func, now).as_f64())
+                .sum();
+            if total.fract() == 0.0 {
+                json!(total as i64)
+            } else {
+                json!(total)
+            }
+        }
     }
 }

@@ -48,7 +48,7 @@ pub struct Outcome {
 }
 
 /// Every trigger version a partition may still need, and the current file.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub struct Registry {
     pub current: Arc<TriggerSet>,
     versions: HashMap<String, Arc<Trigger>>,
@@ -83,6 +83,19 @@ impl Registry {
         let current = self.current.clone();
         self.install(set);
         self.current = current;
+    }
+
+    /// Whether records of type `ty` matter to any trigger or aggregate (most do not: they are
+    /// skipped before any work).
+    pub fn relevant(&self, ty: &str) -> bool {
+        ty == FORWARDED
+            || self.starts(ty)
+            || self.watched.contains(ty)
+            || self
+                .current
+                .aggregates
+                .iter()
+                .any(|a| a.on.iter().any(|o| o == ty))
     }
 
     pub fn version(&self, name: &str, version: &str) -> Option<Arc<Trigger>> {
@@ -150,6 +163,10 @@ pub struct Stage {
     pub outcomes: Vec<Outcome>,
     /// Due times of the timers fired since the caller last took them (for lateness).
     pub fired: Vec<i64>,
+    /// The clock and, if a batch installed a file, the registry as of the last commit: what
+    /// [`Stage::rollback`] returns to when a batch is thrown away.
+    committed_clock: i64,
+    committed_reg: Option<Registry>,
 }
 
 impl Stage {
@@ -162,7 +179,26 @@ impl Stage {
             window: None,
             outcomes: Vec::new(),
             fired: Vec::new(),
+            committed_clock: 0,
+            committed_reg: None,
         }
+    }
+
+    /// What was applied is committed: it is the new point to roll back to.
+    pub fn committed(&mut self) {
+        self.committed_clock = self.clock;
+        self.committed_reg = None;
+    }
+
+    /// A batch was thrown away: back to the clock and file of the last commit.
+    pub fn rollback(&mut self) {
+        self.clock = self.committed_clock;
+        if let Some(reg) = self.committed_reg.take() {
+            self.reg = reg;
+        }
+        self.next_due = None;
+        self.outcomes.clear();
+        self.fired.clear();
     }
 
     fn live(&self, clock: i64) -> bool {
@@ -171,17 +207,25 @@ impl Stage {
     }
 
     /// The rows `ev` may touch, known from the event alone.
-    pub fn keys(&self, ev: &Ev, keys: &mut Keys) {
+    pub fn keys(&self, ev: &Ev, partition: u32, keys: &mut Keys) {
+        if !self.reg.relevant(&ev.ty) {
+            return;
+        }
         let Some((doc, here)) = doc_of(ev) else {
             return;
         };
         let scope = cel::Scope::default().with("event", &doc.value);
-        if counts_here(ev, &doc, &self.reg) {
+        if let Some(copy) = self.counts(ev, partition) {
             for a in &self.reg.current.aggregates {
                 if a.on.contains(&doc.ty)
                     && let Ok(Some(k)) = a.key.key(&scope)
                 {
-                    keys.agg.insert(format!("{}{}{k}", a.name, rows::SEP));
+                    let k = format!("{}{}{k}", a.name, rows::SEP);
+                    if copy {
+                        keys.aggf.insert(k);
+                    } else {
+                        keys.agg.insert(k);
+                    }
                 }
             }
         }
@@ -215,7 +259,9 @@ impl Stage {
             if t.when.as_ref().is_some_and(|w| w.uses_agg) {
                 for a in &self.reg.current.aggregates {
                     if let Ok(Some(k)) = a.key.key(&scope) {
-                        keys.agg.insert(format!("{}{}{k}", a.name, rows::SEP));
+                        let k = format!("{}{}{k}", a.name, rows::SEP);
+                        keys.agg.insert(k.clone());
+                        keys.aggf.insert(k);
                     }
                 }
             }
@@ -264,6 +310,16 @@ impl Stage {
         missing
     }
 
+    /// Whether aggregates count this record, and into which table: originals always (`agg`, where
+    /// they are stored and the API reads them), forwarded copies into `aggf` for the customer's
+    /// conditions, except in the commerce partition, which counted the original already.
+    fn counts(&self, ev: &Ev, partition: u32) -> Option<bool> {
+        if ev.ty != FORWARDED {
+            return Some(false);
+        }
+        (self.commerce != Some(partition)).then_some(true)
+    }
+
     /// Fires every pending timer due at or before `clock`, earliest first.
     pub fn fire_due(
         &mut self,
@@ -308,6 +364,9 @@ impl Stage {
             }
             return;
         }
+        if !self.reg.relevant(&ev.ty) {
+            return;
+        }
         let Some((doc, here)) = doc_of(ev) else {
             return;
         };
@@ -332,6 +391,7 @@ impl Stage {
         }
         let origin = format!("{partition}:{}", ev.offset);
         let live = self.live(self.clock);
+        let counts = self.counts(ev, partition);
         let mut m = Machine {
             partition,
             reg: &self.reg,
@@ -340,8 +400,8 @@ impl Stage {
             emits,
             outcomes: &mut self.outcomes,
         };
-        if counts_here(ev, &doc, m.reg) {
-            m.aggregate(&doc);
+        if let Some(copy) = counts {
+            m.aggregate(&doc, copy);
         }
         if here && live {
             m.on_event(&doc, &origin);
@@ -365,6 +425,9 @@ impl Stage {
                     triggers = set.triggers.len(),
                     "trigger file installed"
                 );
+                if self.committed_reg.is_none() {
+                    self.committed_reg = Some(self.reg.clone());
+                }
                 self.reg.install(set);
             }
             Err(p) => {
@@ -372,11 +435,6 @@ impl Stage {
             }
         }
     }
-}
-
-/// Whether aggregates count this record: a forwarded copy, or an original that is not copied.
-fn counts_here(ev: &Ev, doc: &machine::Doc, reg: &Registry) -> bool {
-    ev.ty == FORWARDED || doc.customer.is_none() || !reg.forwards(&ev.ty)
 }
 
 /// The record that installs `set` in one partition (a fresh id each time, so installing an

@@ -6,8 +6,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde_json::{Value, json};
 use storeline_state::StateStore;
 
-use super::def::{AggFn, TriggerSet};
-use super::machine::window_value;
+use super::def::TriggerSet;
+use super::machine::combine;
 use super::rows::{self, Arb, Definition, Journal, Run, Stats, Window, ns};
 use crate::error::Result;
 
@@ -188,32 +188,4 @@ pub async fn aggregate_keys<S: StateStore>(
             .map(|(k, ws)| (k, combine(&ws, a.window_ms, a.func, now)))
             .collect(),
     ))
-}
-
-fn combine(windows: &[Window], window_ms: i64, func: AggFn, now: i64) -> Value {
-    match func {
-        AggFn::Distinct => {
-            let seen: BTreeSet<&String> = windows
-                .iter()
-                .flat_map(|w| {
-                    w.seen
-                        .iter()
-                        .filter(|(_, at)| **at > now - window_ms)
-                        .map(|(k, _)| k)
-                })
-                .collect();
-            json!(seen.len())
-        }
-        _ => {
-            let total: f64 = windows
-                .iter()
-                .filter_map(|w| window_value(w, window_ms, func, now).as_f64())
-                .sum();
-            if total.fract() == 0.0 {
-                json!(total as i64)
-            } else {
-                json!(total)
-            }
-        }
-    }
 }

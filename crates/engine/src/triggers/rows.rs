@@ -10,7 +10,8 @@
 //!  arb    {customer}                            messages sent (for caps) and held back
 //!  jrnl   {customer}                            the latest decisions that did not start a run
 //!  outbox {partition:04}␟{time:013}␟{delivery id}   what to deliver (the next issue's worker)
-//!  agg    {aggregate}␟{key}                     a sliding window's buckets
+//!  agg    {aggregate}␟{key}                     a sliding window's buckets (events where stored)
+//!  aggf   {aggregate}␟{key}                     the same over forwarded copies (conditions only)
 //!  tstat  {trigger}@{version}                   counters per outcome
 //!  trigdef current | {trigger}@{version}        the partition's trigger file and every version in use
 //! ```
@@ -28,6 +29,7 @@ pub mod ns {
     pub const JRNL: &str = "jrnl";
     pub const OUTBOX: &str = "outbox";
     pub const AGG: &str = "agg";
+    pub const AGGF: &str = "aggf";
     pub const TSTAT: &str = "tstat";
     pub const TRIGDEF: &str = "trigdef";
 }

@@ -1,0 +1,152 @@
+//! Figure 1 of `storeline bench triggers`: events/s through the engine (every view, and the
+//! triggers when a file is installed), counted until everything, caused events included, is
+//! committed. Run once with the starter set and once with no trigger file, on fresh logs and
+//! stores, so the difference is what triggers cost.
+//!
+//! The traffic is `storeline gen`'s, prepared before the clock starts (as `bench engine` does);
+//! every record carries the same `received_at`, so no trigger timer falls due inside the phase:
+//! it measures starting, waiting and cancelling runs, not firing them (figure 2 does that).
+
+use std::time::{Duration, Instant};
+
+use anyhow::{Result, anyhow, bail};
+use bytes::Bytes;
+use storeline_engine::triggers::TriggerSet;
+use storeline_log::{EventLog, Record};
+
+use super::phases::{Breakdown, Ctx, PARTITIONS, Prepared};
+use super::setup;
+use super::support::{is_caught_up, spinner, wait_caught_up};
+
+/// Records per append, per partition (as `bench engine`).
+const APPEND_BATCH: usize = 1000;
+
+/// What one pass measured.
+#[derive(Debug, Clone, Default)]
+pub struct Pass {
+    /// Generated events / seconds until all of them and what they caused were committed.
+    pub rate: f64,
+    /// Generated events / seconds until the last append returned.
+    pub ingest_rate: f64,
+    /// Events the engine appended itself (forwarded copies, emitted events).
+    pub caused: u64,
+    /// Trigger counters summed over triggers: started, delivered, …
+    pub counters: Vec<(String, i64)>,
+    /// Pending timer rows at the end.
+    pub timers: u64,
+    pub breakdown: Breakdown,
+}
+
+fn log_end(log: &impl EventLog) -> u64 {
+    (0..PARTITIONS)
+        .filter_map(|p| log.bounds(p).ok())
+        .map(|b| b.end)
+        .sum()
+}
+
+/// One pass: a fresh log and store, `set` installed (if any), then `prep` appended as fast as
+/// the log takes it while the engine applies it.
+pub async fn pass(ctx: &Ctx, prep: &Prepared, set: Option<&TriggerSet>) -> Result<Pass> {
+    let name = if set.is_some() { "with" } else { "without" };
+    let mut rig = ctx.start(name).await?;
+    if let Some(set) = set {
+        setup::install(&rig.log, &rig.engine, set).await?;
+    }
+    let base = log_end(&*rig.log);
+    let label = format!(
+        "events/s {} triggers",
+        if set.is_some() { "with" } else { "without" }
+    );
+    let bar = spinner(&label);
+    rig.mark();
+    let t0 = Instant::now();
+    let producer = {
+        let log = rig.log.clone();
+        let parts: Vec<Vec<(Bytes, Bytes)>> = prep.parts.clone();
+        tokio::spawn(async move {
+            let appends = parts.into_iter().enumerate().map(|(p, recs)| {
+                let log = log.clone();
+                async move {
+                    for chunk in recs.chunks(APPEND_BATCH) {
+                        let ts = chrono::Utc::now().timestamp_millis();
+                        let records = chunk
+                            .iter()
+                            .map(|(k, v)| Record {
+                                timestamp: ts,
+                                key: k.clone(),
+                                value: v.clone(),
+                            })
+                            .collect();
+                        log.append(p as u32, records).await?;
+                    }
+                    Ok::<_, storeline_log::Error>(())
+                }
+            });
+            for r in futures::future::join_all(appends).await {
+                r?;
+            }
+            Ok::<_, storeline_log::Error>(t0.elapsed())
+        })
+    };
+    let mut producer = Some(producer);
+    let mut ingest_secs = None;
+    let mut last_progress = (0u64, Instant::now());
+    loop {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        if let Some(h) = producer.as_ref()
+            && h.is_finished()
+            && let Some(h) = producer.take()
+        {
+            ingest_secs = Some(
+                h.await?
+                    .map_err(|e| anyhow!("appending the traffic: {e}"))?
+                    .as_secs_f64(),
+            );
+        }
+        let applied: u64 = rig.engine.applied().iter().sum();
+        let end = log_end(&*rig.log);
+        bar.set_message(format!("{label}: appended {end}, applied {applied}"));
+        if ingest_secs.is_some()
+            && is_caught_up(&*rig.log, &rig.engine)
+            && wait_caught_up(&*rig.log, &rig.engine, Duration::from_millis(20)).await
+        {
+            break;
+        }
+        if applied > last_progress.0 {
+            last_progress = (applied, Instant::now());
+        } else if last_progress.1.elapsed() > Duration::from_secs(120) {
+            bail!("the engine applied nothing for 2 minutes ({applied} of {end} applied)");
+        }
+    }
+    let secs = t0.elapsed().as_secs_f64();
+    bar.finish_and_clear();
+    let breakdown = rig.breakdown();
+    let caused = log_end(&*rig.log).saturating_sub(base + prep.total);
+    rig.stop_engine().await;
+    let mut counters = Vec::new();
+    let mut timers = 0;
+    if set.is_some() {
+        let stats = storeline_engine::triggers::read::stats(&*rig.store).await?;
+        let mut sums: std::collections::BTreeMap<String, i64> = Default::default();
+        for c in stats.values() {
+            for (k, v) in c {
+                *sums.entry(k.clone()).or_default() += v;
+            }
+        }
+        counters = sums.into_iter().collect();
+        timers =
+            setup::count_rows(&*rig.store, storeline_engine::triggers::rows::ns::TIMER).await?;
+    }
+    if let Err(e) = rig.log.close().await {
+        eprintln!("warning: closing a bench log: {e}");
+    }
+    ctx.release(&rig.store.inner, name).await;
+    Ok(Pass {
+        rate: prep.total as f64 / secs,
+        ingest_rate: prep.total as f64 / ingest_secs.unwrap_or(secs),
+        caused,
+        counters,
+        timers,
+        breakdown,
+    })
+}
