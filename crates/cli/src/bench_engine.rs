@@ -11,9 +11,9 @@
 //! that also report where each phase's time went.
 
 mod commands;
-mod phases;
-mod support;
-mod views;
+pub(crate) mod phases;
+pub(crate) mod support;
+pub(crate) mod views;
 
 use std::path::PathBuf;
 

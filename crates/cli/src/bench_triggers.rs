@@ -9,20 +9,9 @@
 //! Each phase starts on a fresh log and store; `--runs` repeats them and the table shows
 //! medians. [`setup`] has the trigger files and the helpers the phases share.
 
-// `bench engine`'s plumbing (timing wrappers, the in-process appender, the log/store openers and
-// the traffic preparation, ~800 lines) is private to it. Rather than a copy that would drift, it
-// is compiled here a second time from the same files (deliberately: hence `duplicate_mod`, and
-// `dead_code` for the parts only `bench engine` uses). Making those three modules `pub(crate)`
-// in bench_engine.rs would turn this into plain `use` paths.
-#[allow(dead_code, clippy::duplicate_mod)]
-#[path = "bench_engine/phases.rs"]
-mod phases;
-#[allow(dead_code, clippy::duplicate_mod)]
-#[path = "bench_engine/support.rs"]
-mod support;
-#[allow(dead_code, clippy::duplicate_mod)]
-#[path = "bench_engine/views.rs"]
-mod views;
+// `bench engine`'s plumbing: timing wrappers, the in-process appender, the log/store openers
+// and the traffic preparation.
+use crate::bench_engine::{phases, support, views};
 
 mod lateness;
 mod memory;
@@ -147,7 +136,7 @@ pub async fn run(args: TriggersArgs) -> Result<()> {
     };
     let mut runs: Vec<Run> = Vec::new();
     let mut failures = Vec::new();
-    let mut phase_secs: Vec<(&str, f64)> = Vec::new();
+    let mut phase_secs: Vec<(String, f64)> = Vec::new();
     for run in 0..args.runs {
         let mut r = Run::default();
         if let Some(prep) = &prep {
@@ -184,7 +173,10 @@ pub async fn run(args: TriggersArgs) -> Result<()> {
                 }
             }
             let _ = std::fs::remove_dir_all(&dir);
-            phase_secs.push(("events/s, both passes", t.elapsed().as_secs_f64()));
+            phase_secs.push((
+                format!("run {} events/s, both passes", run + 1),
+                t.elapsed().as_secs_f64(),
+            ));
         }
         if !args.skip_lateness {
             let t = Instant::now();
@@ -212,7 +204,10 @@ pub async fn run(args: TriggersArgs) -> Result<()> {
                 Err(e) => failures.push(format!("run {} lateness: {e:#}", run + 1)),
             }
             let _ = std::fs::remove_dir_all(&dir);
-            phase_secs.push(("lateness", t.elapsed().as_secs_f64()));
+            phase_secs.push((
+                format!("run {} lateness", run + 1),
+                t.elapsed().as_secs_f64(),
+            ));
         }
         if !args.skip_memory && (run == 0 || !args.memory_once) {
             let t = Instant::now();
@@ -240,7 +235,10 @@ pub async fn run(args: TriggersArgs) -> Result<()> {
                 }
             }
             let _ = std::fs::remove_dir_all(&dir);
-            phase_secs.push(("memory (two child processes)", t.elapsed().as_secs_f64()));
+            phase_secs.push((
+                format!("run {} memory (two child processes)", run + 1),
+                t.elapsed().as_secs_f64(),
+            ));
         }
         runs.push(r);
     }
@@ -457,7 +455,7 @@ fn print_table(args: &TriggersArgs, starter: &setup::Starter, runs: &[Run]) {
          the engine records as storeline_trigger_timer_lateness_seconds, taken here from the \
          commits (each deleted timer row) because this binary cannot install a metrics \
          recorder. Timers fall due at {rate}/s for {} s while {rate} new events/s keep \
-         arriving, then for {} s with no input (fired through storeline.tick records).",
+         arriving, then for {} with no input (fired through storeline.tick records).",
         humantime::format_duration(args.delay),
         args.seconds,
         humantime::format_duration(args.delay),
@@ -471,7 +469,7 @@ fn counter(p: &throughput::Pass, what: &str) -> Option<f64> {
         .map(|(_, v)| *v as f64)
 }
 
-fn print_details(runs: &[Run], phase_secs: &[(&str, f64)], total: f64) {
+fn print_details(runs: &[Run], phase_secs: &[(String, f64)], total: f64) {
     let Some(last) = runs.last() else { return };
     println!(
         "\nwhere the time went (last run). n x mean per call | busy = wall time with at least \

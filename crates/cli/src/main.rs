@@ -309,13 +309,13 @@ async fn run(command: Command) -> Result<()> {
         } => {
             let config = Config::load(file.as_deref())?;
             config.validate()?;
-            if let Some(source) = config.trigger_source().map_err(anyhow::Error::msg)? {
-                if let Err(problems) = storeline_engine::triggers::TriggerSet::parse(&source) {
-                    for p in &problems {
-                        eprintln!("triggers: {p}");
-                    }
-                    anyhow::bail!("{} problem(s) in the trigger file", problems.len());
+            if let Some(source) = config.trigger_source().map_err(anyhow::Error::msg)?
+                && let Err(problems) = storeline_engine::triggers::TriggerSet::parse(&source)
+            {
+                for p in &problems {
+                    eprintln!("triggers: {p}");
                 }
+                anyhow::bail!("{} problem(s) in the trigger file", problems.len());
             }
             println!("{}", toml::to_string_pretty(&config)?);
             eprintln!("configuration is valid");
