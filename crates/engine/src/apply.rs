@@ -16,6 +16,15 @@ use crate::views::{Keys, Views};
 /// Rows cached per partition before the cache is dropped after a commit.
 const CACHE_LIMIT: usize = 400_000;
 
+/// The most records per batch that triggers work on (they bound the batch's memory).
+const TRIGGER_EVENTS_PER_BATCH: usize = 2048;
+
+/// Encoded bytes of rows cached per partition before the cache is dropped after a commit. Decoded
+/// rows take a few times this: 8 partitions at 2 MiB stay well under the engine's memory aim
+/// however many runs, timers or customers there are (the cache only saves re-reading rows that
+/// recent batches touched).
+const CACHE_BYTES: usize = 2 << 20;
+
 /// The most due timers loaded for one batch; when more are due, the batch stops at the last
 /// one loaded and the next batch takes the rest.
 const TIMERS_PER_BATCH: usize = 32_768;
@@ -102,11 +111,13 @@ impl<S: StateStore> Applier<S> {
     async fn due_timers(&self, horizon: i64) -> Result<Vec<String>> {
         let prefix = rows::timer_prefix(self.partition);
         let mut out: Vec<String> = Vec::new();
+        // Small first: usually few of the pending timers are due.
+        let mut size = 256;
         loop {
             let after = out.last().map(|k| (k.as_str(), self.partition));
             let page = self
                 .store
-                .scan(rows::ns::TIMER, &prefix, after, 4096)
+                .scan(rows::ns::TIMER, &prefix, after, size)
                 .await?;
             let n = page.len();
             for r in page {
@@ -118,9 +129,10 @@ impl<S: StateStore> Applier<S> {
                     return Ok(out);
                 }
             }
-            if n < 4096 {
+            if n < size {
                 return Ok(out);
             }
+            size = 4096;
         }
     }
 
@@ -147,10 +159,23 @@ impl<S: StateStore> Applier<S> {
             clocks.push(clock);
         }
         // A new trigger file changes which rows later records touch: the batch ends with it.
-        let mut keep = evs
-            .iter()
-            .position(|e| e.ty == crate::triggers::TRIGGERS)
-            .map_or(evs.len(), |i| i + 1);
+        // Records that triggers work on are bounded per batch: each one holds a run, its wait
+        // lists and its customer's rows in memory until the commit.
+        let mut relevant = 0;
+        let mut keep = evs.len();
+        for (i, e) in evs.iter().enumerate() {
+            if e.ty == crate::triggers::TRIGGERS {
+                keep = i + 1;
+                break;
+            }
+            if self.triggers.reg.relevant(&e.ty) {
+                relevant += 1;
+                if relevant > TRIGGER_EVENTS_PER_BATCH {
+                    keep = i;
+                    break;
+                }
+            }
+        }
         let mut horizon = keep
             .checked_sub(1)
             .and_then(|i| clocks.get(i).copied())
@@ -272,7 +297,7 @@ impl<S: StateStore> Applier<S> {
         }
         self.committed = self.next;
         self.triggers.committed();
-        if self.views.cached() > CACHE_LIMIT {
+        if self.views.cached() > CACHE_LIMIT || self.views.cached_bytes() > CACHE_BYTES {
             self.views.evict();
         }
         Ok(n)

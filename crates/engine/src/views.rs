@@ -25,6 +25,9 @@ pub struct Table<T> {
     ns: &'static str,
     rows: HashMap<String, Option<T>>,
     dirty: BTreeSet<String>,
+    /// Encoded bytes loaded or written since the cache was last dropped: a cheap gauge of how
+    /// much memory the cached rows take (they take a few times more decoded).
+    bytes: usize,
 }
 
 impl<T: Serialize + DeserializeOwned + Default> Table<T> {
@@ -33,6 +36,7 @@ impl<T: Serialize + DeserializeOwned + Default> Table<T> {
             ns,
             rows: HashMap::new(),
             dirty: BTreeSet::new(),
+            bytes: 0,
         }
     }
 
@@ -90,11 +94,15 @@ impl<T: Serialize + DeserializeOwned + Default> Table<T> {
     fn drain_writes(&mut self, out: &mut Vec<Write>) -> Result<()> {
         for key in std::mem::take(&mut self.dirty) {
             match self.rows.get(&key).and_then(Option::as_ref) {
-                Some(row) => out.push(Write::Put {
-                    ns: self.ns.to_owned(),
-                    key,
-                    value: Bytes::from(serde_json::to_vec(row).map_err(Error::encode)?),
-                }),
+                Some(row) => {
+                    let value = Bytes::from(serde_json::to_vec(row).map_err(Error::encode)?);
+                    self.bytes += value.len();
+                    out.push(Write::Put {
+                        ns: self.ns.to_owned(),
+                        key,
+                        value,
+                    });
+                }
                 None => out.push(Write::Delete {
                     ns: self.ns.to_owned(),
                     key,
@@ -122,11 +130,17 @@ impl<T: Serialize + DeserializeOwned + Default> Table<T> {
             let found = store.get_owned(self.ns, owner, chunk).await?;
             for (key, value) in chunk.iter().zip(found) {
                 let row = match value {
-                    Some(b) => Some(serde_json::from_slice(&b).map_err(|e| Error::Decode {
-                        ns: self.ns,
-                        key: key.clone(),
-                        reason: e.to_string(),
-                    })?),
+                    Some(b) => Some(
+                        {
+                            self.bytes += b.len();
+                            serde_json::from_slice(&b)
+                        }
+                        .map_err(|e| Error::Decode {
+                            ns: self.ns,
+                            key: key.clone(),
+                            reason: e.to_string(),
+                        })?,
+                    ),
                     None => None,
                 };
                 self.rows.insert(key.clone(), row);
@@ -384,6 +398,23 @@ impl Views {
             + self.agg.rows.len()
             + self.aggf.rows.len()
             + self.tstat.rows.len()
+    }
+
+    /// Roughly how many bytes the cached rows were, encoded (see [`Table`]).
+    pub fn cached_bytes(&self) -> usize {
+        self.frag.bytes
+            + self.link.bytes
+            + self.order.bytes
+            + self.inv.bytes
+            + self.resv.bytes
+            + self.idem.bytes
+            + self.run.bytes
+            + self.wait.bytes
+            + self.arb.bytes
+            + self.jrnl.bytes
+            + self.agg.bytes
+            + self.aggf.bytes
+            + self.tstat.bytes
     }
 
     /// Drops the cache; only valid right after a commit (nothing dirty).

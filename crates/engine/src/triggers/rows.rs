@@ -40,9 +40,9 @@ pub const SEP: char = '\u{1f}';
 pub const CLOCK_KEY: &str = "clock";
 
 /// The most history entries a run keeps (the first ones and the latest).
-pub const HISTORY: usize = 40;
+pub const HISTORY: usize = 24;
 /// The most decisions a customer's journal keeps.
-pub const JOURNAL: usize = 50;
+pub const JOURNAL: usize = 20;
 
 pub fn run_key(customer: &str, trigger: &str, key: &str) -> String {
     format!("{customer}{SEP}{trigger}{SEP}{key}")
