@@ -651,8 +651,10 @@ async fn a_record_at_the_due_time_of_more_timers_than_a_batch_loads_comes_after_
             record(n, base, v)
         })
         .collect();
-    a.apply(&adds).await.unwrap();
-    a.commit().await.unwrap();
+    while (a.next as usize) < adds.len() {
+        a.apply(&adds[a.next as usize..]).await.unwrap();
+        a.commit().await.unwrap();
+    }
     let order = json!({ "id": "o", "type": "order.placed", "customer": "zzz", "data": { "order_id": "o1" } });
     let fwd = json!({ "id": "f", "type": "storeline.forwarded", "subject": "zzz", "data": order });
     let recs = [record(adds.len(), base + 3_600_000, fwd)];
