@@ -17,7 +17,7 @@ use crate::views::{Keys, Views};
 const CACHE_LIMIT: usize = 400_000;
 
 /// The most records per batch that triggers work on (they bound the batch's memory).
-const TRIGGER_EVENTS_PER_BATCH: usize = 2048;
+const TRIGGER_EVENTS_PER_BATCH: usize = 4096;
 
 /// Encoded bytes of rows cached per partition before the cache is dropped after a commit. Decoded
 /// rows take a few times this: 8 partitions at 2 MiB stay well under the engine's memory aim

@@ -303,11 +303,21 @@ impl Machine<'_> {
             r.event = doc.value.clone();
             r.restarts += 1;
             r.updated_at = self.clock;
+            // One entry for the latest restart (`restarts` counts them): a busy cart must not
+            // grow the row it rewrites on every add.
+            if r.history.last().is_some_and(|e| e.what == "debounced") {
+                r.history.pop();
+            }
             r.log(
                 self.clock,
                 "debounced",
                 None,
-                Some(format!("restarted by {}; waits until {}", doc.id, fmt(due))),
+                Some(format!(
+                    "restart {} by {}; waits until {}",
+                    r.restarts,
+                    doc.id,
+                    fmt(due)
+                )),
             );
         }
         self.count(t, doc.customer.as_deref(), "debounced", rk);

@@ -42,7 +42,7 @@ pub const CLOCK_KEY: &str = "clock";
 /// The most history entries a run keeps (the first ones and the latest).
 pub const HISTORY: usize = 24;
 /// The most decisions a customer's journal keeps.
-pub const JOURNAL: usize = 20;
+pub const JOURNAL: usize = 12;
 
 pub fn run_key(customer: &str, trigger: &str, key: &str) -> String {
     format!("{customer}{SEP}{trigger}{SEP}{key}")
