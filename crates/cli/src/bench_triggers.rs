@@ -519,19 +519,7 @@ fn print_details(runs: &[Run], phase_secs: &[(String, f64)], total: f64) {
     );
 }
 
-/// One operation's line (as `bench engine` prints it; its printer is private to it).
+/// One operation's line, as `bench engine` prints it.
 fn op(label: &str, o: &OpSnapshot, item: &str) {
-    if o.calls == 0 {
-        return;
-    }
-    println!(
-        "    {label:<14} {:>8} x {:>8.3} ms (p99 {:>6.2}, max {:>6.1})  {:>6.0} {item}, {:>7.1} KB per call; busy {:>6.2} s",
-        o.calls,
-        o.mean_ms(),
-        o.p99_ms,
-        o.max_ms,
-        o.items_per_call(),
-        o.bytes as f64 / o.calls as f64 / 1024.0,
-        o.busy,
-    );
+    support::print_op(4, label, o, item);
 }

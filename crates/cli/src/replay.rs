@@ -40,22 +40,7 @@ pub async fn run(args: ReplayArgs) -> Result<()> {
         cfg.data_dir = d;
     }
     cfg.validate()?;
-    if cfg.log.backend != LogBackend::File {
-        bail!(
-            "replay needs the file log; log.backend is {:?}",
-            cfg.log.backend
-        );
-    }
-    let dir = cfg.log_dir();
-    if !dir.join("log.json").exists() {
-        bail!("there is no log in {} (is --data right?)", dir.display());
-    }
-    let file_cfg = cfg.log.file();
-    let log = Arc::new(
-        tokio::task::spawn_blocking(move || FileLog::open(dir, file_cfg))
-            .await?
-            .context("cannot open the log")?,
-    );
+    let log = Arc::new(open_file_log(&cfg, "replay").await?);
     let live = storeline_server::open_store(&cfg)
         .await
         .context("cannot open the live state store")?;
@@ -121,6 +106,25 @@ pub async fn run(args: ReplayArgs) -> Result<()> {
     }
     println!("the rebuilt views equal the live views");
     Ok(())
+}
+
+/// Opens the data directory's file log for an offline command (`what` names it in errors). The
+/// log is locked while a server runs on it, so this fails then, with a message saying so.
+pub async fn open_file_log(cfg: &Config, what: &str) -> Result<FileLog> {
+    if cfg.log.backend != LogBackend::File {
+        bail!(
+            "{what} reads the file log; log.backend is {:?}",
+            cfg.log.backend
+        );
+    }
+    let dir = cfg.log_dir();
+    if !dir.join("log.json").exists() {
+        bail!("there is no log in {} (is --data right?)", dir.display());
+    }
+    let file_cfg = cfg.log.file();
+    tokio::task::spawn_blocking(move || FileLog::open(dir, file_cfg))
+        .await?
+        .context("cannot open the log (is a server running on this data directory? stop it first)")
 }
 
 /// What to remove after the comparison.

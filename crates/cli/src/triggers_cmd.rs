@@ -12,8 +12,8 @@ use anyhow::{Context, Result, bail};
 use serde_json::json;
 use storeline_engine::triggers::TriggerSet;
 use storeline_engine::triggers::backtest::{Report, backtest};
-use storeline_log::{EventLog, FileLog};
-use storeline_server::{Config, LogBackend};
+use storeline_log::EventLog;
+use storeline_server::Config;
 use storeline_state::{SqliteStore, StateStore};
 
 #[derive(clap::Subcommand, Debug)]
@@ -159,24 +159,7 @@ async fn run_backtest(args: BacktestArgs) -> Result<()> {
     if let Some(d) = args.data {
         cfg.data_dir = d;
     }
-    if cfg.log.backend != LogBackend::File {
-        bail!(
-            "backtest reads the file log; log.backend is {:?}",
-            cfg.log.backend
-        );
-    }
-    let dir = cfg.log_dir();
-    if !dir.join("log.json").exists() {
-        bail!("there is no log in {} (is --data right?)", dir.display());
-    }
-    let file_cfg = cfg.log.file();
-    let log = Arc::new(
-        tokio::task::spawn_blocking(move || FileLog::open(dir, file_cfg))
-            .await?
-            .context(
-                "cannot open the log (is a server running on this data directory? stop it first)",
-            )?,
-    );
+    let log = Arc::new(crate::replay::open_file_log(&cfg, "backtest").await?);
     let total: u64 = (0..log.partitions())
         .map(|p| log.bounds(p).map(|b| b.end).unwrap_or(0))
         .sum();

@@ -500,3 +500,21 @@ pub fn spinner(msg: &str) -> indicatif::ProgressBar {
     bar.enable_steady_tick(Duration::from_millis(200));
     bar
 }
+
+/// Prints one operation's line of a time breakdown, indented by `indent` spaces.
+pub(crate) fn print_op(indent: usize, label: &str, o: &OpSnapshot, item: &str) {
+    if o.calls == 0 {
+        return;
+    }
+    println!(
+        "{:indent$}{label:<14} {:>8} x {:>8.3} ms (p99 {:>6.2}, max {:>6.1})  {:>6.0} {item}, {:>7.1} KB per call; busy {:>6.2} s",
+        "",
+        o.calls,
+        o.mean_ms(),
+        o.p99_ms,
+        o.max_ms,
+        o.items_per_call(),
+        o.bytes as f64 / o.calls as f64 / 1024.0,
+        o.busy,
+    );
+}

@@ -22,40 +22,46 @@ use super::support::{CpuMark, Timed, spinner, wait_caught_up};
 /// Records per append in the views phase, per partition.
 const APPEND_BATCH: usize = 1000;
 
+/// Appends `parts` (per partition, in chunks of [`APPEND_BATCH`]) as fast as the log takes
+/// them, all partitions at once; the task returns the time since `t0` when all were stored.
+pub(crate) fn spawn_producer<L: EventLog>(
+    log: Arc<L>,
+    parts: Vec<Vec<(Bytes, Bytes)>>,
+    t0: Instant,
+) -> tokio::task::JoinHandle<Result<Duration, storeline_log::Error>> {
+    tokio::spawn(async move {
+        let appends = parts.into_iter().enumerate().map(|(p, recs)| {
+            let log = log.clone();
+            async move {
+                for chunk in recs.chunks(APPEND_BATCH) {
+                    let ts = chrono::Utc::now().timestamp_millis();
+                    let records = chunk
+                        .iter()
+                        .map(|(k, v)| Record {
+                            timestamp: ts,
+                            key: k.clone(),
+                            value: v.clone(),
+                        })
+                        .collect();
+                    log.append(p as u32, records).await?;
+                }
+                Ok::<_, storeline_log::Error>(())
+            }
+        });
+        for r in futures::future::join_all(appends).await {
+            r?;
+        }
+        Ok(t0.elapsed())
+    })
+}
+
 /// Phases 1 and 2: generated traffic through every view, then a replay of that log.
 pub async fn views_and_replay(ctx: &Ctx, prep: &Prepared, f: &mut Figures) -> Result<()> {
     let mut rig = ctx.start("views").await?;
     let bar = spinner(&format!("{}: views", ctx.backend.name()));
     rig.mark();
     let t0 = Instant::now();
-    let producer = {
-        let log = rig.log.clone();
-        let parts: Vec<Vec<(Bytes, Bytes)>> = prep.parts.clone();
-        tokio::spawn(async move {
-            let appends = parts.into_iter().enumerate().map(|(p, recs)| {
-                let log = log.clone();
-                async move {
-                    for chunk in recs.chunks(APPEND_BATCH) {
-                        let ts = chrono::Utc::now().timestamp_millis();
-                        let records = chunk
-                            .iter()
-                            .map(|(k, v)| Record {
-                                timestamp: ts,
-                                key: k.clone(),
-                                value: v.clone(),
-                            })
-                            .collect();
-                        log.append(p as u32, records).await?;
-                    }
-                    Ok::<_, storeline_log::Error>(())
-                }
-            });
-            for r in futures::future::join_all(appends).await {
-                r?;
-            }
-            Ok::<_, storeline_log::Error>(t0.elapsed())
-        })
-    };
+    let producer = spawn_producer(rig.log.clone(), prep.parts.clone(), t0);
     let mut ingest_secs = None;
     let mut producer = Some(producer);
     let mut peak = 0u64;

@@ -10,16 +10,13 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{Result, anyhow, bail};
-use bytes::Bytes;
 use storeline_engine::triggers::TriggerSet;
-use storeline_log::{EventLog, Record};
+use storeline_log::EventLog;
 
 use super::phases::{Breakdown, Ctx, PARTITIONS, Prepared};
 use super::setup;
 use super::support::{is_caught_up, spinner, wait_caught_up};
-
-/// Records per append, per partition (as `bench engine`).
-const APPEND_BATCH: usize = 1000;
+use super::views::spawn_producer;
 
 /// What one pass measured.
 #[derive(Debug, Clone, Default)]
@@ -60,34 +57,7 @@ pub async fn pass(ctx: &Ctx, prep: &Prepared, set: Option<&TriggerSet>) -> Resul
     let bar = spinner(&label);
     rig.mark();
     let t0 = Instant::now();
-    let producer = {
-        let log = rig.log.clone();
-        let parts: Vec<Vec<(Bytes, Bytes)>> = prep.parts.clone();
-        tokio::spawn(async move {
-            let appends = parts.into_iter().enumerate().map(|(p, recs)| {
-                let log = log.clone();
-                async move {
-                    for chunk in recs.chunks(APPEND_BATCH) {
-                        let ts = chrono::Utc::now().timestamp_millis();
-                        let records = chunk
-                            .iter()
-                            .map(|(k, v)| Record {
-                                timestamp: ts,
-                                key: k.clone(),
-                                value: v.clone(),
-                            })
-                            .collect();
-                        log.append(p as u32, records).await?;
-                    }
-                    Ok::<_, storeline_log::Error>(())
-                }
-            });
-            for r in futures::future::join_all(appends).await {
-                r?;
-            }
-            Ok::<_, storeline_log::Error>(t0.elapsed())
-        })
-    };
+    let producer = spawn_producer(rig.log.clone(), prep.parts.clone(), t0);
     let mut producer = Some(producer);
     let mut ingest_secs = None;
     let mut last_progress = (0u64, Instant::now());

@@ -346,14 +346,7 @@ impl Machine<'_> {
         if !wait.types.contains(&doc.ty) {
             return;
         }
-        if let Match::Cel(expr) = &wait.matching {
-            let scope = Scope::default()
-                .with("event", &doc.value)
-                .with("trigger", &run.event);
-            if expr.test(&scope) != Ok(true) {
-                return;
-            }
-        } else if !self.matches(&wait.matching, &run, doc) {
+        if !self.matches(&wait.matching, &run, doc) {
             return;
         }
         self.clear_timer(rk);
@@ -376,11 +369,19 @@ impl Machine<'_> {
         }
     }
 
+    /// Whether an arriving event belongs to the run (`same_customer` is given by where the run
+    /// is listed).
     fn matches(&self, m: &Match, run: &Run, doc: &Doc) -> bool {
         match m {
-            Match::SameCustomer | Match::Cel(_) => true,
+            Match::SameCustomer => true,
             Match::SameOrder => {
                 run.event.pointer("/data/order_id").and_then(Value::as_str) == doc.order.as_deref()
+            }
+            Match::Cel(expr) => {
+                let scope = Scope::default()
+                    .with("event", &doc.value)
+                    .with("trigger", &run.event);
+                expr.test(&scope) == Ok(true)
             }
         }
     }
@@ -395,18 +396,10 @@ impl Machine<'_> {
         let Some(t) = self.reg.version(&run.trigger, &run.version) else {
             return;
         };
-        let matched = t.cancel_on.iter().any(|c| {
-            c.ty == doc.ty
-                && match &c.matching {
-                    Match::Cel(e) => {
-                        let scope = Scope::default()
-                            .with("event", &doc.value)
-                            .with("trigger", &run.event);
-                        e.test(&scope) == Ok(true)
-                    }
-                    m => self.matches(m, &run, doc),
-                }
-        });
+        let matched = t
+            .cancel_on
+            .iter()
+            .any(|c| c.ty == doc.ty && self.matches(&c.matching, &run, doc));
         if !matched {
             return;
         }
