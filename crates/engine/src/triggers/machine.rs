@@ -9,12 +9,13 @@
 //!  message: consent ─► quiet hours ─► caps ─► outbox                (held: an `arb` timer)
 //! ```
 
-use chrono::{TimeZone, Timelike};
 use serde_json::{Map, Value, json};
 
-use super::cel::{Expr, Scope, to_cel};
-use super::def::{Action, AggFn, Continue, Match, Step, Trigger, is_customer_channel};
-use super::rows::{self, Decision, HeldMessage, Phase, Run, Status, Target, Window};
+use super::arbitrate::next_local_time;
+use super::cel::Scope;
+use super::def::{AggFn, Continue, Match, Step, Trigger};
+use super::rows::{self, Decision, Phase, Run, Status, Target, Window};
+use super::window::{add_to_window, combine};
 use super::{Outcome, Registry};
 use crate::event::Ev;
 use crate::project::{Emit, identity_key};
@@ -138,7 +139,7 @@ impl Machine<'_> {
     }
 
     /// `agg` for a condition: every aggregate's value for this event's key.
-    fn agg_scope(&self, doc: &Doc) -> Value {
+    pub(super) fn agg_scope(&self, doc: &Doc) -> Value {
         let scope = Scope::default().with("event", &doc.value);
         let mut out = Map::new();
         for a in &self.reg.current.aggregates {
@@ -160,7 +161,7 @@ impl Machine<'_> {
     }
 
     /// The customer as this partition knows them (`customer` in CEL).
-    fn customer_doc(&self, customer: Option<&str>) -> Value {
+    pub(super) fn customer_doc(&self, customer: Option<&str>) -> Value {
         let Some(c) = customer else {
             return Value::Null;
         };
@@ -639,377 +640,17 @@ impl Machine<'_> {
         }
     }
 
-    // ------------------------------------------------------------------------------ actions
-
-    fn act(
+    pub(super) fn log_run(
         &mut self,
         rk: &str,
-        t: &Trigger,
-        actions: &[Action],
-        step: usize,
-        arrived: Option<&Doc>,
-        branch: &str,
+        what: &str,
+        step: Option<usize>,
+        detail: Option<String>,
     ) {
-        if actions.is_empty() {
-            return;
-        }
-        let Some(run) = self.views.run.get(rk).cloned() else {
-            return;
-        };
-        let customer = Some(customer_of(rk)).filter(|c| !c.is_empty());
-        let needs_customer = actions
-            .iter()
-            .any(|a| action_exprs(a).any(|e| e.uses_customer));
-        let mut scope = match arrived {
-            Some(d) => Scope::default()
-                .with("event", &d.value)
-                .with("trigger", &run.event),
-            None => Scope::default()
-                .with("event", &run.event)
-                .with("trigger", &run.event),
-        };
-        if needs_customer {
-            scope.set("customer", to_cel(&self.customer_doc(customer)));
-        }
-        if actions.iter().any(|a| action_exprs(a).any(|e| e.uses_agg)) {
-            let doc = Doc {
-                value: run.event.clone(),
-                ty: String::new(),
-                id: String::new(),
-                customer: customer.map(str::to_owned),
-                order: None,
-            };
-            scope.set("agg", to_cel(&self.agg_scope(&doc)));
-        }
-        for (i, a) in actions.iter().enumerate() {
-            let seed = format!("{}/{}/{step}{branch}{i}", run.origin, run.restarts);
-            let id_hash = &crate::hash_hex(format!("{rk}\n{seed}").as_bytes())[..24];
-            match a {
-                Action::Deliver {
-                    connector,
-                    channel,
-                    template,
-                    data,
-                } => {
-                    let data = eval_data(data, &scope);
-                    let entry = json!({
-                        "id": format!("dlv_{id_hash}"), "connector": connector, "channel": channel,
-                        "template": template, "customer": customer, "trigger": t.name,
-                        "version": t.version, "run": rk, "event": run.event,
-                        "arrived": arrived.map(|d| &d.value), "data": data,
-                        "created_at": self.clock, "priority": t.priority, "seq": seq_of(&run.origin, step, branch, i),
-                        "transactional": t.transactional,
-                    });
-                    self.arbitrate(t, rk, entry, channel, step, true);
-                }
-                Action::Emit { ty, data } => {
-                    self.emits.push(Emit {
-                        id: format!("trg_{id_hash}"),
-                        ty: ty.clone(),
-                        subject: customer.map(str::to_owned),
-                        time: self.clock,
-                        data: Value::Object(eval_data(data, &scope)),
-                    });
-                    self.log_run(rk, "emitted", Some(step), Some(ty.clone()));
-                    self.count(t, customer, "emitted", rk);
-                }
-                Action::SetTrait { name, value } => {
-                    let Some(c) = customer else {
-                        self.log_run(
-                            rk,
-                            "skipped",
-                            Some(step),
-                            Some(format!("set_trait {name}: no customer")),
-                        );
-                        continue;
-                    };
-                    match value.value(&scope) {
-                        Ok(v) => {
-                            self.emits.push(Emit {
-                                id: format!("trg_{id_hash}"),
-                                ty: "customer.updated".into(),
-                                subject: Some(c.to_owned()),
-                                time: self.clock,
-                                data: json!({ "traits": { name.clone(): v } }),
-                            });
-                            self.log_run(rk, "trait_set", Some(step), Some(name.clone()));
-                            self.count(t, customer, "trait_set", rk);
-                        }
-                        Err(e) => {
-                            self.log_run(rk, "action_error", Some(step), Some(e));
-                            self.count(t, customer, "action_error", rk);
-                        }
-                    }
-                }
-            }
-        }
-    }
-
-    fn log_run(&mut self, rk: &str, what: &str, step: Option<usize>, detail: Option<String>) {
         let clock = self.clock;
         if let Some(r) = self.views.run.get_mut(rk) {
             r.log(clock, what, step, detail);
         }
-    }
-
-    // ------------------------------------------------------------------------------ arbitration
-
-    /// Consent, quiet hours and caps, then the outbox; `fresh` is false when a held message is
-    /// tried again.
-    fn arbitrate(
-        &mut self,
-        t: &Trigger,
-        rk: &str,
-        entry: Value,
-        channel: &str,
-        step: usize,
-        fresh: bool,
-    ) {
-        let customer = customer_of(rk).to_owned();
-        let to_customer = !customer.is_empty() && is_customer_channel(channel);
-        if !to_customer || t.transactional {
-            // Transactional messages bypass the caps and do not use them up.
-            return self.send(t, rk, entry, channel, step, false);
-        }
-        let profile = self.customer_doc(Some(&customer));
-        if profile.pointer(&format!("/consent/{channel}")) != Some(&Value::Bool(true)) {
-            self.log_run(
-                rk,
-                "suppressed",
-                Some(step),
-                Some(format!("no consent for {channel}")),
-            );
-            self.count(t, Some(&customer), "suppressed_consent", rk);
-            return;
-        }
-        let arb = &self.reg.current.arbitration;
-        if let Some((from, to)) = arb.quiet {
-            let tz = self.timezone(&customer);
-            if let Some(end) = quiet_until(self.clock, tz, from, to) {
-                return self.hold(
-                    t,
-                    rk,
-                    entry,
-                    channel,
-                    step,
-                    end,
-                    "quiet_hours",
-                    t.drop_quiet,
-                );
-            }
-        }
-        let sent = self
-            .views
-            .arb
-            .get(&customer)
-            .map(|a| a.sent.clone())
-            .unwrap_or_default();
-        for cap in &arb.caps {
-            if cap.channel != "*" && cap.channel != channel {
-                continue;
-            }
-            let since = self.clock - cap.window_ms;
-            let inside: Vec<i64> = sent
-                .iter()
-                .filter(|(at, ch)| *at > since && (cap.channel == "*" || *ch == cap.channel))
-                .map(|(at, _)| *at)
-                .collect();
-            if inside.len() as u32 >= cap.max {
-                let oldest = inside.iter().copied().min().unwrap_or(self.clock);
-                // The cap counts sends after `clock - window`: the oldest leaves it at
-                // `oldest + window`.
-                let open = oldest + cap.window_ms;
-                return self.hold(t, rk, entry, channel, step, open, "cap", t.drop_capped);
-            }
-        }
-        let _ = fresh;
-        self.send(t, rk, entry, channel, step, true);
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    fn hold(
-        &mut self,
-        t: &Trigger,
-        rk: &str,
-        entry: Value,
-        channel: &str,
-        step: usize,
-        until: i64,
-        reason: &str,
-        drop: bool,
-    ) {
-        let customer = customer_of(rk).to_owned();
-        if drop {
-            self.log_run(
-                rk,
-                "dropped",
-                Some(step),
-                Some(format!("{reason}; the trigger says drop")),
-            );
-            self.count(t, Some(&customer), &format!("dropped_{reason}"), rk);
-            return;
-        }
-        self.log_run(
-            rk,
-            "deferred",
-            Some(step),
-            Some(format!("{reason}; held until {}", fmt(until))),
-        );
-        self.count(t, Some(&customer), &format!("deferred_{reason}"), rk);
-        let origin = self
-            .views
-            .run
-            .get(rk)
-            .map(|r| r.origin.clone())
-            .unwrap_or_default();
-        let a = self.views.arb.upsert(&customer);
-        a.held.push(HeldMessage {
-            origin,
-            not_before: until,
-            priority: t.priority,
-            channel: channel.to_owned(),
-            reason: reason.to_owned(),
-            run: rk.to_owned(),
-            entry,
-        });
-        self.schedule_arb(&customer);
-    }
-
-    fn schedule_arb(&mut self, customer: &str) {
-        let partition = self.partition;
-        let a = self.views.arb.upsert(customer);
-        let next = a.held.iter().map(|h| h.not_before).min();
-        let want =
-            next.map(|due| rows::timer_key(partition, due, &Target::Arb(customer.to_owned())));
-        if a.timer == want {
-            return;
-        }
-        let old = std::mem::replace(&mut a.timer, want.clone());
-        if let Some(k) = old {
-            self.views.due.remove(&k);
-            self.views.timers.insert(k, false);
-        }
-        if let Some(k) = want {
-            self.views.due.insert(k.clone());
-            self.views.timers.insert(k, true);
-        }
-    }
-
-    fn fire_arb(&mut self, key: &str, customer: &str) {
-        self.views.timers.insert(key.to_owned(), false);
-        let Some(a) = self.views.arb.get_mut(customer) else {
-            return;
-        };
-        if a.timer.as_deref() != Some(key) {
-            return;
-        }
-        a.timer = None;
-        let clock = self.clock;
-        let mut due: Vec<HeldMessage> = Vec::new();
-        a.held.retain(|h| {
-            if h.not_before <= clock {
-                due.push(h.clone());
-                false
-            } else {
-                true
-            }
-        });
-        // The most important first: they take the window's free places.
-        due.sort_by(|x, y| {
-            y.priority
-                .cmp(&x.priority)
-                .then(x.not_before.cmp(&y.not_before))
-        });
-        for h in due {
-            let (trigger, version) = (
-                h.entry["trigger"].as_str().unwrap_or("").to_owned(),
-                h.entry["version"].as_str().unwrap_or("").to_owned(),
-            );
-            let Some(t) = self.reg.version(&trigger, &version) else {
-                tracing::warn!(
-                    trigger,
-                    version,
-                    "a held message's trigger version is not known; it is dropped"
-                );
-                continue;
-            };
-            let step = self.views.run.get(&h.run).map(|r| r.step).unwrap_or(0);
-            if self
-                .views
-                .run
-                .get(&h.run)
-                .is_some_and(|r| r.status == Status::Cancelled && r.origin == h.origin)
-            {
-                self.log_run(
-                    &h.run,
-                    "dropped",
-                    Some(step),
-                    Some(format!(
-                        "held message {}: the run was cancelled",
-                        h.entry["id"]
-                    )),
-                );
-                self.count(&t, cust(&h.run), "dropped_cancelled", &h.run);
-                continue;
-            }
-            self.log_run(
-                &h.run,
-                "released",
-                Some(step),
-                Some(format!("{} over", h.reason)),
-            );
-            self.arbitrate(&t, &h.run, h.entry, &h.channel, step, false);
-        }
-        self.schedule_arb(customer);
-    }
-
-    fn send(
-        &mut self,
-        t: &Trigger,
-        rk: &str,
-        entry: Value,
-        channel: &str,
-        step: usize,
-        counts: bool,
-    ) {
-        let customer = customer_of(rk).to_owned();
-        if counts {
-            let longest = self
-                .reg
-                .current
-                .arbitration
-                .caps
-                .iter()
-                .map(|c| c.window_ms)
-                .max();
-            let clock = self.clock;
-            let a = self.views.arb.upsert(&customer);
-            if let Some(w) = longest {
-                a.sent.retain(|(at, _)| *at > clock - w);
-                a.sent.push((clock, channel.to_owned()));
-            }
-        }
-        let id = entry["id"].as_str().unwrap_or("").to_owned();
-        // Ordered by time, then by the action's place in its run (not by the id's hash).
-        let seq = entry["seq"].as_str().unwrap_or("");
-        let key = format!(
-            "{:04}{}{:013}{}{seq}{}{id}",
-            self.partition,
-            rows::SEP,
-            self.clock.max(0),
-            rows::SEP,
-            rows::SEP
-        );
-        self.views.outbox.insert(key, entry);
-        self.log_run(rk, "sent", Some(step), Some(format!("{id} via {channel}")));
-        self.count(
-            t,
-            Some(&customer)
-                .filter(|c| !c.is_empty())
-                .map(|s| s.as_str()),
-            "sent",
-            rk,
-        );
     }
 
     // ------------------------------------------------------------------------------ records
@@ -1039,7 +680,7 @@ impl Machine<'_> {
         });
     }
 
-    fn count(&mut self, t: &Trigger, customer: Option<&str>, what: &str, run: &str) {
+    pub(super) fn count(&mut self, t: &Trigger, customer: Option<&str>, what: &str, run: &str) {
         let s = self.views.tstat.upsert(&t.id());
         if let Some(w) = what.strip_prefix('-') {
             s.add(w, -1);
@@ -1060,7 +701,7 @@ impl Machine<'_> {
         });
     }
 
-    fn timezone(&self, customer: &str) -> chrono_tz::Tz {
+    pub(super) fn timezone(&self, customer: &str) -> chrono_tz::Tz {
         let default = self.reg.current.arbitration.timezone;
         self.views
             .frag
@@ -1072,158 +713,16 @@ impl Machine<'_> {
     }
 }
 
-/// A sortable position of an action: its run's origin offset, step, branch and index.
-fn seq_of(origin: &str, step: usize, branch: &str, i: usize) -> String {
-    let offset: u64 = origin
-        .rsplit(':')
-        .next()
-        .and_then(|o| o.parse().ok())
-        .unwrap_or(0);
-    format!("{offset:020}.{step:03}{branch}{i:03}")
-}
-
-fn customer_of(rk: &str) -> &str {
+pub(super) fn customer_of(rk: &str) -> &str {
     rows::split_run_key(rk).0
 }
 
-fn cust(rk: &str) -> Option<&str> {
+pub(super) fn cust(rk: &str) -> Option<&str> {
     Some(customer_of(rk)).filter(|c| !c.is_empty())
 }
 
-fn action_exprs(a: &Action) -> Box<dyn Iterator<Item = &Expr> + '_> {
-    match a {
-        Action::Deliver { data, .. } | Action::Emit { data, .. } => {
-            Box::new(data.iter().map(|(_, e)| e))
-        }
-        Action::SetTrait { value, .. } => Box::new(std::iter::once(value)),
-    }
-}
-
-fn eval_data(data: &[(String, Expr)], scope: &Scope) -> Map<String, Value> {
-    data.iter()
-        .map(|(k, e)| (k.clone(), e.value(scope).unwrap_or(Value::Null)))
-        .collect()
-}
-
-fn fmt(ms: i64) -> String {
+pub(super) fn fmt(ms: i64) -> String {
     chrono::DateTime::from_timestamp_millis(ms)
         .map(|t| storeline_event::format_time(&t))
         .unwrap_or_default()
-}
-
-/// The next time after `now` that the local clock in `tz` shows `h:m`.
-pub fn next_local_time(now: i64, tz: chrono_tz::Tz, h: u32, m: u32) -> i64 {
-    let Some(utc) = chrono::DateTime::from_timestamp_millis(now) else {
-        return now;
-    };
-    let local = utc.with_timezone(&tz);
-    for days in 0..3 {
-        let date = local.date_naive() + chrono::Days::new(days);
-        let Some(naive) = date.and_hms_opt(h, m, 0) else {
-            continue;
-        };
-        // A time skipped by a DST change takes the next valid instant.
-        let candidate = tz.from_local_datetime(&naive).earliest().or_else(|| {
-            tz.from_local_datetime(&(naive + chrono::Duration::hours(1)))
-                .earliest()
-        });
-        if let Some(c) = candidate
-            && c.timestamp_millis() > now
-        {
-            return c.timestamp_millis();
-        }
-    }
-    now + 86_400_000
-}
-
-/// When quiet hours (`from`..`to` minutes after local midnight) end, if `now` is inside them.
-pub fn quiet_until(now: i64, tz: chrono_tz::Tz, from: u32, to: u32) -> Option<i64> {
-    let local = chrono::DateTime::from_timestamp_millis(now)?.with_timezone(&tz);
-    let minute = local.hour() * 60 + local.minute();
-    let inside = if from < to {
-        minute >= from && minute < to
-    } else {
-        minute >= from || minute < to
-    };
-    inside.then(|| next_local_time(now, tz, to / 60, to % 60))
-}
-
-/// Bucket width of a window: 1/60 of it, at least a second.
-fn bucket_ms(window: i64) -> i64 {
-    (window / 60).max(1000)
-}
-
-pub fn add_to_window(w: &mut Window, window: i64, func: AggFn, clock: i64, value: Option<&Value>) {
-    let width = bucket_ms(window);
-    let start = clock - clock.rem_euclid(width);
-    w.buckets.retain(|b| b.0 + width > clock - window);
-    let amount = value.and_then(Value::as_f64).unwrap_or(0.0);
-    match w.buckets.last_mut() {
-        Some(b) if b.0 == start => {
-            b.1 += 1;
-            b.2 += amount;
-        }
-        _ => w.buckets.push((start, 1, amount)),
-    }
-    if func == AggFn::Distinct
-        && let Some(v) = value
-    {
-        let k = match v {
-            Value::String(s) => s.clone(),
-            other => other.to_string(),
-        };
-        w.seen.insert(k, clock);
-        w.seen.retain(|_, at| *at > clock - window);
-    }
-    w.last = clock;
-}
-
-/// The window's value at `clock` (buckets that overlap the window: resolution is 1/60 of it).
-pub fn window_value(w: &Window, window: i64, func: AggFn, clock: i64) -> Value {
-    let width = bucket_ms(window);
-    let live = w
-        .buckets
-        .iter()
-        .filter(|b| b.0 + width > clock - window && b.0 <= clock);
-    match func {
-        AggFn::Count => json!(live.map(|b| b.1).sum::<i64>()),
-        AggFn::Sum => {
-            let s: f64 = live.map(|b| b.2).sum();
-            if s.fract() == 0.0 && s.abs() < 9e15 {
-                json!(s as i64)
-            } else {
-                json!(s)
-            }
-        }
-        AggFn::Distinct => json!(w.seen.values().filter(|at| **at > clock - window).count()),
-    }
-}
-
-/// Several windows of one aggregate and key (partitions, or originals and copies) as one value.
-pub fn combine(windows: &[Window], window_ms: i64, func: AggFn, now: i64) -> Value {
-    match func {
-        AggFn::Distinct => {
-            let seen: std::collections::BTreeSet<&String> = windows
-                .iter()
-                .flat_map(|w| {
-                    w.seen
-                        .iter()
-                        .filter(|(_, at)| **at > now - window_ms)
-                        .map(|(k, _)| k)
-                })
-                .collect();
-            json!(seen.len())
-        }
-        _ => {
-            let total: f64 = windows
-                .iter()
-                .filter_map(|w| window_value(w, window_ms, func, now).as_f64())
-                .sum();
-            if total.fract() == 0.0 {
-                json!(total as i64)
-            } else {
-                json!(total)
-            }
-        }
-    }
 }

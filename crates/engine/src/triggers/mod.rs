@@ -10,12 +10,16 @@
 //! Trigger files travel through the log too (`storeline.triggers`, one per partition), so each
 //! partition switches at a known position and a run keeps the version it started with.
 
+mod actions;
+pub mod arbitrate;
 pub mod backtest;
 pub mod cel;
+mod compile;
 pub mod def;
 pub mod machine;
 pub mod read;
 pub mod rows;
+pub mod window;
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;

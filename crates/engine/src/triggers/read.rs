@@ -7,8 +7,8 @@ use serde_json::{Value, json};
 use storeline_state::StateStore;
 
 use super::def::TriggerSet;
-use super::machine::combine;
 use super::rows::{self, Arb, Definition, Journal, Run, Stats, Window, ns};
+use super::window::combine;
 use crate::error::Result;
 
 fn time(ms: i64) -> Value {
