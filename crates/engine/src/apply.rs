@@ -108,7 +108,9 @@ impl<S: StateStore> Applier<S> {
     }
 
     /// Timers due at or before `horizon`, in due order (at most [`TIMERS_PER_BATCH`]).
-    async fn due_timers(&self, horizon: i64) -> Result<Vec<String>> {
+    /// Also returns the earliest due time after the horizon: `Some(None)` if there is none,
+    /// `None` if the load stopped at its limit before finding out.
+    async fn due_timers(&self, horizon: i64) -> Result<(Vec<String>, Option<Option<i64>>)> {
         let prefix = rows::timer_prefix(self.partition);
         let mut out: Vec<String> = Vec::new();
         // Small first: usually few of the pending timers are due.
@@ -123,14 +125,15 @@ impl<S: StateStore> Applier<S> {
             for r in page {
                 match rows::parse_timer_key(&r.key) {
                     Some((due, _)) if due <= horizon => out.push(r.key),
-                    _ => return Ok(out),
+                    Some((due, _)) => return Ok((out, Some(Some(due)))),
+                    None => return Ok((out, None)),
                 }
                 if out.len() >= TIMERS_PER_BATCH {
-                    return Ok(out);
+                    return Ok((out, None));
                 }
             }
             if n < size {
-                return Ok(out);
+                return Ok((out, Some(None)));
             }
             size = 4096;
         }
@@ -181,12 +184,14 @@ impl<S: StateStore> Applier<S> {
             .and_then(|i| clocks.get(i).copied())
             .unwrap_or(clock);
         let mut due = Vec::new();
+        // The earliest timer after this batch's loaded ones, as far as is known.
+        let mut after = self.triggers.next_due;
         if self
             .triggers
             .next_due
             .is_none_or(|d| d.is_some_and(|d| d <= horizon))
         {
-            due = self.due_timers(horizon).await?;
+            (due, after) = self.due_timers(horizon).await?;
             if due.len() >= TIMERS_PER_BATCH
                 && let Some((last, _)) = due.last().and_then(|k| rows::parse_timer_key(k))
             {
@@ -253,16 +258,23 @@ impl<S: StateStore> Applier<S> {
         if !evs.is_empty() {
             self.views.clock = Some(self.triggers.clock);
         }
+        // The next due time: the earliest of what the store held after this batch's timers, the
+        // timers this batch wrote and those it left pending. Deleted timers can only make it
+        // later, and an early guess costs one more look, so this never misses a timer.
         let fresh = std::mem::take(&mut self.views.due);
-        // What is still pending from this batch bounds the next due time from above; the store
-        // may hold earlier ones only if this batch loaded none (then it is looked up again).
-        self.triggers.next_due = if self.views.timers.is_empty() && fresh.is_empty() {
-            self.triggers
-                .next_due
-                .filter(|d| d.is_none_or(|d| d > horizon))
-        } else {
-            None
-        };
+        let written = self
+            .views
+            .timers
+            .iter()
+            .filter(|(_, put)| **put)
+            .map(|(k, _)| k);
+        self.triggers.next_due = after.map(|known| {
+            written
+                .chain(fresh.iter())
+                .filter_map(|k| rows::parse_timer_key(k).map(|(due, _)| due))
+                .chain(known)
+                .min()
+        });
         Ok((emits, evs))
     }
 
