@@ -60,15 +60,22 @@ pub struct EngineArgs {
     /// Where logs and SQLite files go [default: a temporary directory].
     #[arg(long)]
     dir: Option<PathBuf>,
+    #[command(flatten)]
+    pub(crate) traffic: TrafficArgs,
+}
+
+/// The generated traffic the engine benches run on.
+#[derive(clap::Args, Debug)]
+pub(crate) struct TrafficArgs {
     /// Generator: customers (as `storeline gen --customers`).
     #[arg(long, default_value_t = 5_000)]
-    customers: u32,
+    pub(crate) customers: u32,
     /// Generator: products (as `storeline gen --products`).
     #[arg(long, default_value_t = 500)]
-    products: u32,
+    pub(crate) products: u32,
     /// Generator seed.
     #[arg(long, default_value_t = 42)]
-    seed: u64,
+    pub(crate) seed: u64,
 }
 
 const VIEWS_AIM: f64 = 200_000.0;
@@ -104,9 +111,9 @@ pub async fn run(args: EngineArgs) -> Result<()> {
     let prep = views::prepare(
         args.events,
         crate::traffic::GenConfig {
-            seed: args.seed,
-            customers: args.customers,
-            products: args.products,
+            seed: args.traffic.seed,
+            customers: args.traffic.customers,
+            products: args.traffic.products,
             start,
             currency: "EUR".into(),
         },
@@ -128,7 +135,7 @@ pub async fn run(args: EngineArgs) -> Result<()> {
                 clients: args.clients,
                 hot_skus: args.hot_skus,
                 hot_stock: args.hot_stock,
-                seed: args.seed,
+                seed: args.traffic.seed,
                 schemas: Default::default(),
             };
             let mut f = Figures::default();
@@ -275,8 +282,8 @@ fn print_table(args: &EngineArgs, bytes_each: f64, results: &[(Backend, Vec<Figu
         "\nstoreline bench engine: {} generated events ({} customers, {} products, {:.0} bytes each), \
          {} partitions, fsync on; commands in-process (no HTTP); {}",
         args.events,
-        args.customers,
-        args.products,
+        args.traffic.customers,
+        args.traffic.products,
         bytes_each,
         phases::PARTITIONS,
         if runs.iter().all(|&r| r == 1) {

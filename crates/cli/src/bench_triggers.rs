@@ -62,15 +62,8 @@ pub struct TriggersArgs {
     /// Where logs and SQLite files go [default: a temporary directory].
     #[arg(long)]
     dir: Option<PathBuf>,
-    /// Generator: customers (as `storeline gen --customers`).
-    #[arg(long, default_value_t = 5_000)]
-    customers: u32,
-    /// Generator: products (as `storeline gen --products`).
-    #[arg(long, default_value_t = 500)]
-    products: u32,
-    /// Generator seed.
-    #[arg(long, default_value_t = 42)]
-    seed: u64,
+    #[command(flatten)]
+    traffic: crate::bench_engine::TrafficArgs,
     /// Internal: run the memory phase in this process (the parent reads its report).
     #[arg(long, hide = true)]
     memory_child: bool,
@@ -126,9 +119,9 @@ pub async fn run(args: TriggersArgs) -> Result<()> {
         Some(views::prepare(
             args.events,
             crate::traffic::GenConfig {
-                seed: args.seed,
-                customers: args.customers,
-                products: args.products,
+                seed: args.traffic.seed,
+                customers: args.traffic.customers,
+                products: args.traffic.products,
                 start: "2026-01-01T00:00:00Z".parse()?,
                 currency: "EUR".into(),
             },
