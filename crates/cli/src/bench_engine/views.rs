@@ -16,15 +16,15 @@ use storeline_engine::EngineConfig;
 use storeline_log::{EventLog, Record};
 use storeline_state::StateStore;
 
-use super::phases::{Breakdown, Ctx, Figures, PARTITIONS, Prepared};
-use super::support::{CpuMark, Timed, spinner, wait_caught_up};
+use super::phases::{Breakdown, Ctx, Figures, PARTITIONS, Prepared, Rig};
+use super::support::{CpuMark, Timed, is_caught_up, spinner, wait_caught_up};
 
 /// Records per append in the views phase, per partition.
 const APPEND_BATCH: usize = 1000;
 
 /// Appends `parts` (per partition, in chunks of [`APPEND_BATCH`]) as fast as the log takes
 /// them, all partitions at once; the task returns the time since `t0` when all were stored.
-pub(crate) fn spawn_producer<L: EventLog>(
+fn spawn_producer<L: EventLog>(
     log: Arc<L>,
     parts: Vec<Vec<(Bytes, Bytes)>>,
     t0: Instant,
@@ -55,15 +55,18 @@ pub(crate) fn spawn_producer<L: EventLog>(
     })
 }
 
-/// Phases 1 and 2: generated traffic through every view, then a replay of that log.
-pub async fn views_and_replay(ctx: &Ctx, prep: &Prepared, f: &mut Figures) -> Result<()> {
-    let mut rig = ctx.start("views").await?;
-    let bar = spinner(&format!("{}: views", ctx.backend.name()));
-    rig.mark();
-    let t0 = Instant::now();
-    let producer = spawn_producer(rig.log.clone(), prep.parts.clone(), t0);
+/// Appends the prepared traffic while the engine applies it, until everything (and what it
+/// caused) is applied. Returns the seconds from `t0` until all was appended, if it was, and the
+/// largest backlog seen.
+pub(crate) async fn feed(
+    rig: &Rig,
+    prep: &Prepared,
+    bar: &indicatif::ProgressBar,
+    label: &str,
+    t0: Instant,
+) -> Result<(Option<f64>, u64)> {
+    let mut producer = Some(spawn_producer(rig.log.clone(), prep.parts.clone(), t0));
     let mut ingest_secs = None;
-    let mut producer = Some(producer);
     let mut peak = 0u64;
     let mut last_progress = (0u64, Instant::now());
     loop {
@@ -84,15 +87,13 @@ pub async fn views_and_replay(ctx: &Ctx, prep: &Prepared, f: &mut Figures) -> Re
             .map(|b| b.end)
             .sum();
         peak = peak.max(end.saturating_sub(applied));
-        bar.set_message(format!(
-            "{}: views: appended {end}, applied {applied}",
-            ctx.backend.name()
-        ));
-        if ingest_secs.is_some() && super::support::is_caught_up(&*rig.log, &rig.engine) {
-            // Applying may append caused events elsewhere: confirm once more.
-            if wait_caught_up(&*rig.log, &rig.engine, Duration::from_millis(20)).await {
-                break;
-            }
+        bar.set_message(format!("{label}: appended {end}, applied {applied}"));
+        // Applying may append caused events elsewhere: confirm once more.
+        if ingest_secs.is_some()
+            && is_caught_up(&*rig.log, &rig.engine)
+            && wait_caught_up(&*rig.log, &rig.engine, Duration::from_millis(20)).await
+        {
+            return Ok((ingest_secs, peak));
         }
         if applied > last_progress.0 {
             last_progress = (applied, Instant::now());
@@ -100,6 +101,16 @@ pub async fn views_and_replay(ctx: &Ctx, prep: &Prepared, f: &mut Figures) -> Re
             bail!("the engine applied nothing for 2 minutes ({applied} of {end} applied)");
         }
     }
+}
+
+/// Phases 1 and 2: generated traffic through every view, then a replay of that log.
+pub async fn views_and_replay(ctx: &Ctx, prep: &Prepared, f: &mut Figures) -> Result<()> {
+    let mut rig = ctx.start("views").await?;
+    let label = format!("{}: views", ctx.backend.name());
+    let bar = spinner(&label);
+    rig.mark();
+    let t0 = Instant::now();
+    let (ingest_secs, peak) = feed(&rig, prep, &bar, &label, t0).await?;
     let committed_secs = t0.elapsed().as_secs_f64();
     bar.finish_and_clear();
     f.views = rig.breakdown();

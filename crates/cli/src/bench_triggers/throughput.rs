@@ -7,16 +7,16 @@
 //! every record carries the same `received_at`, so no trigger timer falls due inside the phase:
 //! it measures starting, waiting and cancelling runs, not firing them (figure 2 does that).
 
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use anyhow::{Result, anyhow, bail};
+use anyhow::Result;
 use storeline_engine::triggers::TriggerSet;
 use storeline_log::EventLog;
 
 use super::phases::{Breakdown, Ctx, PARTITIONS, Prepared};
 use super::setup;
-use super::support::{is_caught_up, spinner, wait_caught_up};
-use super::views::spawn_producer;
+use super::support::spinner;
+use super::views::feed;
 
 /// What one pass measured.
 #[derive(Debug, Clone, Default)]
@@ -57,37 +57,7 @@ pub async fn pass(ctx: &Ctx, prep: &Prepared, set: Option<&TriggerSet>) -> Resul
     let bar = spinner(&label);
     rig.mark();
     let t0 = Instant::now();
-    let producer = spawn_producer(rig.log.clone(), prep.parts.clone(), t0);
-    let mut producer = Some(producer);
-    let mut ingest_secs = None;
-    let mut last_progress = (0u64, Instant::now());
-    loop {
-        tokio::time::sleep(Duration::from_millis(5)).await;
-        if let Some(h) = producer.as_ref()
-            && h.is_finished()
-            && let Some(h) = producer.take()
-        {
-            ingest_secs = Some(
-                h.await?
-                    .map_err(|e| anyhow!("appending the traffic: {e}"))?
-                    .as_secs_f64(),
-            );
-        }
-        let applied: u64 = rig.engine.applied().iter().sum();
-        let end = log_end(&*rig.log);
-        bar.set_message(format!("{label}: appended {end}, applied {applied}"));
-        if ingest_secs.is_some()
-            && is_caught_up(&*rig.log, &rig.engine)
-            && wait_caught_up(&*rig.log, &rig.engine, Duration::from_millis(20)).await
-        {
-            break;
-        }
-        if applied > last_progress.0 {
-            last_progress = (applied, Instant::now());
-        } else if last_progress.1.elapsed() > Duration::from_secs(120) {
-            bail!("the engine applied nothing for 2 minutes ({applied} of {end} applied)");
-        }
-    }
+    let (ingest_secs, _) = feed(&rig, prep, &bar, &label, t0).await?;
     let secs = t0.elapsed().as_secs_f64();
     bar.finish_and_clear();
     let breakdown = rig.breakdown();
