@@ -21,7 +21,7 @@ pub mod read;
 pub mod rows;
 pub mod window;
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 
 use serde_json::{Value, json};
@@ -58,6 +58,8 @@ pub struct Registry {
     versions: HashMap<String, Arc<Trigger>>,
     /// Event types some version waits for or is cancelled by.
     watched: BTreeSet<String>,
+    /// Event types any trigger or aggregate works on (see [`Registry::relevant`]).
+    relevant: HashSet<String>,
 }
 
 impl Registry {
@@ -80,6 +82,7 @@ impl Registry {
                 .extend(t.cancel_on.iter().map(|c| c.ty.clone()));
         }
         self.current = Arc::new(set);
+        self.refresh();
     }
 
     /// Adds an older file's versions without making it current.
@@ -87,19 +90,24 @@ impl Registry {
         let current = self.current.clone();
         self.install(set);
         self.current = current;
+        self.refresh();
+    }
+
+    fn refresh(&mut self) {
+        let starts = self.current.triggers.iter().flat_map(|t| t.on.iter());
+        let counted = self.current.aggregates.iter().flat_map(|a| a.on.iter());
+        self.relevant = starts
+            .chain(counted)
+            .chain(self.watched.iter())
+            .cloned()
+            .chain([FORWARDED.to_owned()])
+            .collect();
     }
 
     /// Whether records of type `ty` matter to any trigger or aggregate (most do not: they are
     /// skipped before any work).
     pub fn relevant(&self, ty: &str) -> bool {
-        ty == FORWARDED
-            || self.starts(ty)
-            || self.watched.contains(ty)
-            || self
-                .current
-                .aggregates
-                .iter()
-                .any(|a| a.on.iter().any(|o| o == ty))
+        self.relevant.contains(ty)
     }
 
     pub fn version(&self, name: &str, version: &str) -> Option<Arc<Trigger>> {
@@ -121,14 +129,7 @@ impl Registry {
     /// partition: when a trigger starts on or waits for them, or an aggregate counts them (then
     /// the copy is counted, where the customer's triggers read it, and not the original).
     pub fn forwards(&self, ty: &str) -> bool {
-        is_forwarded_type(ty)
-            && (self.starts(ty)
-                || self.watched.contains(ty)
-                || self
-                    .current
-                    .aggregates
-                    .iter()
-                    .any(|a| a.on.iter().any(|o| o == ty)))
+        is_forwarded_type(ty) && self.relevant(ty)
     }
 
     /// Rebuilds the registry from a partition's `trigdef` rows (`current`, `set:<version>`).
