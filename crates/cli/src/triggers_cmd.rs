@@ -78,12 +78,12 @@ fn load(file: &PathBuf) -> Result<(String, TriggerSet)> {
 fn check(file: PathBuf, as_json: bool) -> Result<()> {
     let source = std::fs::read_to_string(&file)
         .with_context(|| format!("cannot read {}", file.display()))?;
-    match TriggerSet::parse(&source) {
-        Ok(set) => {
+    match storeline_server::delivery_api::parse_file(&source) {
+        Ok((set, connectors)) => {
             if as_json {
                 println!(
                     "{}",
-                    json!({ "ok": true, "version": set.version, "triggers": set.triggers.iter().map(|t| json!({ "name": t.name, "version": t.version })).collect::<Vec<_>>(), "aggregates": set.aggregates.len() })
+                    json!({ "ok": true, "version": set.version, "triggers": set.triggers.iter().map(|t| json!({ "name": t.name, "version": t.version })).collect::<Vec<_>>(), "aggregates": set.aggregates.len(), "connectors": connectors.iter().map(|c| json!({ "name": c.name, "type": c.kind.name() })).collect::<Vec<_>>() })
                 );
             } else {
                 for t in &set.triggers {
@@ -104,11 +104,15 @@ fn check(file: PathBuf, as_json: bool) -> Result<()> {
                         ))
                     );
                 }
+                for c in &connectors {
+                    println!("connector {:<26} {}", c.name, c.kind.name());
+                }
                 eprintln!(
-                    "{}: ok ({} triggers, {} aggregates; file version {})",
+                    "{}: ok ({} triggers, {} aggregates, {} connectors; file version {})",
                     file.display(),
                     set.triggers.len(),
                     set.aggregates.len(),
+                    connectors.len(),
                     set.version
                 );
             }

@@ -58,6 +58,10 @@ const V1: &str = r#"
 [[connector]]
 name = "email"
 type = "smtp"
+host = "127.0.0.1"
+port = 1
+tls = "none"
+from = "shop@example.com"
 
 [[aggregate]]
 name = "adds"

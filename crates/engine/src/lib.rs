@@ -141,6 +141,12 @@ impl<S: StateStore> Engine<S> {
         self.applied.iter().map(|w| *w.borrow()).collect()
     }
 
+    /// Watches of each partition's committed offset: a change means a commit (and so possibly
+    /// new outbox rows).
+    pub fn applied_watches(&self) -> Vec<watch::Receiver<u64>> {
+        self.applied.clone()
+    }
+
     /// Waits until partition `p` has applied `offset` (read-your-writes); false on timeout.
     pub async fn wait_applied(&self, p: u32, offset: u64, timeout: Duration) -> bool {
         let Some(w) = self.applied.get(p as usize) else {

@@ -8,6 +8,7 @@
 pub mod auth;
 pub mod config;
 mod dedup;
+pub mod delivery_api;
 mod error;
 mod ingest;
 mod ops;
@@ -102,6 +103,8 @@ pub struct AppState {
     shutdown: watch::Sender<bool>,
     /// Set once the engine has started (after the log and the dedup index).
     engine: std::sync::OnceLock<Arc<Engine>>,
+    /// Set once the delivery worker has started (after the engine).
+    worker: std::sync::OnceLock<Arc<storeline_connector::Worker>>,
 }
 
 /// Opens the configured state store: SQLite in the data dir, or PostgreSQL.
@@ -162,6 +165,8 @@ pub enum ServerError {
     },
     #[error("{0}")]
     Triggers(String),
+    #[error("cannot start delivery: {0}")]
+    Delivery(String),
     #[error("server error: {0}")]
     Serve(#[source] std::io::Error),
 }
@@ -202,6 +207,7 @@ pub async fn run(
         dedup,
         shutdown: shutdown_tx,
         engine: std::sync::OnceLock::new(),
+        worker: std::sync::OnceLock::new(),
     });
     let (events, partitions_skipped) = rebuild_dedup(&state).await;
     tracing::info!(
@@ -229,6 +235,22 @@ pub async fn run(
         state.log.close().await?;
         return Err(ServerError::Triggers(e));
     }
+    let delivery_store = Arc::new(delivery_api::open_delivery_store(&state.config).await?);
+    let (worker_stop, worker_stop_rx) = watch::channel(false);
+    let worker =
+        match delivery_api::start_worker(&state, Arc::clone(&delivery_store), worker_stop_rx).await
+        {
+            Ok(w) => Arc::new(w),
+            Err(e) => {
+                engine_stop.send_replace(true);
+                engine.join().await;
+                store.close().await;
+                delivery_store.close().await;
+                state.log.close().await?;
+                return Err(ServerError::Delivery(e));
+            }
+        };
+    let _ = state.worker.set(Arc::clone(&worker));
 
     let listener = tokio::net::TcpListener::bind(&state.config.server.listen)
         .await
@@ -271,6 +293,10 @@ pub async fn run(
         }
     };
     background.abort();
+    // Deliveries stop first: attempts in flight get a moment to finish and be recorded.
+    worker_stop.send_replace(true);
+    worker.join().await;
+    delivery_store.close().await;
     // The views stop after the last request; what they applied is committed, the rest is
     // applied from the log on the next start.
     engine_stop.send_replace(true);
@@ -309,6 +335,11 @@ fn router(state: SharedState, metrics: metrics_exporter_prometheus::PrometheusHa
         .route("/v1/customers/{id}/journeys", get(triggers_api::journeys))
         .route("/v1/aggregates", get(triggers_api::list_aggregates))
         .route("/v1/aggregates/{name}", get(triggers_api::get_aggregate))
+        .route("/v1/deliveries", get(delivery_api::list))
+        .route("/v1/deliveries/redrive", post(delivery_api::redrive))
+        .route("/v1/deliveries/{id}", get(delivery_api::get))
+        .route("/v1/connectors", get(delivery_api::connectors))
+        .route("/v1/connectors/{name}/enable", post(delivery_api::enable))
         .route("/healthz", get(ops::healthz))
         .route("/readyz", get(ops::readyz))
         .route("/v1/openapi.json", get(ops::openapi))

@@ -54,7 +54,7 @@ pub async fn install_configured(state: &AppState) -> Result<(), String> {
     let Some(source) = state.config.trigger_source()? else {
         return Ok(());
     };
-    let set = TriggerSet::parse(&source).map_err(|problems| {
+    let (set, _) = crate::delivery_api::parse_file(&source).map_err(|problems| {
         let lines: Vec<String> = problems.iter().map(|p| format!("  {p}")).collect();
         format!("the trigger file has problems:\n{}", lines.join("\n"))
     })?;
@@ -78,6 +78,13 @@ pub async fn install_configured(state: &AppState) -> Result<(), String> {
         "trigger file from the config installed"
     );
     Ok(())
+}
+
+/// The source of the trigger file in force (partition 0's).
+pub(crate) async fn current_source(state: &AppState) -> Option<String> {
+    let engine = engine(state).ok()?;
+    let current = triggers::read::current(&*engine.store).await.ok()?;
+    current.into_iter().next().map(|(_, d)| d.source)
 }
 
 /// The trigger file in force (partition 0's, which all reach once they applied it).
@@ -154,7 +161,7 @@ pub async fn put_triggers(
     let source = String::from_utf8(bytes.to_vec()).map_err(|_| {
         ApiError::bad_request("invalid_body", "the trigger file must be UTF-8 TOML")
     })?;
-    let set = TriggerSet::parse(&source).map_err(|problems| {
+    let (set, connectors) = crate::delivery_api::parse_file(&source).map_err(|problems| {
         ApiError::new(
             StatusCode::UNPROCESSABLE_ENTITY,
             "invalid_triggers",
@@ -190,6 +197,7 @@ pub async fn put_triggers(
         }
     }
     let applied = install(&state, &set).await?;
+    crate::delivery_api::reconfigure(&state, connectors).await;
     let added: Vec<&str> = set
         .triggers
         .iter()

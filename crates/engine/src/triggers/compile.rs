@@ -142,6 +142,7 @@ impl TriggerSet {
             aggregates,
             arbitration,
             channels,
+            connectors: file.connector.clone(),
         })
     }
 

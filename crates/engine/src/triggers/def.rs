@@ -370,6 +370,8 @@ pub struct TriggerSet {
     pub arbitration: Arbitration,
     /// Connector name → channel.
     pub channels: HashMap<String, String>,
+    /// The `[[connector]]` tables as written (the delivery worker checks and builds them).
+    pub connectors: Vec<toml::Table>,
 }
 
 /// Whether messages on `channel` go to the customer (and so need consent and count for caps).

@@ -1,0 +1,430 @@
+//! Delivery over HTTP and its wiring: the worker's view of the rest of Storeline ([`Host`]:
+//! the engine's outbox, customer views, appending events), starting it with the connectors of
+//! the trigger file in force, and the endpoints
+//!
+//! - `GET  /v1/deliveries`              list, filtered by connector, status, customer and time
+//! - `GET  /v1/deliveries/{id}`         one delivery with every attempt
+//! - `POST /v1/deliveries/redrive`      send dead deliveries again, by ids or by filter (admin)
+//! - `GET  /v1/connectors`              each connector's state, circuit, counts
+//! - `POST /v1/connectors/{name}/enable` re-enable a connector disabled for failing (admin)
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::body::Body;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use futures::future::BoxFuture;
+use serde::Deserialize;
+use serde_json::{Value, json};
+use storeline_connector::store::{DeliveryStore, Filter, Status};
+use storeline_connector::worker::{Host, Redrive};
+use storeline_connector::{ConnectorDef, Worker};
+use storeline_engine::triggers::TriggerSet;
+use storeline_log::EventLog;
+use storeline_state::StateStore;
+
+use crate::auth::Scope;
+use crate::error::ApiError;
+use crate::views_api::now_ms;
+use crate::{AppState, SharedState};
+
+/// The worker's window on the engine, the views and the log.
+pub(crate) struct ServerHost(pub SharedState);
+
+impl Host for ServerHost {
+    fn outbox(
+        &self,
+        partition: u32,
+        from_clock: i64,
+        after: Option<String>,
+        limit: usize,
+    ) -> BoxFuture<'_, Result<Vec<(String, Bytes)>, String>> {
+        Box::pin(async move {
+            let engine = crate::views_api::engine(&self.0).map_err(|e| e.message)?;
+            let prefix = format!("{partition:04}\u{1f}");
+            let start = after.unwrap_or_else(|| format!("{prefix}{:013}", from_clock.max(0)));
+            let rows = engine
+                .store
+                .scan(
+                    storeline_engine::triggers::rows::ns::OUTBOX,
+                    &prefix,
+                    Some((&start, u32::MAX)),
+                    limit,
+                )
+                .await
+                .map_err(|e| e.to_string())?;
+            Ok(rows
+                .into_iter()
+                .filter(|r| r.owner == partition)
+                .map(|r| (r.key, r.value))
+                .collect())
+        })
+    }
+
+    fn profile(&self, customer: String) -> BoxFuture<'_, Option<Value>> {
+        Box::pin(async move {
+            let engine = crate::views_api::engine(&self.0).ok()?;
+            let p = storeline_engine::read::profile(&*engine.store, &customer)
+                .await
+                .ok()??;
+            Some(p.to_json(now_ms()))
+        })
+    }
+
+    fn emit(&self, ty: &'static str, data: Value) -> BoxFuture<'_, Result<(), String>> {
+        Box::pin(async move {
+            let now = now_ms();
+            let ev = storeline_engine::runner::build_event(
+                format!("dlvev_{}", ulid::Ulid::new().to_string().to_lowercase()),
+                "storeline/delivery",
+                ty,
+                None,
+                now,
+                &data,
+                None,
+            );
+            crate::ingest::store_routed(&self.0, vec![ev], None)
+                .await
+                .map(|_| ())
+                .map_err(|e| e.message)
+        })
+    }
+}
+
+/// Opens the delivery store: a SQLite file of its own beside the state store, or a schema of
+/// its own (`{schema}_delivery`) in the PostgreSQL database, so the engine's digest covers only
+/// what the log determines.
+pub async fn open_delivery_store(
+    config: &crate::Config,
+) -> Result<storeline_state::Store, storeline_state::Error> {
+    Ok(match config.state.backend {
+        crate::StateBackend::Sqlite => storeline_state::Store::Sqlite(
+            storeline_state::SqliteStore::open(&config.data_dir.join("delivery.db")).await?,
+        ),
+        crate::StateBackend::Postgres => {
+            let pg = storeline_state::PostgresConfig {
+                url: config.state.postgres.url.clone(),
+                schema: format!("{}_delivery", config.state.postgres.schema),
+            };
+            storeline_state::Store::Postgres(storeline_state::PostgresStore::connect(&pg).await?)
+        }
+    })
+}
+
+/// A trigger file with its connectors checked too: every problem of both, or both parsed.
+pub fn parse_file(
+    source: &str,
+) -> Result<(TriggerSet, Vec<ConnectorDef>), Vec<storeline_engine::triggers::Problem>> {
+    let set = TriggerSet::parse(source);
+    let tables = match &set {
+        Ok(s) => s.connectors.clone(),
+        // The connectors are checked even when a trigger is wrong, so one round shows all.
+        Err(_) => toml::from_str::<toml::Table>(source)
+            .ok()
+            .and_then(|t| t.get("connector").cloned())
+            .and_then(|c| c.try_into::<Vec<toml::Table>>().ok())
+            .unwrap_or_default(),
+    };
+    let defs = storeline_connector::config::parse_all(&tables).map_err(|ps| {
+        ps.into_iter()
+            .map(|p| storeline_engine::triggers::Problem {
+                at: p.at,
+                message: p.message,
+            })
+            .collect::<Vec<_>>()
+    });
+    match (set, defs) {
+        (Ok(s), Ok(d)) => Ok((s, d)),
+        (Err(mut a), Err(b)) => {
+            a.extend(b);
+            Err(a)
+        }
+        (Err(a), Ok(_)) | (Ok(_), Err(a)) => Err(a),
+    }
+}
+
+/// Starts the worker with the connectors of the trigger file in force.
+pub(crate) async fn start_worker(
+    state: &SharedState,
+    store: Arc<storeline_state::Store>,
+    shutdown: tokio::sync::watch::Receiver<bool>,
+) -> Result<Worker, String> {
+    let engine = crate::views_api::engine(state).map_err(|e| e.message)?;
+    let defs = match crate::triggers_api::current_source(state).await {
+        Some(src) => parse_file(&src).map(|(_, d)| d).unwrap_or_else(|problems| {
+            for p in &problems {
+                tracing::error!(problem = %p, "the installed trigger file's connectors have problems");
+            }
+            Vec::new()
+        }),
+        None => Vec::new(),
+    };
+    let config = storeline_connector::WorkerConfig {
+        partitions: state.log.partitions(),
+        ..Default::default()
+    };
+    Worker::start(
+        Arc::new(DeliveryStore::new(store)),
+        Arc::new(ServerHost(Arc::clone(state))),
+        engine.applied_watches(),
+        defs,
+        config,
+        shutdown,
+    )
+    .await
+    .map_err(|e| e.to_string())
+}
+
+pub(crate) fn worker(state: &AppState) -> Result<&Worker, ApiError> {
+    state
+        .worker
+        .get()
+        .map(|w| &**w)
+        .ok_or_else(|| ApiError::unavailable("the delivery worker is starting; retry"))
+}
+
+/// Hands new connector definitions to the worker; problems building them are logged (the
+/// definitions were checked already, so these are files or clients that failed).
+pub(crate) async fn reconfigure(state: &AppState, defs: Vec<ConnectorDef>) {
+    let Ok(w) = worker(state) else { return };
+    match w.configure(defs).await {
+        Ok(errors) => {
+            for (name, e) in errors {
+                tracing::error!(
+                    connector = name,
+                    error = e,
+                    "connector cannot be built; its deliveries wait"
+                );
+            }
+        }
+        Err(e) => tracing::error!(error = %e, "cannot reconfigure the delivery worker"),
+    }
+}
+
+fn store_error(e: storeline_connector::Error) -> ApiError {
+    tracing::error!(error = %e, "reading deliveries failed");
+    ApiError::unavailable("the delivery store cannot be read now; retry")
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct ListQuery {
+    connector: Option<String>,
+    status: Option<String>,
+    customer: Option<String>,
+    /// RFC 3339 or ms since the epoch: deliveries created at or after.
+    from: Option<String>,
+    /// Created at or before.
+    to: Option<String>,
+    limit: Option<usize>,
+    /// The `next` of the previous page.
+    after: Option<String>,
+}
+
+fn time_param(name: &str, v: &Option<String>) -> Result<Option<i64>, ApiError> {
+    let Some(v) = v else { return Ok(None) };
+    if let Ok(ms) = v.parse::<i64>() {
+        return Ok(Some(ms));
+    }
+    chrono::DateTime::parse_from_rfc3339(v)
+        .map(|t| Some(t.timestamp_millis()))
+        .map_err(|_| {
+            ApiError::bad_request(
+                "invalid_query",
+                format!("{name}: expected an RFC 3339 time or ms since the epoch, got '{v}'"),
+            )
+        })
+}
+
+fn filter_of(q: &ListQuery) -> Result<Filter, ApiError> {
+    let status = match q.status.as_deref() {
+        None => None,
+        Some(s) => Some(Status::parse(s).ok_or_else(|| {
+            ApiError::bad_request(
+                "invalid_query",
+                format!("status: expected pending, delivered or dead, got '{s}'"),
+            )
+        })?),
+    };
+    Ok(Filter {
+        connector: q.connector.clone(),
+        status,
+        customer: q.customer.clone(),
+        from: time_param("from", &q.from)?,
+        to: time_param("to", &q.to)?,
+    })
+}
+
+fn summary(r: &storeline_connector::store::Record) -> Value {
+    let time = |ms: Option<i64>| {
+        ms.and_then(chrono::DateTime::from_timestamp_millis)
+            .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
+    };
+    json!({
+        "id": r.id, "connector": r.connector, "channel": r.channel, "template": r.template,
+        "customer": r.customer, "trigger": r.trigger, "status": r.status.as_str(),
+        "attempts": r.attempts, "created_at": time(Some(r.created_at)),
+        "next_attempt_at": time(r.next_at.filter(|_| r.status == Status::Pending)),
+        "delivered_at": time(r.delivered_at), "last_error": r.last_error,
+        "redriven": r.redriven, "partition": r.partition,
+    })
+}
+
+fn parse_query(
+    q: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<ListQuery, ApiError> {
+    q.map(|Query(q)| q)
+        .map_err(|e| ApiError::bad_request("invalid_query", e.body_text()))
+}
+
+/// `GET /v1/deliveries`.
+pub async fn list(
+    State(state): State<SharedState>,
+    headers: HeaderMap,
+    q: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, ApiError> {
+    state
+        .keys
+        .authorize(&headers, Scope::Read, "GET /v1/deliveries")?;
+    let q = parse_query(q)?;
+    let f = filter_of(&q)?;
+    let limit = q.limit.unwrap_or(100).clamp(1, 1000);
+    let w = worker(&state)?;
+    let (recs, next) = w
+        .store
+        .list(&f, q.after.as_deref(), limit)
+        .await
+        .map_err(store_error)?;
+    Ok(Json(json!({
+        "deliveries": recs.iter().map(summary).collect::<Vec<_>>(),
+        "next": next,
+    }))
+    .into_response())
+}
+
+/// `GET /v1/deliveries/{id}`: the delivery, what was sent, and every attempt.
+pub async fn get(
+    State(state): State<SharedState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    state
+        .keys
+        .authorize(&headers, Scope::Read, "GET /v1/deliveries/{id}")?;
+    let w = worker(&state)?;
+    let Some(r) = w.store.get(&id).await.map_err(store_error)? else {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "delivery_not_found",
+            format!("no delivery has the id '{id}'"),
+        ));
+    };
+    let attempts = w.store.attempts(&id).await.map_err(store_error)?;
+    let mut v = summary(&r);
+    v["data"] = Value::Object(r.data.clone());
+    v["event"] = r.event.clone();
+    v["run"] = json!(r.run);
+    v["attempt_log"] = json!(
+        attempts
+            .iter()
+            .map(|a| json!({
+                "n": a.n,
+                "at": chrono::DateTime::from_timestamp_millis(a.at).map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)),
+                "duration_ms": a.ms, "outcome": a.outcome, "detail": a.detail,
+                "retry_after_ms": a.retry_after_ms,
+                "next_attempt_at": a.next_at.and_then(chrono::DateTime::from_timestamp_millis).map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)),
+            }))
+            .collect::<Vec<_>>()
+    );
+    Ok(Json(v).into_response())
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RedriveBody {
+    #[serde(default)]
+    ids: Option<Vec<String>>,
+    #[serde(default)]
+    connector: Option<String>,
+    #[serde(default)]
+    customer: Option<String>,
+    #[serde(default)]
+    from: Option<String>,
+    #[serde(default)]
+    to: Option<String>,
+}
+
+/// `POST /v1/deliveries/redrive` (admin): `{"ids": [...]}` or a filter
+/// (`connector`, `customer`, `from`, `to`; `{}` redrives the whole dead-letter queue).
+pub async fn redrive(
+    State(state): State<SharedState>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    state
+        .keys
+        .authorize(&headers, Scope::Admin, "POST /v1/deliveries/redrive")?;
+    let bytes = crate::read_body(&headers, body, 1 << 20).await?;
+    let b: RedriveBody = serde_json::from_slice(if bytes.is_empty() { b"{}" } else { &bytes })
+        .map_err(|e| {
+            ApiError::bad_request(
+                "invalid_body",
+                format!("expected {{\"ids\": [...]}} or a filter {{\"connector\", \"customer\", \"from\", \"to\"}}: {e}"),
+            )
+        })?;
+    let what = match b.ids {
+        Some(ids) => {
+            if b.connector.is_some() || b.customer.is_some() || b.from.is_some() || b.to.is_some() {
+                return Err(ApiError::bad_request(
+                    "invalid_body",
+                    "give either `ids` or a filter, not both",
+                ));
+            }
+            Redrive::Ids(ids)
+        }
+        None => Redrive::Filter(Filter {
+            connector: b.connector,
+            status: Some(Status::Dead),
+            customer: b.customer,
+            from: time_param("from", &b.from)?,
+            to: time_param("to", &b.to)?,
+        }),
+    };
+    let n = worker(&state)?.redrive(what).await.map_err(store_error)?;
+    Ok(Json(json!({ "redriven": n })).into_response())
+}
+
+/// `GET /v1/connectors`.
+pub async fn connectors(
+    State(state): State<SharedState>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    state
+        .keys
+        .authorize(&headers, Scope::Read, "GET /v1/connectors")?;
+    Ok(Json(json!({ "connectors": worker(&state)?.status() })).into_response())
+}
+
+/// `POST /v1/connectors/{name}/enable` (admin).
+pub async fn enable(
+    State(state): State<SharedState>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    state
+        .keys
+        .authorize(&headers, Scope::Admin, "POST /v1/connectors/{name}/enable")?;
+    let w = worker(&state)?;
+    if !w.status().iter().any(|c| c.name == name) {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "connector_not_found",
+            format!("no connector named '{name}'"),
+        ));
+    }
+    let was = w.enable(&name).await.map_err(store_error)?;
+    Ok(Json(json!({ "connector": name, "enabled": true, "was_disabled": was })).into_response())
+}
