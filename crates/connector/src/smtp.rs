@@ -17,7 +17,6 @@
 //! and files read in [`Smtp::new`].
 
 use std::collections::BTreeMap;
-use std::sync::OnceLock;
 use std::time::Duration;
 
 use lettre::message::header::{HeaderName, HeaderValue};
@@ -26,6 +25,7 @@ use lettre::transport::smtp::authentication::Credentials;
 use lettre::transport::smtp::client::{Certificate, Tls, TlsParameters};
 use lettre::transport::smtp::{AsyncSmtpTransportBuilder, Error as SmtpError};
 use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
+use parking_lot::Mutex;
 use serde_json::Value;
 
 use crate::config::{EmailTemplate, SmtpConfig, SmtpServer, SmtpTls};
@@ -45,7 +45,8 @@ pub struct Smtp {
 struct Server {
     label: &'static str,
     builder: AsyncSmtpTransportBuilder,
-    transport: OnceLock<Transport>,
+    timeout: Duration,
+    transport: Mutex<Option<Transport>>,
 }
 
 /// How one send went, before the failover decision.
@@ -209,13 +210,32 @@ impl Server {
         Ok(Server {
             label,
             builder,
-            transport: OnceLock::new(),
+            timeout,
+            transport: Mutex::new(None),
         })
     }
 
     async fn send(&self, msg: &Message) -> Sent {
-        let t = self.transport.get_or_init(|| self.builder.clone().build());
-        match t.send(msg.clone()).await {
+        let t = {
+            let mut slot = self.transport.lock();
+            slot.get_or_insert_with(|| self.builder.clone().build())
+                .clone()
+        };
+        // lettre bounds only the connect with its timeout; a relay that stops answering
+        // mid-transaction is cut off here.
+        let Ok(sent) = tokio::time::timeout(self.timeout, t.send(msg.clone())).await else {
+            // The abandoned connection may be mid-command; the pool must not hand it out again,
+            // so the whole pool is shut down (in-flight sends finish) and made anew next time.
+            if let Some(old) = self.transport.lock().take() {
+                tokio::spawn(async move { old.shutdown().await });
+            }
+            return Sent::Transient(format!(
+                "{}: no answer within {}",
+                self.label,
+                humantime::format_duration(self.timeout)
+            ));
+        };
+        match sent {
             Ok(r) => {
                 let text: Vec<&str> = r.message().collect();
                 Sent::Ok(format!(

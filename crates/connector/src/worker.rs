@@ -149,6 +149,7 @@ impl Worker {
                 .map(|p| saved.get(&p).copied().unwrap_or(0))
                 .collect(),
             seen: vec![HashSet::new(); n],
+            resume: vec![None; n],
             batch: Batch::default(),
             results_tx,
             fifo,
@@ -248,6 +249,9 @@ struct Writer {
     cursors: Vec<i64>,
     /// Ids already taken in at each partition's cursor time.
     seen: Vec<HashSet<String>>,
+    /// Where a full page of a partition's outbox ended: the next pass continues there (many
+    /// rows can share one millisecond, so the time alone would not move on).
+    resume: Vec<Option<String>>,
     batch: Batch,
     results_tx: mpsc::UnboundedSender<Outcome>,
     fifo: HashMap<(String, String), VecDeque<String>>,
@@ -274,7 +278,7 @@ impl Writer {
             }
             let wake = self.next_wake();
             tokio::select! {
-                _ = shutdown.changed() => continue,
+                r = shutdown.changed() => if r.is_err() { break } else { continue },
                 Some(cmd) = cmds.recv() => self.command(cmd).await,
                 Some(o) = results.recv() => self.outcome(o).await,
                 _ = self.notify.notified() => {}
@@ -331,6 +335,7 @@ impl Writer {
         let mut next = BTreeMap::new();
         for def in defs {
             let old = self.conns.remove(&def.name);
+            let in_flight = old.as_ref().map_or(0, |o| o.in_flight);
             if let Some(old) = old.filter(|o| o.def == def) {
                 next.insert(def.name.clone(), old);
                 continue;
@@ -342,7 +347,8 @@ impl Writer {
                         def.name.clone(),
                         Conn {
                             built: Arc::new(built),
-                            in_flight: 0,
+                            // Attempts of the replaced connector still count against the limit.
+                            in_flight,
                             breaker: Breaker::new(def.circuit_failures, def.circuit_cooldown),
                             limiter: Limiter::new(def.rate_limit),
                             wake_at: Some(now_ms()),
@@ -353,13 +359,8 @@ impl Writer {
                 Err(e) => errors.push((def.name.clone(), e.to_string())),
             }
         }
-        // In-flight attempts of removed or rebuilt connectors finish; their outcomes are
-        // recorded against whatever is configured then.
-        for (name, old) in std::mem::take(&mut self.conns) {
-            if let Some(n) = next.get_mut(&name) {
-                n.in_flight += old.in_flight;
-            }
-        }
+        // In-flight attempts of removed connectors finish; their outcomes are recorded, and
+        // their pending deliveries wait until a connector of that name is configured again.
         self.conns = next;
         errors
     }
@@ -416,7 +417,7 @@ impl Writer {
             let start = self.cursors[p];
             let rows = match self
                 .host
-                .outbox(p as u32, start, None, self.config.intake_batch)
+                .outbox(p as u32, start, self.resume[p].take(), self.config.intake_batch)
                 .await
             {
                 Ok(r) => r,
@@ -431,6 +432,7 @@ impl Writer {
                 }
             };
             if rows.len() >= self.config.intake_batch {
+                self.resume[p] = rows.last().map(|(k, _)| k.clone());
                 self.dirty[p].store(true, Ordering::Release);
                 self.notify.notify_one();
             }
@@ -545,7 +547,9 @@ impl Writer {
         let slot = c.limiter.slot();
         let built = Arc::clone(&c.built);
         let needs_profile = c.def.kind.needs_profile();
-        let limit = c.def.timeout + Duration::from_secs(1);
+        // Connectors bound their own attempts (an SMTP primary and its failover: twice the
+        // timeout); this only catches one that does not.
+        let limit = c.def.timeout * 2 + Duration::from_secs(1);
         let host = Arc::clone(&self.host);
         let tx = self.results_tx.clone();
         let mut d = rec.delivery(None);
@@ -861,6 +865,11 @@ impl Writer {
             Err(e) => {
                 tracing::error!(error = %e, rows = self.batch.len(), "cannot commit deliveries; trying again");
                 tokio::time::sleep(Duration::from_millis(200)).await;
+                // A commit that succeeded but whose answer was lost moved the position: rewriting
+                // the same rows at the new position is harmless.
+                if let Ok(p) = self.store.position().await {
+                    self.position = p;
+                }
             }
         }
     }

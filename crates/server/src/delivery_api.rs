@@ -51,7 +51,8 @@ impl Host for ServerHost {
                 .scan(
                     storeline_engine::triggers::rows::ns::OUTBOX,
                     &prefix,
-                    Some((&start, u32::MAX)),
+                    // Past every row of the key `start` itself (owners are int4 in PostgreSQL).
+                    Some((&start, i32::MAX as u32)),
                     limit,
                 )
                 .await

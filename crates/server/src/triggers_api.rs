@@ -120,6 +120,16 @@ pub async fn get_triggers(
         .into_response());
     };
     let set = TriggerSet::parse(&def.source).unwrap_or_default();
+    // Connector secrets are for admin keys only.
+    let admin = state
+        .keys
+        .authorize(&headers, Scope::Admin, "GET /v1/triggers")
+        .is_ok();
+    let source = if admin {
+        def.source.clone()
+    } else {
+        redact_secrets(&def.source)
+    };
     let list: Vec<Value> = set
         .triggers
         .iter()
@@ -141,11 +151,37 @@ pub async fn get_triggers(
         .map(|(p, d)| json!({ "partition": p, "version": d.version }))
         .collect();
     Ok(Json(json!({
-        "version": def.version, "source": def.source, "triggers": list,
+        "version": def.version, "source": source, "secrets_redacted": !admin, "triggers": list,
         "aggregates": set.aggregates.iter().map(|a| json!({ "name": a.name, "on": a.on, "window_ms": a.window_ms, "fn": a.func })).collect::<Vec<_>>(),
         "partitions": partitions, "stats": stats,
     }))
     .into_response())
+}
+
+/// The trigger file with the values of secret-bearing keys replaced, line by line.
+fn redact_secrets(source: &str) -> String {
+    const KEYS: [&str; 6] = [
+        "secret",
+        "previous_secret",
+        "password",
+        "api_key",
+        "auth_token",
+        "sasl.password",
+    ];
+    source
+        .lines()
+        .map(|line| {
+            let t = line.trim_start();
+            let key = t.split('=').next().unwrap_or("").trim().trim_matches('"');
+            if t.contains('=') && KEYS.contains(&key) {
+                let indent = &line[..line.len() - t.len()];
+                format!("{indent}{key} = \"(redacted)\"")
+            } else {
+                line.to_owned()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 /// `PUT /v1/triggers` (admin): checks and installs a whole trigger file (TOML body).
