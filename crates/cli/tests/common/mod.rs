@@ -174,7 +174,10 @@ impl Drop for Postgres {
     fn drop(&mut self) {
         let _ = std::process::Command::new("psql")
             .args([self.url.as_str(), "-q", "-c"])
-            .arg(format!("DROP SCHEMA IF EXISTS {} CASCADE", self.schema))
+            .arg(format!(
+                "DROP SCHEMA IF EXISTS {0} CASCADE; DROP SCHEMA IF EXISTS {0}_delivery CASCADE",
+                self.schema
+            ))
             .output();
     }
 }
