@@ -451,8 +451,14 @@ impl DeliveryStore {
             let Some(last) = rows.last() else { break };
             after = Some(last.key.clone());
             for r in &rows {
-                let parts: Vec<&str> = r.key.split(SEP).collect();
-                if let [c, k, _, id] = parts[..] {
+                // `{connector}␟{key}␟{seq}␟{id}`, where seq (the outbox row's key) holds SEPs.
+                let mut front = r.key.splitn(3, SEP);
+                if let (Some(c), Some(k), Some(_), Some(id)) = (
+                    front.next(),
+                    front.next(),
+                    front.next(),
+                    r.key.rsplit(SEP).next(),
+                ) {
                     out.push((c.to_owned(), k.to_owned(), id.to_owned()));
                 }
             }

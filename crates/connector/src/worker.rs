@@ -823,6 +823,8 @@ impl Writer {
             rec.redriven += 1;
             rec.updated_at = now;
             if self.conns.get(&rec.connector).is_some_and(|c| c.def.fifo) {
+                // At the end of its key's queue, also after a restart reloads the queue.
+                rec.seq = format!("{:04}{SEP}{now:013}{SEP}redrive{}", rec.partition, rec.redriven);
                 let q = self
                     .fifo
                     .entry((rec.connector.clone(), rec.key.clone()))

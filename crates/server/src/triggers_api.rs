@@ -158,30 +158,42 @@ pub async fn get_triggers(
     .into_response())
 }
 
-/// The trigger file with the values of secret-bearing keys replaced, line by line.
+/// The trigger file with the values of secret-bearing keys replaced at every depth (inline
+/// tables included) and every header value hidden. The layout and comments are not kept: this
+/// is a read-only view; admin keys get the file as written.
 fn redact_secrets(source: &str) -> String {
-    const KEYS: [&str; 6] = [
+    const KEYS: [&str; 7] = [
         "secret",
         "previous_secret",
         "password",
         "api_key",
         "auth_token",
         "sasl.password",
+        "ssl.key.password",
     ];
-    source
-        .lines()
-        .map(|line| {
-            let t = line.trim_start();
-            let key = t.split('=').next().unwrap_or("").trim().trim_matches('"');
-            if t.contains('=') && KEYS.contains(&key) {
-                let indent = &line[..line.len() - t.len()];
-                format!("{indent}{key} = \"(redacted)\"")
-            } else {
-                line.to_owned()
+    fn walk(v: &mut toml::Value, hide_all: bool) {
+        match v {
+            toml::Value::Table(t) => {
+                for (k, v) in t.iter_mut() {
+                    let secret = KEYS.contains(&k.as_str()) || k.ends_with("password");
+                    if (hide_all || secret) && !v.is_table() && !v.is_array() {
+                        *v = toml::Value::String("(redacted)".into());
+                    } else {
+                        walk(v, hide_all || k == "headers");
+                    }
+                }
             }
-        })
-        .collect::<Vec<_>>()
-        .join("\n")
+            toml::Value::Array(a) => a.iter_mut().for_each(|v| walk(v, hide_all)),
+            _ => {}
+        }
+    }
+    match toml::from_str::<toml::Value>(source) {
+        Ok(mut v) => {
+            walk(&mut v, false);
+            toml::to_string(&v).unwrap_or_default()
+        }
+        Err(_) => String::new(),
+    }
 }
 
 /// `PUT /v1/triggers` (admin): checks and installs a whole trigger file (TOML body).

@@ -1,10 +1,18 @@
 """A webhook receiver for Storeline's delivery tests: verifies every request with the real
 Standard Webhooks library and records what arrived.
 
-    python3 receiver.py --port 0 --secret whsec_... [--fail-rate 0.5] [--status 400] [--hang]
+    python3 receiver.py --port 0 --secret whsec_... [--old-secret whsec_...]
+                        [--fail-rate 0.5] [--status 400] [--hang]
 
-Prints "listening on PORT" once ready. GET /_received returns the requests as JSON; POST
-/_mode with {"fail_rate": 0, "status": 200, "hang": false} changes behaviour while running.
+Prints "listening on PORT" once ready. GET /_received returns the requests as JSON
+(`?since=N` skips the first N, so a poller can read only what is new); POST /_mode with
+{"fail_rate": 0, "fail_status": 503, "status": 200, "hang": false, "retry_after": 2} changes
+behaviour while running.
+
+Each record: id (webhook-id), idempotency_key, path, verified (with --secret), verified_old
+(with --old-secret: what a receiver still holding the rotated-out secret would decide), error,
+status (the answer; null while hanging), hung, signatures (how many `v1,` entries), body, at
+(arrival, seconds since the epoch).
 """
 
 import argparse
@@ -19,8 +27,19 @@ from standardwebhooks.webhooks import Webhook
 
 args = None
 lock = threading.Lock()
-received = []  # every request: {id, verified, status, body, at}
+received = []  # every request, in arrival order
 mode = {}
+
+
+def verify(secret, raw, headers):
+    """(verified, error) of one request under one secret, by the standardwebhooks library."""
+    if not secret:
+        return None, None
+    try:
+        Webhook(secret).verify(raw, headers)
+        return True, None
+    except Exception as e:  # noqa: BLE001 - any failure is recorded
+        return False, f"{type(e).__name__}: {e}"
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -39,13 +58,17 @@ class Handler(BaseHTTPRequestHandler):
 
     def do_GET(self):
         if self.path.startswith("/_received"):
+            since = 0
+            if "since=" in self.path:
+                since = int(self.path.split("since=", 1)[1].split("&", 1)[0])
             with lock:
-                body = json.dumps(received).encode()
+                body = json.dumps(received[since:]).encode()
             self.reply(200, body, [("content-type", "application/json")])
         else:
             self.reply(404)
 
     def do_POST(self):
+        arrived = time.time()
         n = int(self.headers.get("content-length", "0"))
         raw = self.rfile.read(n)
         if self.path.startswith("/_mode"):
@@ -55,35 +78,44 @@ class Handler(BaseHTTPRequestHandler):
             return
         with lock:
             m = dict(mode)
+        headers = {k.lower(): v for k, v in self.headers.items()}
+        verified, error = verify(args.secret, raw, headers)
+        verified_old, _ = verify(args.old_secret, raw, headers)
+        try:
+            body = json.loads(raw)
+        except ValueError:
+            body = None
+        rec = {
+            "id": headers.get("webhook-id"), "idempotency_key": headers.get("idempotency-key"),
+            "path": self.path, "verified": verified, "verified_old": verified_old,
+            "error": error, "status": None, "hung": False,
+            "signatures": headers.get("webhook-signature", "").count("v1,"),
+            "body": body, "at": arrived,
+        }
         if m.get("hang"):
+            rec["hung"] = True
+            with lock:
+                received.append(rec)
             time.sleep(3600)
             return
-        verified = False
-        error = None
-        headers = {k.lower(): v for k, v in self.headers.items()}
-        try:
-            Webhook(args.secret).verify(raw, headers)
-            verified = True
-        except Exception as e:  # noqa: BLE001 - any failure is recorded and answered 400
-            error = str(e)
         status = m.get("status", 200)
         if verified and random.random() < m.get("fail_rate", 0.0):
             status = m.get("fail_status", 503)
         if not verified:
             status = 401
-        try:
-            body = json.loads(raw)
-        except ValueError:
-            body = None
+        rec["status"] = status
         with lock:
-            received.append({
-                "id": headers.get("webhook-id"), "verified": verified, "error": error,
-                "status": status, "body": body, "at": time.time(),
-                "signatures": headers.get("webhook-signature", "").count("v1,"),
-                "idempotency_key": headers.get("idempotency-key"),
-            })
-        extra = [("retry-after", str(m["retry_after"]))] if m.get("retry_after") and status >= 300 else []
+            received.append(rec)
+        extra = []
+        if m.get("retry_after") and status >= 300:
+            extra = [("retry-after", str(m["retry_after"]))]
         self.reply(status, b"ok" if status < 300 else b"no", extra)
+
+
+class Server(ThreadingHTTPServer):
+    daemon_threads = True
+    # Bursts of attempts (concurrency 32 per connector) must not find the backlog full.
+    request_queue_size = 256
 
 
 def main():
@@ -91,13 +123,13 @@ def main():
     p = argparse.ArgumentParser()
     p.add_argument("--port", type=int, default=0)
     p.add_argument("--secret", required=True)
+    p.add_argument("--old-secret", default=None)
     p.add_argument("--fail-rate", type=float, default=0.0)
     p.add_argument("--status", type=int, default=200)
     p.add_argument("--hang", action="store_true")
     args = p.parse_args()
     mode.update({"fail_rate": args.fail_rate, "status": args.status, "hang": args.hang})
-    srv = ThreadingHTTPServer(("127.0.0.1", args.port), Handler)
-    srv.daemon_threads = True
+    srv = Server(("127.0.0.1", args.port), Handler)
     print(f"listening on {srv.server_address[1]}", flush=True)
     srv.serve_forever()
 
