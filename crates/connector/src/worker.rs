@@ -417,7 +417,12 @@ impl Writer {
             let start = self.cursors[p];
             let rows = match self
                 .host
-                .outbox(p as u32, start, self.resume[p].take(), self.config.intake_batch)
+                .outbox(
+                    p as u32,
+                    start,
+                    self.resume[p].take(),
+                    self.config.intake_batch,
+                )
                 .await
             {
                 Ok(r) => r,
@@ -824,7 +829,10 @@ impl Writer {
             rec.updated_at = now;
             if self.conns.get(&rec.connector).is_some_and(|c| c.def.fifo) {
                 // At the end of its key's queue, also after a restart reloads the queue.
-                rec.seq = format!("{:04}{SEP}{now:013}{SEP}redrive{}", rec.partition, rec.redriven);
+                rec.seq = format!(
+                    "{:04}{SEP}{now:013}{SEP}redrive{}",
+                    rec.partition, rec.redriven
+                );
                 let q = self
                     .fifo
                     .entry((rec.connector.clone(), rec.key.clone()))
