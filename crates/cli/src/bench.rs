@@ -37,10 +37,11 @@ pub struct IngestArgs {
     data: Option<std::path::PathBuf>,
 }
 
-struct Server {
-    child: Child,
-    addr: String,
-    key: String,
+/// A server started as a child process; dropping it stops it (SIGTERM, then waits).
+pub(crate) struct Server {
+    pub(crate) child: Child,
+    pub(crate) addr: String,
+    pub(crate) key: String,
     _dir: Option<tempfile::TempDir>,
 }
 
@@ -55,8 +56,24 @@ impl Drop for Server {
 }
 
 fn start_server(args: &IngestArgs) -> Result<Server> {
-    let (dir, path) = match &args.data {
-        Some(p) => (None, p.clone()),
+    spawn_server(
+        args.data.as_deref(),
+        !args.no_fsync,
+        &[storeline_server::auth::Scope::Ingest],
+        &[("RUST_LOG", "warn")],
+    )
+}
+
+/// Starts `storeline serve` on port 0 with its own data directory (`data`, or a temporary one
+/// removed with the [`Server`]), an API key with `scopes`, fsync on or off, and `env` set.
+pub(crate) fn spawn_server(
+    data: Option<&std::path::Path>,
+    fsync: bool,
+    scopes: &[storeline_server::auth::Scope],
+    env: &[(&str, &str)],
+) -> Result<Server> {
+    let (dir, path) = match data {
+        Some(p) => (None, p.to_owned()),
         None => {
             let d = tempfile::Builder::new()
                 .prefix("storeline-bench")
@@ -65,20 +82,13 @@ fn start_server(args: &IngestArgs) -> Result<Server> {
             (Some(d), p)
         }
     };
-    let (_, key) = storeline_server::auth::create_key(
-        &path.join("keys.json"),
-        "bench",
-        &[storeline_server::auth::Scope::Ingest],
-    )?;
+    let (_, key) = storeline_server::auth::create_key(&path.join("keys.json"), "bench", scopes)?;
     let exe = std::env::current_exe().context("cannot find the storeline binary")?;
     let mut child = Command::new(exe)
         .args(["serve", "--listen", "127.0.0.1:0", "--data"])
         .arg(&path)
-        .env(
-            "STORELINE_LOG__FSYNC",
-            if args.no_fsync { "false" } else { "true" },
-        )
-        .env("RUST_LOG", "warn")
+        .env("STORELINE_LOG__FSYNC", if fsync { "true" } else { "false" })
+        .envs(env.iter().copied())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()
@@ -102,14 +112,14 @@ fn start_server(args: &IngestArgs) -> Result<Server> {
 }
 
 /// One keep-alive HTTP/1.1 connection.
-struct Conn {
+pub(crate) struct Conn {
     sender: hyper::client::conn::http1::SendRequest<Full<Bytes>>,
     host: String,
     auth: String,
 }
 
 impl Conn {
-    async fn open(addr: &str, key: &str) -> Result<Conn> {
+    pub(crate) async fn open(addr: &str, key: &str) -> Result<Conn> {
         let stream = tokio::net::TcpStream::connect(addr).await?;
         stream.set_nodelay(true)?;
         let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
@@ -121,7 +131,7 @@ impl Conn {
         })
     }
 
-    async fn post(&mut self, body: Vec<u8>, ndjson: bool) -> Result<()> {
+    pub(crate) async fn post(&mut self, body: Vec<u8>, ndjson: bool) -> Result<()> {
         let req = Request::post("/v1/events")
             .header("host", &self.host)
             .header("authorization", &self.auth)

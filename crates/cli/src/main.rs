@@ -8,8 +8,10 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 mod bench;
 mod bench_engine;
+mod bench_delivery;
 mod bench_triggers;
 mod client;
+mod deliveries_cmd;
 mod replay;
 mod traffic;
 mod triggers_cmd;
@@ -136,6 +138,16 @@ enum Command {
         #[command(subcommand)]
         command: triggers_cmd::TriggersCommand,
     },
+    /// Deliveries and the dead-letter queue: list, show with every attempt, redrive.
+    Deliveries {
+        #[command(subcommand)]
+        command: deliveries_cmd::DeliveriesCommand,
+    },
+    /// Connectors: state, circuit and counts; re-enable one disabled for failing.
+    Connectors {
+        #[command(subcommand)]
+        command: deliveries_cmd::ConnectorsCommand,
+    },
     /// Benchmarks that print figures.
     Bench {
         #[command(subcommand)]
@@ -200,6 +212,10 @@ enum BenchCommand {
     /// Run the engine in-process with the starter trigger set: events/s, timer lateness at
     /// 10k fires/s, and memory with 1M pending timers.
     Triggers(bench_triggers::TriggersArgs),
+    /// Start a server (fsync on) with a trigger that delivers every event to a local webhook
+    /// receiver: end-to-end latency (ingest ack → received) at 1k and 10k events/s, and the
+    /// most deliveries/s sustained.
+    Delivery(bench_delivery::DeliveryArgs),
 }
 
 fn init_tracing(format: &str) {
@@ -336,8 +352,13 @@ async fn run(command: Command) -> Result<()> {
         Command::Bench {
             command: BenchCommand::Triggers(args),
         } => bench_triggers::run(args).await,
+        Command::Bench {
+            command: BenchCommand::Delivery(args),
+        } => bench_delivery::run(args).await,
         Command::Replay(args) => replay::run(args).await,
         Command::Triggers { command } => triggers_cmd::run(command).await,
+        Command::Deliveries { command } => deliveries_cmd::run(command).await,
+        Command::Connectors { command } => deliveries_cmd::run_connectors(command).await,
     }
 }
 

@@ -169,6 +169,14 @@ impl Record {
         }
     }
 
+    /// Where the record's index rows are now (to move them after a change).
+    pub fn prev(&self) -> Prev {
+        Prev {
+            due: self.due_key(),
+            status: self.status,
+        }
+    }
+
     fn due_key(&self) -> Option<String> {
         (self.status == Status::Pending)
             .then_some(self.next_at)
@@ -192,6 +200,13 @@ impl Record {
             self.customer.as_deref().unwrap_or("")
         )
     }
+}
+
+/// A record's index positions before a change.
+#[derive(Debug, Clone)]
+pub struct Prev {
+    due: Option<String>,
+    status: Status,
 }
 
 pub fn due_key(connector: &str, at: i64, id: &str) -> String {
@@ -264,19 +279,21 @@ impl Batch {
         self.writes.insert((ns, key), None);
     }
 
-    /// Writes `new` and moves its index rows from where `old` had them.
-    pub fn record(&mut self, old: Option<&Record>, new: &Record) -> Result<()> {
+    /// Writes `new` and moves its index rows from where they were (`old`, from
+    /// [`Record::prev`] before the change; `None` for a new delivery).
+    pub fn record(&mut self, old: Option<&Prev>, new: &Record) -> Result<()> {
         let value = serde_json::to_vec(new).map_err(|e| Error::Decode {
             id: new.id.clone(),
             source: e,
         })?;
         self.put(ns::DLV, new.id.clone(), value);
-        if let Some(k) = old.and_then(Record::due_key)
-            && Some(&k) != new.due_key().as_ref()
+        let due = new.due_key();
+        if let Some(k) = old.and_then(|o| o.due.as_ref())
+            && Some(k) != due.as_ref()
         {
-            self.delete(ns::DUE, k);
+            self.delete(ns::DUE, k.clone());
         }
-        if let Some(k) = new.due_key() {
+        if let Some(k) = due {
             self.put(ns::DUE, k, Bytes::new());
         }
         if old.is_none_or(|o| o.status != new.status) {

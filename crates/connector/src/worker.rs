@@ -61,7 +61,7 @@ impl Default for WorkerConfig {
     fn default() -> Self {
         WorkerConfig {
             partitions: 8,
-            intake_batch: 4096,
+            intake_batch: 1024,
             poll: Duration::from_secs(1),
             drain: Duration::from_secs(5),
         }
@@ -229,6 +229,37 @@ struct Conn {
     limiter: Limiter,
     /// When due deliveries may be waiting in the store (none known: `None`).
     wake_at: Option<i64>,
+    /// Taken-in deliveries waiting for a free slot, oldest first: an attempt that ends starts
+    /// the next at once, without a round trip through the store.
+    ready: VecDeque<Record>,
+    metrics: ConnMetrics,
+}
+
+/// Metric handles, resolved once per connector rather than per attempt.
+struct ConnMetrics {
+    delivered: metrics::Counter,
+    retry: metrics::Counter,
+    reject: metrics::Counter,
+    latency: metrics::Histogram,
+}
+
+impl ConnMetrics {
+    fn new(name: &str) -> ConnMetrics {
+        let c = |o: &'static str| metrics::counter!("storeline_delivery_attempts_total", "connector" => name.to_owned(), "outcome" => o);
+        ConnMetrics {
+            delivered: c("delivered"),
+            retry: c("retry"),
+            reject: c("reject"),
+            latency: metrics::histogram!("storeline_delivery_latency_seconds", "connector" => name.to_owned()),
+        }
+    }
+}
+
+impl Conn {
+    /// Most deliveries held in memory per connector beyond those in flight.
+    fn ready_max(&self) -> usize {
+        (self.def.concurrency * 4).max(1024)
+    }
 }
 
 struct Outcome {
@@ -309,7 +340,11 @@ impl Writer {
         let now = now_ms();
         let mut at = now + self.config.poll.as_millis() as i64;
         for c in self.conns.values_mut() {
-            let Some(w) = c.wake_at else { continue };
+            let w = match (c.wake_at, c.ready.is_empty()) {
+                (_, false) => now,
+                (Some(w), true) => w,
+                (None, true) => continue,
+            };
             if self
                 .states
                 .get(&c.def.name)
@@ -334,12 +369,13 @@ impl Writer {
         let mut errors = Vec::new();
         let mut next = BTreeMap::new();
         for def in defs {
-            let old = self.conns.remove(&def.name);
-            let in_flight = old.as_ref().map_or(0, |o| o.in_flight);
-            if let Some(old) = old.filter(|o| o.def == def) {
-                next.insert(def.name.clone(), old);
+            let mut old = self.conns.remove(&def.name);
+            if let Some(o) = old.take_if(|o| o.def == def) {
+                next.insert(def.name.clone(), o);
                 continue;
             }
+            let in_flight = old.as_ref().map_or(0, |o| o.in_flight);
+            let ready = old.map(|o| o.ready).unwrap_or_default();
             match Built::build(&def) {
                 Ok(built) => {
                     self.states.entry(def.name.clone()).or_default();
@@ -352,6 +388,8 @@ impl Writer {
                             breaker: Breaker::new(def.circuit_failures, def.circuit_cooldown),
                             limiter: Limiter::new(def.rate_limit),
                             wake_at: Some(now_ms()),
+                            ready,
+                            metrics: ConnMetrics::new(&def.name),
                             def,
                         },
                     );
@@ -518,17 +556,30 @@ impl Writer {
             return;
         }
         let name = rec.connector.clone();
-        let backlog = self.conns.get(&name).map(|c| c.wake_at.is_some());
-        match backlog {
-            // Straight out when nothing older is waiting for this connector.
-            Some(false) if self.can_start(&name) => self.dispatch(rec),
-            Some(_) => {
-                let now = now_ms();
-                if let Some(c) = self.conns.get_mut(&name) {
-                    c.wake_at = Some(c.wake_at.map_or(now, |w| w.min(now)));
-                }
+        // Nothing older waits in the store: straight out, or into the ready queue.
+        let Some(c) = self.conns.get(&name) else {
+            return;
+        };
+        if c.wake_at.is_none() && c.ready.len() < c.ready_max() {
+            if c.ready.is_empty() && self.can_start(&name) {
+                self.dispatch(rec);
+            } else if let Some(c) = self.conns.get_mut(&name) {
+                c.ready.push_back(rec);
             }
-            None => {}
+        } else if let Some(c) = self.conns.get_mut(&name) {
+            // It waits in the store (its due row); `dispatch_due` finds it in order.
+            let now = now_ms();
+            c.wake_at = Some(c.wake_at.map_or(now, |w| w.min(now)));
+        }
+    }
+
+    /// Starts ready deliveries of `name` while its limits allow.
+    fn pump(&mut self, name: &str) {
+        while self.can_start(name) {
+            let Some(rec) = self.conns.get_mut(name).and_then(|c| c.ready.pop_front()) else {
+                return;
+            };
+            self.dispatch(rec);
         }
     }
 
@@ -581,11 +632,15 @@ impl Writer {
 
     /// Attempts deliveries that are due, per connector, as far as each one's limits allow.
     async fn dispatch_due(&mut self) {
+        let all: Vec<String> = self.conns.keys().cloned().collect();
+        for name in &all {
+            self.pump(name);
+        }
         let now = now_ms();
         let names: Vec<String> = self
             .conns
             .iter()
-            .filter(|(_, c)| c.wake_at.is_some_and(|w| w <= now))
+            .filter(|(_, c)| c.ready.is_empty() && c.wake_at.is_some_and(|w| w <= now))
             .map(|(n, _)| n.clone())
             .collect();
         for name in names {
@@ -634,12 +689,12 @@ impl Writer {
     }
 
     async fn outcome(&mut self, o: Outcome) {
-        let Some(old) = self.inflight.remove(&o.id) else {
+        let Some(mut rec) = self.inflight.remove(&o.id) else {
             return;
         };
         let now = now_ms();
-        let name = old.connector.clone();
-        let mut rec = old.clone();
+        let name = rec.connector.clone();
+        let prev = rec.prev();
         rec.attempts += 1;
         rec.updated_at = now;
         let mut attempt = Attempt {
@@ -651,14 +706,33 @@ impl Writer {
             retry_after_ms: None,
             next_at: None,
         };
-        metrics::counter!("storeline_delivery_attempts_total", "connector" => name.clone(), "outcome" => o.verdict.outcome()).increment(1);
-        let (schedule, jitter, disable_after) = match self.conns.get(&name) {
-            Some(c) => (
-                c.def.retry_schedule.clone(),
-                c.def.jitter,
-                c.def.disable_after,
-            ),
-            None => (crate::config::DEFAULT_SCHEDULE.to_vec(), 0.2, None),
+        let round = (rec.attempts - rec.round_start) as usize;
+        // The next delay (if the schedule has one left) and when failing disables.
+        let (delay, disable_after) = match (self.conns.get(&name), &o.verdict) {
+            (Some(c), v) => {
+                match v {
+                    Verdict::Delivered { .. } => c.metrics.delivered.increment(1),
+                    Verdict::Retry { .. } => c.metrics.retry.increment(1),
+                    Verdict::Reject { .. } => c.metrics.reject.increment(1),
+                }
+                let after = match v {
+                    Verdict::Retry { after, .. } => *after,
+                    _ => None,
+                };
+                (
+                    (round < c.def.retry_schedule.len())
+                        .then(|| retry_delay(&c.def.retry_schedule, round, c.def.jitter, after)),
+                    c.def.disable_after,
+                )
+            }
+            (None, v) => {
+                metrics::counter!("storeline_delivery_attempts_total", "connector" => name.clone(), "outcome" => v.outcome()).increment(1);
+                let s = crate::config::DEFAULT_SCHEDULE;
+                (
+                    (round < s.len()).then(|| retry_delay(&s, round, 0.2, None)),
+                    None,
+                )
+            }
         };
         let st = self.states.entry(name.clone()).or_default();
         self.dirty_states.insert(name.clone());
@@ -673,9 +747,10 @@ impl Writer {
                 st.delivered += 1;
                 st.failing_since = None;
                 st.last_success = Some(now);
-                metrics::histogram!("storeline_delivery_latency_seconds", "connector" => name.clone())
-                    .record((now - rec.created_at).max(0) as f64 / 1000.0);
                 if let Some(c) = self.conns.get_mut(&name) {
+                    c.metrics
+                        .latency
+                        .record((now - rec.created_at).max(0) as f64 / 1000.0);
                     c.in_flight = c.in_flight.saturating_sub(1);
                     c.breaker.success();
                 }
@@ -694,8 +769,14 @@ impl Writer {
             Verdict::Retry { detail, after } => {
                 attempt.retry_after_ms = after.map(|a| a.as_millis() as u64);
                 let since = *st.failing_since.get_or_insert(now);
-                let round = (rec.attempts - rec.round_start) as usize;
-                if round >= schedule.len() {
+                if let Some(delay) = delay {
+                    let at = now + delay.as_millis() as i64;
+                    rec.next_at = Some(at);
+                    rec.last_error = Some(clip(&detail, 500));
+                    if let Some(c) = self.conns.get_mut(&name) {
+                        c.wake_at = Some(c.wake_at.map_or(at, |w| w.min(at)));
+                    }
+                } else {
                     rec.status = Status::Dead;
                     rec.next_at = None;
                     rec.last_error = Some(format!(
@@ -705,14 +786,6 @@ impl Writer {
                     ));
                     st.pending -= 1;
                     st.dead += 1;
-                } else {
-                    let delay = retry_delay(&schedule, round, jitter, after);
-                    let at = now + delay.as_millis() as i64;
-                    rec.next_at = Some(at);
-                    rec.last_error = Some(clip(&detail, 500));
-                    if let Some(c) = self.conns.get_mut(&name) {
-                        c.wake_at = Some(c.wake_at.map_or(at, |w| w.min(at)));
-                    }
                 }
                 if let Some(c) = self.conns.get_mut(&name) {
                     c.in_flight = c.in_flight.saturating_sub(1);
@@ -736,12 +809,14 @@ impl Writer {
         }
         attempt.next_at = rec.next_at;
         self.batch.attempt(&rec.id, &attempt);
-        if let Err(e) = self.batch.record(Some(&old), &rec) {
+        if let Err(e) = self.batch.record(Some(&prev), &rec) {
             tracing::error!(id = rec.id, error = %e, "cannot encode a delivery");
         }
         if rec.status != Status::Pending {
             self.release_fifo(&rec).await;
         }
+        // A slot is free: the next ready delivery goes now.
+        self.pump(&name);
         if let Some(c) = self.conns.get_mut(&name)
             && c.in_flight < c.def.concurrency
             && c.wake_at.is_some()
@@ -782,10 +857,10 @@ impl Writer {
         }
         let Some(next) = next else { return };
         match self.store.get(&next).await {
-            Ok(Some(old)) if old.status == Status::Pending && old.next_at.is_none() => {
-                let mut new = old.clone();
+            Ok(Some(mut new)) if new.status == Status::Pending && new.next_at.is_none() => {
+                let prev = new.prev();
                 new.next_at = Some(now_ms());
-                let _ = self.batch.record(Some(&old), &new);
+                let _ = self.batch.record(Some(&prev), &new);
                 if let Some(c) = self.conns.get_mut(&new.connector) {
                     c.wake_at = Some(now_ms());
                 }
@@ -820,8 +895,8 @@ impl Writer {
         }
         let now = now_ms();
         let mut n = 0;
-        for old in recs.into_iter().filter(|r| r.status == Status::Dead) {
-            let mut rec = old.clone();
+        for mut rec in recs.into_iter().filter(|r| r.status == Status::Dead) {
+            let prev = rec.prev();
             rec.status = Status::Pending;
             rec.round_start = rec.attempts;
             rec.next_at = Some(now);
@@ -843,7 +918,7 @@ impl Writer {
                 q.push_back(rec.id.clone());
                 self.batch.fifo(&rec, true);
             }
-            self.batch.record(Some(&old), &rec)?;
+            self.batch.record(Some(&prev), &rec)?;
             let st = self.states.entry(rec.connector.clone()).or_default();
             st.dead -= 1;
             st.pending += 1;
