@@ -82,9 +82,7 @@ async fn call(
     body: Option<Value>,
 ) -> Result<Value> {
     let url = format!("{}{path}", client.url.trim_end_matches('/'));
-    let mut req = reqwest::Client::new()
-        .request(method, &url)
-        .query(query);
+    let mut req = reqwest::Client::new().request(method, &url).query(query);
     if let Some(k) = &client.key {
         req = req.bearer_auth(k);
     }
@@ -194,13 +192,17 @@ pub async fn run(cmd: DeliveriesCommand) -> Result<()> {
                 connector.is_some() || customer.is_some() || from.is_some() || to.is_some();
             let body = if !ids.is_empty() {
                 if filtered {
-                    bail!("give delivery ids or a filter (--connector, --customer, --from, --to), not both");
+                    bail!(
+                        "give delivery ids or a filter (--connector, --customer, --from, --to), not both"
+                    );
                 }
                 json!({ "ids": ids })
             } else if filtered || all {
                 json!({ "connector": connector, "customer": customer, "from": from, "to": to })
             } else {
-                bail!("name the deliveries to redrive: ids, a filter (--connector, --customer, --from, --to), or --all for the whole dead-letter queue");
+                bail!(
+                    "name the deliveries to redrive: ids, a filter (--connector, --customer, --from, --to), or --all for the whole dead-letter queue"
+                );
             };
             let v = call(
                 &client,

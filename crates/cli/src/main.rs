@@ -7,8 +7,8 @@
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 mod bench;
-mod bench_engine;
 mod bench_delivery;
+mod bench_engine;
 mod bench_triggers;
 mod client;
 mod deliveries_cmd;

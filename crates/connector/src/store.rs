@@ -272,6 +272,25 @@ impl Batch {
     pub fn len(&self) -> usize {
         self.writes.len()
     }
+    /// Whether the batch changes delivery `id`.
+    pub fn has_dlv(&self, id: &str) -> bool {
+        self.writes.contains_key(&(ns::DLV, id.to_owned()))
+    }
+    /// The deliveries the batch changes.
+    pub fn dlv_ids(&self) -> std::collections::HashSet<String> {
+        self.writes
+            .keys()
+            .filter(|(n, _)| *n == ns::DLV)
+            .map(|(_, k)| k.clone())
+            .collect()
+    }
+    /// Puts this (older, uncommitted) batch's writes under `newer`: where both write a row,
+    /// the newer write stays.
+    pub fn merge_under(self, newer: &mut Batch) {
+        for (k, v) in self.writes {
+            newer.writes.entry(k).or_insert(v);
+        }
+    }
     fn put(&mut self, ns: &'static str, key: String, value: impl Into<Bytes>) {
         self.writes.insert((ns, key), Some(value.into()));
     }

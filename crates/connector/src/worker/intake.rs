@@ -1,0 +1,464 @@
+//! Deliveries through the writer: taking outbox rows in, the ready queue, dispatching within a
+//! connector's limits, reading due deliveries back from the store, and recording each attempt's
+//! outcome (delivered, retry at a time, dead; circuit, auto-disable, FIFO release).
+
+use super::*;
+
+impl Writer {
+    /// Takes new outbox rows in (at most `intake_batch` per partition per iteration).
+    pub(super) async fn intake(&mut self) {
+        let now = now_ms();
+        for p in 0..self.cursors.len() {
+            if !self.dirty[p].swap(false, Ordering::AcqRel) {
+                continue;
+            }
+            let start = self.cursors[p];
+            let rows = match self
+                .host
+                .outbox(
+                    p as u32,
+                    start,
+                    self.resume[p].take(),
+                    self.config.intake_batch,
+                )
+                .await
+            {
+                Ok(r) => r,
+                Err(e) => {
+                    tracing::warn!(
+                        partition = p,
+                        error = e,
+                        "cannot read the outbox; trying again"
+                    );
+                    self.dirty[p].store(true, Ordering::Release);
+                    continue;
+                }
+            };
+            if rows.len() >= self.config.intake_batch {
+                self.resume[p] = rows.last().map(|(k, _)| k.clone());
+                self.dirty[p].store(true, Ordering::Release);
+                self.notify.notify_one();
+            }
+            let mut fresh = Vec::new();
+            for (key, value) in &rows {
+                let clock: i64 = key
+                    .split(SEP)
+                    .nth(1)
+                    .and_then(|c| c.parse().ok())
+                    .unwrap_or(0);
+                let Ok(entry) = serde_json::from_slice::<Value>(value) else {
+                    tracing::error!(partition = p, key, "unreadable outbox entry skipped");
+                    continue;
+                };
+                let Some(rec) = Record::from_outbox(p as u32, key, &entry, now) else {
+                    continue;
+                };
+                if clock > self.cursors[p] {
+                    self.cursors[p] = clock;
+                    self.seen[p].clear();
+                }
+                if self.seen[p].insert(rec.id.clone()) {
+                    fresh.push((clock, rec));
+                }
+            }
+            // Rows at the starting time may have been taken in before a restart, or in an
+            // earlier pass: the store knows.
+            let at_start: Vec<String> = fresh
+                .iter()
+                .filter(|(c, _)| *c == start)
+                .map(|(_, r)| r.id.clone())
+                .collect();
+            let known: HashSet<String> = if at_start.is_empty() {
+                HashSet::new()
+            } else {
+                match self.store.get_many(&at_start).await {
+                    Ok(found) => found.into_iter().flatten().map(|r| r.id).collect(),
+                    Err(e) => {
+                        tracing::warn!(partition = p, error = %e, "cannot check taken deliveries; trying again");
+                        self.dirty[p].store(true, Ordering::Release);
+                        self.cursors[p] = start;
+                        continue;
+                    }
+                }
+            };
+            for (_, rec) in fresh {
+                if !known.contains(&rec.id) && !self.inflight.contains_key(&rec.id) {
+                    self.take_in(rec);
+                }
+            }
+            if self.cursors[p] != start {
+                self.batch.cursor(p as u32, self.cursors[p]);
+            }
+        }
+    }
+
+    pub(super) fn take_in(&mut self, mut rec: Record) {
+        let fifo = self.conns.get(&rec.connector).is_some_and(|c| c.def.fifo);
+        if fifo {
+            let q = self
+                .fifo
+                .entry((rec.connector.clone(), rec.key.clone()))
+                .or_default();
+            if !q.is_empty() {
+                rec.next_at = None;
+            }
+            q.push_back(rec.id.clone());
+            self.batch.fifo(&rec, true);
+        }
+        let st = self.states.entry(rec.connector.clone()).or_default();
+        st.pending += 1;
+        self.dirty_states.insert(rec.connector.clone());
+        if let Err(e) = self.batch.record(None, &rec) {
+            tracing::error!(id = rec.id, error = %e, "cannot encode a delivery");
+            return;
+        }
+        if rec.next_at.is_none() {
+            return;
+        }
+        let name = rec.connector.clone();
+        // Nothing older waits in the store: straight out, or into the ready queue.
+        let Some(c) = self.conns.get(&name) else {
+            return;
+        };
+        if c.wake_at.is_none() && c.ready.len() < c.ready_max() {
+            if c.ready.is_empty() && self.can_start(&name) {
+                self.dispatch(rec);
+            } else if let Some(c) = self.conns.get_mut(&name) {
+                c.ready.push_back(rec);
+            }
+        } else if let Some(c) = self.conns.get_mut(&name) {
+            // It waits in the store (its due row); `dispatch_due` finds it in order.
+            let now = now_ms();
+            c.wake_at = Some(c.wake_at.map_or(now, |w| w.min(now)));
+            c.due_gen += 1;
+        }
+    }
+
+    /// Starts ready deliveries of `name` while its limits allow.
+    pub(super) fn pump(&mut self, name: &str) {
+        while self.can_start(name) {
+            let Some(rec) = self.conns.get_mut(name).and_then(|c| c.ready.pop_front()) else {
+                return;
+            };
+            self.dispatch(rec);
+        }
+    }
+
+    pub(super) fn can_start(&mut self, name: &str) -> bool {
+        let disabled = self
+            .states
+            .get(name)
+            .is_some_and(|s| s.disabled_at.is_some());
+        let Some(c) = self.conns.get_mut(name) else {
+            return false;
+        };
+        !disabled && c.in_flight < c.def.concurrency && c.breaker.allowance(now_ms()) > 0
+    }
+
+    pub(super) fn dispatch(&mut self, rec: Record) {
+        let Some(c) = self.conns.get_mut(&rec.connector) else {
+            return;
+        };
+        c.in_flight += 1;
+        c.breaker.started();
+        let slot = c.limiter.slot();
+        let built = Arc::clone(&c.built);
+        let needs_profile = c.def.kind.needs_profile();
+        // Connectors bound their own attempts (an SMTP primary and its failover: twice the
+        // timeout); this only catches one that does not.
+        let limit = c.def.timeout * 2 + Duration::from_secs(1);
+        let host = Arc::clone(&self.host);
+        let tx = self.results_tx.clone();
+        let mut d = rec.delivery(None);
+        self.inflight.insert(rec.id.clone(), rec);
+        tokio::spawn(async move {
+            tokio::time::sleep_until(slot.into()).await;
+            if needs_profile && let Some(c) = d.customer.clone() {
+                d.profile = host.profile(c).await;
+            }
+            let at = now_ms();
+            let t0 = Instant::now();
+            let verdict = match tokio::time::timeout(limit, built.attempt(&d)).await {
+                Ok(v) => v,
+                Err(_) => Verdict::retry(format!("no answer within {}s", limit.as_secs())),
+            };
+            let _ = tx.send(Outcome {
+                id: d.id,
+                verdict,
+                at,
+                ms: t0.elapsed().as_millis() as u64,
+            });
+        });
+    }
+
+    /// Attempts deliveries that are due, per connector, as far as each one's limits allow.
+    pub(super) async fn dispatch_due(&mut self) {
+        let all: Vec<String> = self.conns.keys().cloned().collect();
+        for name in &all {
+            self.pump(name);
+        }
+        let now = now_ms();
+        let names: Vec<String> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| c.ready.is_empty() && c.wake_at.is_some_and(|w| w <= now))
+            .map(|(n, _)| n.clone())
+            .collect();
+        for name in names {
+            if !self.can_start(&name) {
+                continue;
+            }
+            let Some(c) = self.conns.get(&name) else {
+                continue;
+            };
+            let room = c
+                .def
+                .concurrency
+                .saturating_sub(c.in_flight)
+                .min(c.breaker_allowance_hint());
+            let limit = room + c.in_flight;
+            let (ids, next) = match self.store.due(&name, now, limit).await {
+                Ok(r) => r,
+                Err(e) => {
+                    tracing::warn!(connector = name, error = %e, "cannot read due deliveries");
+                    continue;
+                }
+            };
+            let full = ids.len() >= limit;
+            // The store lags the batch being built and the commit under way: a delivery changed
+            // there is looked at again once that is committed.
+            let mut stale = false;
+            let todo: Vec<String> = ids
+                .into_iter()
+                .filter(|id| {
+                    if self.batch.has_dlv(id) || self.committing_ids.contains(id) {
+                        stale = true;
+                        return false;
+                    }
+                    !self.inflight.contains_key(id)
+                })
+                .take(room)
+                .collect();
+            let recs = match self.store.get_many(&todo).await {
+                Ok(r) => r,
+                Err(e) => {
+                    tracing::warn!(connector = name, error = %e, "cannot read due deliveries");
+                    continue;
+                }
+            };
+            if let Some(c) = self.conns.get_mut(&name) {
+                let unseen = c.due_gen > c.committed_gen;
+                c.wake_at = if full || stale || unseen {
+                    Some(now)
+                } else {
+                    next
+                };
+            }
+            for rec in recs.into_iter().flatten() {
+                if rec.status != Status::Pending || !self.can_start(&name) {
+                    continue;
+                }
+                self.dispatch(rec);
+            }
+        }
+    }
+
+    pub(super) async fn outcome(&mut self, o: Outcome) {
+        let Some(mut rec) = self.inflight.remove(&o.id) else {
+            return;
+        };
+        let now = now_ms();
+        let name = rec.connector.clone();
+        let prev = rec.prev();
+        rec.attempts += 1;
+        rec.updated_at = now;
+        let mut attempt = Attempt {
+            n: rec.attempts,
+            at: o.at,
+            ms: o.ms,
+            outcome: o.verdict.outcome().to_owned(),
+            detail: clip(o.verdict.detail(), 500),
+            retry_after_ms: None,
+            next_at: None,
+        };
+        let round = (rec.attempts - rec.round_start) as usize;
+        // The next delay (if the schedule has one left) and when failing disables.
+        let (delay, disable_after) = match (self.conns.get(&name), &o.verdict) {
+            (Some(c), v) => {
+                match v {
+                    Verdict::Delivered { .. } => c.metrics.delivered.increment(1),
+                    Verdict::Retry { .. } => c.metrics.retry.increment(1),
+                    Verdict::Reject { .. } => c.metrics.reject.increment(1),
+                }
+                let after = match v {
+                    Verdict::Retry { after, .. } => *after,
+                    _ => None,
+                };
+                (
+                    (round < c.def.retry_schedule.len())
+                        .then(|| retry_delay(&c.def.retry_schedule, round, c.def.jitter, after)),
+                    c.def.disable_after,
+                )
+            }
+            (None, v) => {
+                metrics::counter!("storeline_delivery_attempts_total", "connector" => name.clone(), "outcome" => v.outcome()).increment(1);
+                let s = crate::config::DEFAULT_SCHEDULE;
+                (
+                    (round < s.len()).then(|| retry_delay(&s, round, 0.2, None)),
+                    None,
+                )
+            }
+        };
+        let st = self.states.entry(name.clone()).or_default();
+        self.dirty_states.insert(name.clone());
+        let mut disabled_now = false;
+        match o.verdict {
+            Verdict::Delivered { .. } => {
+                rec.status = Status::Delivered;
+                rec.next_at = None;
+                rec.delivered_at = Some(now);
+                rec.last_error = None;
+                st.pending -= 1;
+                st.delivered += 1;
+                st.failing_since = None;
+                st.last_success = Some(now);
+                if let Some(c) = self.conns.get_mut(&name) {
+                    c.metrics
+                        .latency
+                        .record((now - rec.created_at).max(0) as f64 / 1000.0);
+                    c.in_flight = c.in_flight.saturating_sub(1);
+                    c.breaker.success();
+                }
+            }
+            Verdict::Reject { detail } => {
+                rec.status = Status::Dead;
+                rec.next_at = None;
+                rec.last_error = Some(clip(&detail, 500));
+                st.pending -= 1;
+                st.dead += 1;
+                if let Some(c) = self.conns.get_mut(&name) {
+                    c.in_flight = c.in_flight.saturating_sub(1);
+                    c.breaker.success();
+                }
+            }
+            Verdict::Retry { detail, after } => {
+                attempt.retry_after_ms = after.map(|a| a.as_millis() as u64);
+                let since = *st.failing_since.get_or_insert(now);
+                if let Some(delay) = delay {
+                    let at = now + delay.as_millis() as i64;
+                    rec.next_at = Some(at);
+                    rec.last_error = Some(clip(&detail, 500));
+                    if let Some(c) = self.conns.get_mut(&name) {
+                        c.wake_at = Some(c.wake_at.map_or(at, |w| w.min(at)));
+                        c.due_gen += 1;
+                    }
+                } else {
+                    rec.status = Status::Dead;
+                    rec.next_at = None;
+                    rec.last_error = Some(format!(
+                        "gave up after {} attempts; last: {}",
+                        round,
+                        clip(&detail, 400)
+                    ));
+                    st.pending -= 1;
+                    st.dead += 1;
+                }
+                if let Some(c) = self.conns.get_mut(&name) {
+                    c.in_flight = c.in_flight.saturating_sub(1);
+                    if c.breaker.failure(now) {
+                        tracing::warn!(
+                            connector = name,
+                            cooldown_s = c.def.circuit_cooldown.as_secs(),
+                            last = clip(&detail, 200),
+                            "circuit opened: attempts paused"
+                        );
+                    }
+                }
+                if let Some(limit) = disable_after
+                    && st.disabled_at.is_none()
+                    && now - since >= limit.as_millis() as i64
+                {
+                    st.disabled_at = Some(now);
+                    disabled_now = true;
+                }
+            }
+        }
+        attempt.next_at = rec.next_at;
+        self.batch.attempt(&rec.id, &attempt);
+        if let Err(e) = self.batch.record(Some(&prev), &rec) {
+            tracing::error!(id = rec.id, error = %e, "cannot encode a delivery");
+        }
+        if rec.status != Status::Pending {
+            self.release_fifo(&rec).await;
+        }
+        // A slot is free: the next ready delivery goes now.
+        self.pump(&name);
+        if let Some(c) = self.conns.get_mut(&name)
+            && c.in_flight < c.def.concurrency
+            && c.wake_at.is_some()
+        {
+            // Room again: look for due work in this iteration.
+            c.wake_at = c.wake_at.map(|w| w.min(now));
+        }
+        if disabled_now {
+            let since = self.states.get(&name).and_then(|s| s.failing_since);
+            tracing::error!(
+                connector = name,
+                "connector disabled: failing without a success for too long; POST /v1/connectors/{name}/enable after fixing it"
+            );
+            if let Err(e) = self
+                .host
+                .emit(
+                    "connector.disabled",
+                    json!({ "connector": name, "failing_since": since, "last_error": rec.last_error }),
+                )
+                .await
+            {
+                tracing::warn!(connector = name, error = e, "cannot append connector.disabled");
+            }
+        }
+    }
+
+    /// A FIFO delivery finished: the next one of its key may go.
+    pub(super) async fn release_fifo(&mut self, rec: &Record) {
+        let k = (rec.connector.clone(), rec.key.clone());
+        let Some(q) = self.fifo.get_mut(&k) else {
+            return;
+        };
+        q.retain(|id| *id != rec.id);
+        self.batch.fifo(rec, false);
+        let next = q.front().cloned();
+        if q.is_empty() {
+            self.fifo.remove(&k);
+        }
+        let Some(next) = next else { return };
+        // The next one may have been taken in moments ago: read it back committed.
+        self.flush().await;
+        match self.store.get(&next).await {
+            Ok(Some(mut new)) if new.status == Status::Pending && new.next_at.is_none() => {
+                let prev = new.prev();
+                new.next_at = Some(now_ms());
+                let _ = self.batch.record(Some(&prev), &new);
+                if let Some(c) = self.conns.get_mut(&new.connector) {
+                    c.wake_at = Some(now_ms());
+                    c.due_gen += 1;
+                }
+            }
+            Ok(_) => {}
+            Err(e) => {
+                tracing::warn!(id = next, error = %e, "cannot release the next FIFO delivery")
+            }
+        }
+    }
+}
+
+impl Conn {
+    /// How many attempts the breaker lets start (without changing its state).
+    pub(super) fn breaker_allowance_hint(&self) -> usize {
+        match self.breaker.circuit {
+            crate::breaker::Circuit::Closed => usize::MAX,
+            crate::breaker::Circuit::HalfOpen { trial: false } => 1,
+            _ => 0,
+        }
+    }
+}
