@@ -19,6 +19,7 @@ pub mod breaker;
 pub mod config;
 mod error;
 pub mod guard;
+pub mod http;
 pub mod kafka;
 pub mod log;
 pub mod signature;

@@ -10,14 +10,13 @@
 //! number) are rejected, since retrying cannot fix them.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
 use std::time::Duration;
 
-use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
+use reqwest::header::HeaderMap;
 use serde_json::{Value, json};
 
 use crate::config::{SmsConfig, SmsPreset};
-use crate::{Connector, Delivery, Error, Result, Verdict, clip, guard, template};
+use crate::{Connector, Delivery, Error, Result, Verdict, clip, template};
 
 const TWILIO_URL: &str = "https://api.twilio.com";
 
@@ -88,24 +87,8 @@ impl Sms {
                 .pop_if_empty()
                 .extend(path);
         }
-        let mut b = reqwest::Client::builder()
-            .timeout(timeout)
-            .connect_timeout(timeout.min(Duration::from_secs(5)))
-            .redirect(reqwest::redirect::Policy::none())
-            .tcp_nodelay(true)
-            .user_agent(concat!("storeline/", env!("CARGO_PKG_VERSION")));
-        if !c.allow_private_network {
-            b = b.dns_resolver(Arc::new(guard::PublicOnly));
-        }
-        let client = b.build().map_err(|e| Error::build(name, e.to_string()))?;
-        let mut headers = HeaderMap::new();
-        for (k, v) in &c.headers {
-            let k = HeaderName::from_bytes(k.as_bytes())
-                .map_err(|e| Error::build(name, format!("header {k:?}: {e}")))?;
-            let v = HeaderValue::from_str(v)
-                .map_err(|e| Error::build(name, format!("header {k}: {e}")))?;
-            headers.insert(k, v);
-        }
+        let client = crate::http::client(name, timeout, c.allow_private_network)?;
+        let headers = crate::http::headers(name, &c.headers)?;
         Ok(Sms {
             shape,
             url,
@@ -209,52 +192,12 @@ impl Sms {
 
 impl Connector for Sms {
     async fn attempt(&self, d: &Delivery) -> Verdict {
-        if let Some(host) = self.url.host_str()
-            && let Some(why) = guard::refuse_literal(host, self.allow_private)
-        {
-            return Verdict::Reject { detail: why };
+        if let Some(refused) = crate::http::refuse(&self.url, self.allow_private) {
+            return refused;
         }
-        let req = match self.request(d) {
-            Ok(r) => r,
-            Err(detail) => return Verdict::Reject { detail },
-        };
-        match req.send().await {
-            Ok(resp) => {
-                let status = resp.status().as_u16();
-                let now = chrono::Utc::now().timestamp_millis();
-                let after = resp
-                    .headers()
-                    .get(reqwest::header::RETRY_AFTER)
-                    .and_then(|v| v.to_str().ok())
-                    .and_then(|v| crate::parse_retry_after(v, now));
-                let text = resp.text().await.unwrap_or_default();
-                let detail = format!("HTTP {status} {}", clip(text.trim(), 200));
-                if (200..300).contains(&status) {
-                    Verdict::Delivered { detail }
-                } else if crate::http_retryable(status) {
-                    Verdict::Retry { detail, after }
-                } else {
-                    Verdict::Reject { detail }
-                }
-            }
-            Err(e) if guard::is_refusal(&e) => {
-                // The innermost cause is the guard's own sentence.
-                let mut why = e.to_string();
-                let mut src = std::error::Error::source(&e);
-                while let Some(s) = src {
-                    why = s.to_string();
-                    src = s.source();
-                }
-                Verdict::Reject { detail: why }
-            }
-            Err(e) if e.is_timeout() => Verdict::retry("timed out"),
-            Err(e) => {
-                let mut why = e.to_string();
-                if let Some(s) = std::error::Error::source(&e) {
-                    why = format!("{why}: {s}");
-                }
-                Verdict::retry(clip(&why, 300))
-            }
+        match self.request(d) {
+            Ok(req) => crate::http::send(req).await,
+            Err(detail) => Verdict::Reject { detail },
         }
     }
 }

@@ -4,14 +4,13 @@
 //! errors are retried (honouring `Retry-After`); other statuses, redirects and refused private
 //! addresses are rejected.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::json;
 
 use crate::config::WebhookConfig;
 use crate::signature::{self, Secret};
-use crate::{Connector, Delivery, Error, Result, Verdict, clip, guard};
+use crate::{Connector, Delivery, Error, Result, Verdict};
 
 pub struct Webhook {
     url: reqwest::Url,
@@ -26,17 +25,7 @@ impl Webhook {
     pub fn new(name: &str, c: &WebhookConfig, timeout: Duration) -> Result<Webhook> {
         let url = reqwest::Url::parse(&c.url)
             .map_err(|e| Error::build(name, format!("url {:?}: {e}", c.url)))?;
-        let mut b = reqwest::Client::builder()
-            .timeout(timeout)
-            .connect_timeout(timeout.min(Duration::from_secs(5)))
-            .redirect(reqwest::redirect::Policy::none())
-            .pool_max_idle_per_host(256)
-            .tcp_nodelay(true)
-            .user_agent(concat!("storeline/", env!("CARGO_PKG_VERSION")));
-        if !c.allow_private_network {
-            b = b.dns_resolver(Arc::new(guard::PublicOnly));
-        }
-        let client = b.build().map_err(|e| Error::build(name, e.to_string()))?;
+        let client = crate::http::client(name, timeout, c.allow_private_network)?;
         let secret = c
             .secret
             .as_deref()
@@ -55,14 +44,7 @@ impl Webhook {
             .transpose()
             .map_err(|e| Error::build(name, e))?
             .map(|s| (s, until));
-        let mut headers = reqwest::header::HeaderMap::new();
-        for (k, v) in &c.headers {
-            let k = reqwest::header::HeaderName::from_bytes(k.as_bytes())
-                .map_err(|e| Error::build(name, format!("header {k:?}: {e}")))?;
-            let v = reqwest::header::HeaderValue::from_str(v)
-                .map_err(|e| Error::build(name, format!("header {k}: {e}")))?;
-            headers.insert(k, v);
-        }
+        let headers = crate::http::headers(name, &c.headers)?;
         Ok(Webhook {
             url,
             client,
@@ -91,10 +73,8 @@ impl Webhook {
 
 impl Connector for Webhook {
     async fn attempt(&self, d: &Delivery) -> Verdict {
-        if let Some(host) = self.url.host_str()
-            && let Some(why) = guard::refuse_literal(host, self.allow_private)
-        {
-            return Verdict::Reject { detail: why };
+        if let Some(refused) = crate::http::refuse(&self.url, self.allow_private) {
+            return refused;
         }
         let body = match serde_json::to_vec(&Webhook::body(d)) {
             Ok(b) => b,
@@ -126,49 +106,6 @@ impl Connector for Webhook {
                 signature::header(&keys, &d.id, ts, &body),
             );
         }
-        match req.body(body).send().await {
-            Ok(resp) => {
-                let status = resp.status().as_u16();
-                let after = resp
-                    .headers()
-                    .get(reqwest::header::RETRY_AFTER)
-                    .and_then(|v| v.to_str().ok())
-                    .and_then(|v| crate::parse_retry_after(v, now.timestamp_millis()));
-                let text = resp.text().await.unwrap_or_default();
-                let detail = format!("HTTP {status} {}", clip(text.trim(), 200));
-                if (200..300).contains(&status) {
-                    Verdict::Delivered { detail }
-                } else if (300..400).contains(&status) {
-                    Verdict::Reject {
-                        detail: format!(
-                            "{detail} (redirects are not followed; configure the final URL)"
-                        ),
-                    }
-                } else if crate::http_retryable(status) {
-                    Verdict::Retry { detail, after }
-                } else {
-                    Verdict::Reject { detail }
-                }
-            }
-            Err(e) => {
-                if guard::is_refusal(&e) {
-                    let mut why = e.to_string();
-                    let mut src = std::error::Error::source(&e);
-                    while let Some(s) = src {
-                        why = s.to_string();
-                        src = s.source();
-                    }
-                    Verdict::Reject { detail: why }
-                } else if e.is_timeout() {
-                    Verdict::retry("timed out")
-                } else {
-                    let mut why = e.to_string();
-                    if let Some(s) = std::error::Error::source(&e) {
-                        why = format!("{why}: {s}");
-                    }
-                    Verdict::retry(clip(&why, 300))
-                }
-            }
-        }
+        crate::http::send(req.body(body)).await
     }
 }

@@ -92,19 +92,25 @@ impl Writer {
         }
     }
 
-    pub(super) fn take_in(&mut self, mut rec: Record) {
-        let fifo = self.conns.get(&rec.connector).is_some_and(|c| c.def.fifo);
-        if fifo {
-            let q = self
-                .fifo
-                .entry((rec.connector.clone(), rec.key.clone()))
-                .or_default();
-            if !q.is_empty() {
-                rec.next_at = None;
-            }
-            q.push_back(rec.id.clone());
-            self.batch.fifo(&rec, true);
+    /// For a FIFO connector: puts `rec` at the end of its key's queue, waiting (no due time)
+    /// when an earlier one is still pending.
+    pub(super) fn enqueue_fifo(&mut self, rec: &mut Record) {
+        if !self.conns.get(&rec.connector).is_some_and(|c| c.def.fifo) {
+            return;
         }
+        let q = self
+            .fifo
+            .entry((rec.connector.clone(), rec.key.clone()))
+            .or_default();
+        if !q.is_empty() {
+            rec.next_at = None;
+        }
+        q.push_back(rec.id.clone());
+        self.batch.fifo(rec, true);
+    }
+
+    pub(super) fn take_in(&mut self, mut rec: Record) {
+        self.enqueue_fifo(&mut rec);
         let st = self.states.entry(rec.connector.clone()).or_default();
         st.pending += 1;
         self.dirty_states.insert(rec.connector.clone());

@@ -204,16 +204,8 @@ impl Writer {
                     "{:04}{SEP}{now:013}{SEP}redrive{}",
                     rec.partition, rec.redriven
                 );
-                let q = self
-                    .fifo
-                    .entry((rec.connector.clone(), rec.key.clone()))
-                    .or_default();
-                if !q.is_empty() {
-                    rec.next_at = None;
-                }
-                q.push_back(rec.id.clone());
-                self.batch.fifo(&rec, true);
             }
+            self.enqueue_fifo(&mut rec);
             self.batch.record(Some(&prev), &rec)?;
             let st = self.states.entry(rec.connector.clone()).or_default();
             st.dead -= 1;
