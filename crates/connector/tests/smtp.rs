@@ -266,7 +266,7 @@ async fn fails_over_when_the_primary_is_down() {
     let detail = detail_of(&mail.attempt(&d).await, "delivered");
     assert!(detail.ends_with("via failover"), "{detail}");
     assert!(
-        started.elapsed() < Duration::from_secs(3),
+        started.elapsed() < Duration::from_secs(10),
         "{:?}",
         started.elapsed()
     );
