@@ -225,6 +225,17 @@ async fn a_hanging_receiver_does_not_delay_another_connector() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn no_delivery_is_lost_to_a_kill_9_mid_delivery() {
+    kill_9_mid_delivery(&[]).await;
+}
+
+/// The same on PostgreSQL: the views and the delivery store (`<schema>_delivery`) there.
+#[tokio::test(flavor = "multi_thread")]
+async fn no_delivery_is_lost_to_a_kill_9_mid_delivery_on_postgres() {
+    let pg = common::Postgres::schema("dlv_kill9");
+    kill_9_mid_delivery(&pg.env()).await;
+}
+
+async fn kill_9_mid_delivery(env: &[(&str, &str)]) {
     let rx = Receiver::start(&[]);
     let conn = format!("rate_limit = 200\n{FAST}");
     let triggers = format!(
@@ -232,7 +243,7 @@ async fn no_delivery_is_lost_to_a_kill_9_mid_delivery() {
         webhook("hooks", &format!("{}/hook", rx.url), &conn),
         signup_trigger(&["hooks"])
     );
-    let mut node = Node::start(&triggers);
+    let mut node = Node::start_with(&triggers, env);
     const N: usize = 2000;
     let events: Vec<Value> = (0..N)
         .map(|i| signup(i, &format!("cus-{}", i % 300)))

@@ -160,15 +160,25 @@ pub struct Node {
 
 impl Node {
     pub fn start(triggers: &str) -> Node {
+        Node::start_with(triggers, &[])
+    }
+
+    /// With extra server env vars (such as a PostgreSQL state store's).
+    pub fn start_with(triggers: &str, extra: &[(&str, &str)]) -> Node {
         let dir = tempfile::tempdir().unwrap();
         let data = dir.path().join("data");
         std::fs::create_dir_all(&data).unwrap();
         let file = dir.path().join("triggers.toml");
         std::fs::write(&file, triggers).unwrap();
-        let env = vec![(
+        let mut env = vec![(
             "STORELINE_TRIGGERS__FILE".to_owned(),
             file.to_str().unwrap().to_owned(),
         )];
+        env.extend(
+            extra
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned())),
+        );
         let key = create_key(&data, "admin");
         let read_key = create_key(&data, "read");
         let server = Server::start(&data, &Self::env_refs(&env));
