@@ -108,35 +108,53 @@ pub struct Record {
 }
 
 impl Record {
-    /// A new pending delivery from an engine outbox entry.
-    pub fn from_outbox(partition: u32, seq: &str, entry: &Value, now: i64) -> Option<Record> {
-        let s = |k: &str| entry.get(k).and_then(Value::as_str).map(str::to_owned);
-        let id = s("id")?;
-        let customer = s("customer");
-        let order = entry
-            .pointer("/event/data/order_id")
+    /// A new pending delivery from an engine outbox entry (its JSON), parsed straight into
+    /// the record; `None` when it is not one (no id).
+    pub fn from_outbox(partition: u32, seq: &str, entry: &[u8], now: i64) -> Option<Record> {
+        #[derive(Deserialize)]
+        struct Entry {
+            id: Option<String>,
+            #[serde(default)]
+            connector: String,
+            #[serde(default)]
+            channel: String,
+            #[serde(default)]
+            template: Option<String>,
+            #[serde(default)]
+            customer: Option<String>,
+            #[serde(default)]
+            trigger: String,
+            #[serde(default)]
+            run: String,
+            #[serde(default)]
+            event: Value,
+            #[serde(default)]
+            arrived: Option<Value>,
+            #[serde(default)]
+            data: Option<Map<String, Value>>,
+            #[serde(default)]
+            created_at: Option<i64>,
+        }
+        let e: Entry = serde_json::from_slice(entry).ok()?;
+        let id = e.id?;
+        let order = e
+            .event
+            .pointer("/data/order_id")
             .and_then(Value::as_str)
             .map(str::to_owned);
         Some(Record {
-            key: customer.clone().or(order).unwrap_or_else(|| id.clone()),
+            key: e.customer.clone().or(order).unwrap_or_else(|| id.clone()),
             id,
-            connector: s("connector").unwrap_or_default(),
-            channel: s("channel").unwrap_or_default(),
-            template: s("template"),
-            customer,
-            trigger: s("trigger").unwrap_or_default(),
-            run: s("run").unwrap_or_default(),
-            event: entry.get("event").cloned().unwrap_or(Value::Null),
-            arrived: entry.get("arrived").cloned().filter(|v| !v.is_null()),
-            data: entry
-                .get("data")
-                .and_then(Value::as_object)
-                .cloned()
-                .unwrap_or_default(),
-            created_at: entry
-                .get("created_at")
-                .and_then(Value::as_i64)
-                .unwrap_or(now),
+            connector: e.connector,
+            channel: e.channel,
+            template: e.template,
+            customer: e.customer,
+            trigger: e.trigger,
+            run: e.run,
+            event: e.event,
+            arrived: e.arrived.filter(|v| !v.is_null()),
+            data: e.data.unwrap_or_default(),
+            created_at: e.created_at.unwrap_or(now),
             partition,
             seq: seq.to_owned(),
             status: Status::Pending,

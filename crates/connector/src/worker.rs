@@ -175,6 +175,7 @@ impl Worker {
                 "connector cannot be built; its deliveries wait"
             );
         }
+        w.repair_fifo().await;
         w.publish();
         let (cmd, cmd_rx) = mpsc::channel(64);
         let join = tokio::spawn(w.run(cmd_rx, results_rx, shutdown));

@@ -46,17 +46,14 @@ impl Writer {
                     .nth(1)
                     .and_then(|c| c.parse().ok())
                     .unwrap_or(0);
-                let Ok(entry) = serde_json::from_slice::<Value>(value) else {
-                    tracing::error!(partition = p, key, "unreadable outbox entry skipped");
-                    continue;
-                };
-                let Some(rec) = Record::from_outbox(p as u32, key, &entry, now) else {
-                    continue;
-                };
                 if clock > self.cursors[p] {
                     self.cursors[p] = clock;
                     self.seen[p].clear();
                 }
+                let Some(rec) = Record::from_outbox(p as u32, key, value, now) else {
+                    tracing::error!(partition = p, key, "unreadable outbox entry skipped");
+                    continue;
+                };
                 if self.seen[p].insert(rec.id.clone()) {
                     fresh.push((clock, rec));
                 }
@@ -433,26 +430,62 @@ impl Writer {
         };
         q.retain(|id| *id != rec.id);
         self.batch.fifo(rec, false);
-        let next = q.front().cloned();
-        if q.is_empty() {
-            self.fifo.remove(&k);
-        }
-        let Some(next) = next else { return };
         // The next one may have been taken in moments ago: read it back committed.
         self.flush().await;
-        match self.store.get(&next).await {
-            Ok(Some(mut new)) if new.status == Status::Pending && new.next_at.is_none() => {
-                let prev = new.prev();
-                new.next_at = Some(now_ms());
-                let _ = self.batch.record(Some(&prev), &new);
-                if let Some(c) = self.conns.get_mut(&new.connector) {
-                    c.wake_at = Some(now_ms());
-                    c.due_gen += 1;
-                }
+        self.release_head(&k).await;
+    }
+
+    /// After a start: a crash between a head's end and its successor's release (two commits)
+    /// leaves a head without a due time; every queue's head is looked at once.
+    pub(super) async fn repair_fifo(&mut self) {
+        let keys: Vec<(String, String)> = self.fifo.keys().cloned().collect();
+        for k in keys {
+            self.release_head(&k).await;
+        }
+    }
+
+    /// Lets the head of a FIFO queue go (gives it a due time) if it waits. Heads that are no
+    /// longer pending (finished elsewhere) leave the queue, so a queue never stays stuck.
+    pub(super) async fn release_head(&mut self, k: &(String, String)) {
+        loop {
+            let Some(next) = self.fifo.get(k).and_then(|q| q.front().cloned()) else {
+                self.fifo.remove(k);
+                return;
+            };
+            if self.inflight.contains_key(&next) {
+                return;
             }
-            Ok(_) => {}
-            Err(e) => {
-                tracing::warn!(id = next, error = %e, "cannot release the next FIFO delivery")
+            match self.store.get(&next).await {
+                Ok(Some(mut new)) if new.status == Status::Pending => {
+                    if new.next_at.is_none() {
+                        let prev = new.prev();
+                        new.next_at = Some(now_ms());
+                        let _ = self.batch.record(Some(&prev), &new);
+                        if let Some(c) = self.conns.get_mut(&new.connector) {
+                            c.wake_at = Some(now_ms());
+                            c.due_gen += 1;
+                        }
+                    }
+                    return;
+                }
+                Ok(Some(done)) => {
+                    tracing::warn!(
+                        id = next,
+                        "a FIFO queue's head is not pending; the next one goes"
+                    );
+                    if let Some(q) = self.fifo.get_mut(k) {
+                        q.pop_front();
+                    }
+                    self.batch.fifo(&done, false);
+                }
+                Ok(None) => {
+                    tracing::warn!(id = next, "a FIFO queue's head is not in the store yet");
+                    return;
+                }
+                Err(e) => {
+                    tracing::warn!(id = next, error = %e, "cannot release the next FIFO delivery");
+                    return;
+                }
             }
         }
     }
