@@ -11,14 +11,14 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use futures::StreamExt;
 
-fn client() -> Result<reqwest::Client> {
+pub(crate) fn client() -> Result<reqwest::Client> {
     reqwest::Client::builder()
         .pool_max_idle_per_host(64)
         .build()
         .context("cannot build the HTTP client")
 }
 
-fn need_key<'a>(key: Option<&'a str>, scope: &str) -> Result<&'a str> {
+pub(crate) fn need_key<'a>(key: Option<&'a str>, scope: &str) -> Result<&'a str> {
     key.with_context(|| {
         format!(
             "an API key with the '{scope}' scope is needed: pass --key or set STORELINE_API_KEY"

@@ -74,18 +74,21 @@ pub enum ConnectorsCommand {
     },
 }
 
+/// One API call with a key of `scope`; a non-2xx answer becomes the server's error message.
 async fn call(
     client: &ClientArgs,
+    scope: &str,
     method: reqwest::Method,
     path: &str,
     query: &[(&str, String)],
     body: Option<Value>,
 ) -> Result<Value> {
     let url = format!("{}{path}", client.url.trim_end_matches('/'));
-    let mut req = reqwest::Client::new().request(method, &url).query(query);
-    if let Some(k) = &client.key {
-        req = req.bearer_auth(k);
-    }
+    let key = crate::client::need_key(client.key.as_deref(), scope)?;
+    let mut req = crate::client::client()?
+        .request(method, &url)
+        .query(query)
+        .bearer_auth(key);
     if let Some(b) = body {
         req = req.json(&b);
     }
@@ -133,7 +136,15 @@ pub async fn run(cmd: DeliveriesCommand) -> Result<()> {
                 );
             }
             loop {
-                let page = call(&client, reqwest::Method::GET, "/v1/deliveries", &q, None).await?;
+                let page = call(
+                    &client,
+                    "read",
+                    reqwest::Method::GET,
+                    "/v1/deliveries",
+                    &q,
+                    None,
+                )
+                .await?;
                 for d in page["deliveries"].as_array().into_iter().flatten() {
                     if printed == limit {
                         return Ok(());
@@ -170,6 +181,7 @@ pub async fn run(cmd: DeliveriesCommand) -> Result<()> {
         DeliveriesCommand::Show { id, client } => {
             let v = call(
                 &client,
+                "read",
                 reqwest::Method::GET,
                 &format!("/v1/deliveries/{id}"),
                 &[],
@@ -206,6 +218,7 @@ pub async fn run(cmd: DeliveriesCommand) -> Result<()> {
             };
             let v = call(
                 &client,
+                "admin",
                 reqwest::Method::POST,
                 "/v1/deliveries/redrive",
                 &[],
@@ -221,7 +234,15 @@ pub async fn run(cmd: DeliveriesCommand) -> Result<()> {
 pub async fn run_connectors(cmd: ConnectorsCommand) -> Result<()> {
     match cmd {
         ConnectorsCommand::List { client } => {
-            let v = call(&client, reqwest::Method::GET, "/v1/connectors", &[], None).await?;
+            let v = call(
+                &client,
+                "read",
+                reqwest::Method::GET,
+                "/v1/connectors",
+                &[],
+                None,
+            )
+            .await?;
             println!(
                 "{:<16} {:<8} {:<9} {:<10} {:>9} {:>9} {:>10} {:>7}",
                 "name", "type", "state", "circuit", "in_flight", "pending", "delivered", "dead"
@@ -244,6 +265,7 @@ pub async fn run_connectors(cmd: ConnectorsCommand) -> Result<()> {
         ConnectorsCommand::Enable { name, client } => {
             let v = call(
                 &client,
+                "admin",
                 reqwest::Method::POST,
                 &format!("/v1/connectors/{name}/enable"),
                 &[],

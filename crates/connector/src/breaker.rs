@@ -75,6 +75,16 @@ impl Breaker {
         }
     }
 
+    /// How many attempts may start, without moving the state (an open circuit counts as
+    /// open even when its cool-down is over; [`Breaker::allowance`] moves it).
+    pub fn peek(&self) -> usize {
+        match self.circuit {
+            Circuit::Closed => usize::MAX,
+            Circuit::HalfOpen { trial: false } => 1,
+            _ => 0,
+        }
+    }
+
     /// An attempt started (the trial, when half-open).
     pub fn started(&mut self) {
         if let Circuit::HalfOpen { .. } = self.circuit {

@@ -285,23 +285,12 @@ pub fn parse_all(tables: &[toml::Table]) -> Result<Vec<ConnectorDef>, Vec<Proble
 /// Checks one table; `at` names it in problems.
 pub fn parse(t: &toml::Table, at: &str) -> Result<ConnectorDef, Vec<Problem>> {
     let mut p = Vec::new();
-    let mut add = |key: &str, message: String| {
-        p.push(Problem {
-            at: if key.is_empty() {
-                at.to_owned()
-            } else {
-                format!("{at}.{key}")
-            },
-            message,
-        })
-    };
-    let name = match t.get("name").and_then(|v| v.as_str()) {
-        Some(n) if !n.is_empty() => n.to_owned(),
-        _ => {
-            add("name", "a connector needs a `name` (text)".into());
-            String::new()
-        }
-    };
+    let name = t
+        .get("name")
+        .and_then(|v| v.as_str())
+        .filter(|n| !n.is_empty())
+        .unwrap_or("")
+        .to_owned();
     let at = if name.is_empty() {
         at.to_owned()
     } else {
@@ -317,6 +306,9 @@ pub fn parse(t: &toml::Table, at: &str) -> Result<ConnectorDef, Vec<Problem>> {
             message,
         })
     };
+    if name.is_empty() {
+        add("name", "a connector needs a `name` (text)".into());
+    }
     let rest: toml::Table = t
         .iter()
         .filter(|(k, _)| !COMMON.contains(&k.as_str()))

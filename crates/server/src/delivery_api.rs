@@ -154,7 +154,10 @@ pub(crate) async fn start_worker(
     shutdown: tokio::sync::watch::Receiver<bool>,
 ) -> Result<Worker, String> {
     let engine = crate::views_api::engine(state).map_err(|e| e.message)?;
-    let defs = match crate::triggers_api::current_source(state).await {
+    let source = crate::triggers_api::current_source(state)
+        .await
+        .map_err(|e| e.message)?;
+    let defs = match source {
         Some(src) => parse_file(&src).map(|(_, d)| d).unwrap_or_else(|problems| {
             for p in &problems {
                 tracing::error!(problem = %p, "the installed trigger file's connectors have problems");
@@ -259,11 +262,13 @@ fn filter_of(q: &ListQuery) -> Result<Filter, ApiError> {
     })
 }
 
+/// ms since the epoch as an RFC 3339 time with milliseconds.
+fn time(ms: Option<i64>) -> Option<String> {
+    ms.and_then(chrono::DateTime::from_timestamp_millis)
+        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
+}
+
 fn summary(r: &storeline_connector::store::Record) -> Value {
-    let time = |ms: Option<i64>| {
-        ms.and_then(chrono::DateTime::from_timestamp_millis)
-            .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
-    };
     json!({
         "id": r.id, "connector": r.connector, "channel": r.channel, "template": r.template,
         "customer": r.customer, "trigger": r.trigger, "status": r.status.as_str(),
@@ -333,10 +338,10 @@ pub async fn get(
             .iter()
             .map(|a| json!({
                 "n": a.n,
-                "at": chrono::DateTime::from_timestamp_millis(a.at).map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)),
+                "at": time(Some(a.at)),
                 "duration_ms": a.ms, "outcome": a.outcome, "detail": a.detail,
                 "retry_after_ms": a.retry_after_ms,
-                "next_attempt_at": a.next_at.and_then(chrono::DateTime::from_timestamp_millis).map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)),
+                "next_attempt_at": time(a.next_at),
             }))
             .collect::<Vec<_>>()
     );

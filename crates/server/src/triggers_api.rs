@@ -81,22 +81,19 @@ pub async fn install_configured(state: &AppState) -> Result<(), String> {
 }
 
 /// The source of the trigger file in force (partition 0's).
-pub(crate) async fn current_source(state: &AppState) -> Option<String> {
-    let engine = engine(state).ok()?;
-    let current = triggers::read::current(&*engine.store).await.ok()?;
-    current.into_iter().next().map(|(_, d)| d.source)
-}
-
-/// The trigger file in force (partition 0's, which all reach once they applied it).
-async fn current_set(state: &AppState) -> Result<Option<TriggerSet>, ApiError> {
+pub(crate) async fn current_source(state: &AppState) -> Result<Option<String>, ApiError> {
     let engine = engine(state)?;
     let current = triggers::read::current(&*engine.store)
         .await
         .map_err(internal)?;
-    Ok(current
-        .into_iter()
-        .next()
-        .and_then(|(_, d)| TriggerSet::parse(&d.source).ok()))
+    Ok(current.into_iter().next().map(|(_, d)| d.source))
+}
+
+/// The trigger file in force (partition 0's, which all reach once they applied it).
+async fn current_set(state: &AppState) -> Result<Option<TriggerSet>, ApiError> {
+    Ok(current_source(state)
+        .await?
+        .and_then(|source| TriggerSet::parse(&source).ok()))
 }
 
 /// `GET /v1/triggers`: the file in force, each trigger's version and counters, and the runs

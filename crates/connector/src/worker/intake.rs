@@ -218,7 +218,7 @@ impl Writer {
                 .def
                 .concurrency
                 .saturating_sub(c.in_flight)
-                .min(c.breaker_allowance_hint());
+                .min(c.breaker.peek());
             let limit = room + c.in_flight;
             let (ids, next) = match self.store.due(&name, now, limit).await {
                 Ok(r) => r,
@@ -487,17 +487,6 @@ impl Writer {
                     return;
                 }
             }
-        }
-    }
-}
-
-impl Conn {
-    /// How many attempts the breaker lets start (without changing its state).
-    pub(super) fn breaker_allowance_hint(&self) -> usize {
-        match self.breaker.circuit {
-            crate::breaker::Circuit::Closed => usize::MAX,
-            crate::breaker::Circuit::HalfOpen { trial: false } => 1,
-            _ => 0,
         }
     }
 }
