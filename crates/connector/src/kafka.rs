@@ -136,11 +136,30 @@ impl Connector for Kafka {
                 if let Some((code, why)) = producer.client().fatal_error() {
                     tracing::warn!(connector = %self.name, ?code, %why, "kafka producer failed fatally; recreating it");
                     self.replace_producer(&producer);
+                } else if lost_producer_id(&e) {
+                    // The broker no longer knows this producer's id (seen with tansu after a
+                    // topic appears): only a new producer, with a new id, gets through.
+                    tracing::warn!(connector = %self.name, error = %e, "kafka producer fenced; recreating it");
+                    self.replace_producer(&producer);
                 }
                 classify(&e, &self.topic)
             }
         }
     }
+}
+
+/// Whether the error means the idempotent producer's id or epoch is no longer valid.
+fn lost_producer_id(e: &KafkaError) -> bool {
+    use RDKafkaErrorCode as C;
+    matches!(
+        e.rdkafka_error_code(),
+        Some(
+            C::ProducerFenced
+                | C::InvalidProducerEpoch
+                | C::UnknownProducerId
+                | C::OutOfOrderSequenceNumber
+        )
+    )
 }
 
 /// The verdict for a failed produce: reject what the broker will never take, retry the rest.
