@@ -14,6 +14,7 @@ use serde::de::{self, Deserializer, IgnoredAny};
 use serde_json::value::RawValue;
 
 use crate::error::FieldError;
+use crate::limits;
 use crate::money::Money;
 
 /// Every catalog type, in the order of DESIGN.md.
@@ -161,7 +162,9 @@ fn describe(ty: &str, e: &serde_path_to_error::Error<serde_json::Error>) -> Fiel
 
 // ----- field types -------------------------------------------------------------------------
 
-/// A string that must not be empty.
+/// An identifier (an id, a SKU, a URL): not empty, no control characters, at most
+/// [`MAX_IDENTIFIER_LEN`](crate::limits::MAX_IDENTIFIER_LEN) bytes. These become keys in the
+/// views.
 #[derive(Debug)]
 struct Text(String);
 
@@ -171,23 +174,47 @@ impl<'de> Deserialize<'de> for Text {
         if s.trim().is_empty() {
             return Err(de::Error::custom("must not be empty"));
         }
+        if s.len() > limits::MAX_IDENTIFIER_LEN {
+            return Err(de::Error::custom(format!(
+                "is {} bytes long; the limit is {}",
+                s.len(),
+                limits::MAX_IDENTIFIER_LEN
+            )));
+        }
+        limits::check_identifier(&s).map_err(de::Error::custom)?;
         Ok(Text(s))
     }
 }
 
-/// A count of items: a whole number of at least 1.
+/// A count of items: a whole number from 1 to [`MAX_QUANTITY`](limits::MAX_QUANTITY).
 #[derive(Debug)]
-struct Quantity(u32);
+struct Quantity(u64);
 
 impl<'de> Deserialize<'de> for Quantity {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let n = serde_json::Number::deserialize(d)?;
         match n.as_u64() {
-            Some(q) if q >= 1 && q <= u64::from(u32::MAX) => Ok(Quantity(q as u32)),
+            Some(q) if (1..=limits::MAX_QUANTITY).contains(&q) => Ok(Quantity(q)),
             _ => Err(de::Error::custom(format!(
-                "must be a whole number of at least 1, got {n}"
+                "must be a whole number of at least 1 and at most {}, got {n}",
+                limits::MAX_QUANTITY
             ))),
         }
+    }
+}
+
+/// A stock count or change: a whole number within ±[`MAX_AMOUNT`](limits::MAX_AMOUNT).
+#[derive(Debug, Clone, Copy)]
+struct Units(i64);
+
+impl<'de> Deserialize<'de> for Units {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let n = serde_json::Number::deserialize(d)?;
+        let v = n
+            .as_i64()
+            .ok_or_else(|| de::Error::custom(format!("must be a whole number, got {n}")))?;
+        limits::check_amount(v).map_err(de::Error::custom)?;
+        Ok(Units(v))
     }
 }
 
@@ -204,9 +231,12 @@ impl<'de> Deserialize<'de> for Email {
                 && !domain.starts_with('.')
                 && !domain.ends_with('.')
                 && !domain.contains('@')
-        }) && !s.chars().any(char::is_whitespace);
-        if !ok {
-            return Err(de::Error::custom(format!("'{s}' is not an e-mail address")));
+        }) && !s.chars().any(|c| c.is_whitespace() || c.is_control());
+        if !ok || s.len() > limits::MAX_IDENTIFIER_LEN {
+            return Err(de::Error::custom(format!(
+                "{:?} is not an e-mail address",
+                s.chars().take(100).collect::<String>()
+            )));
         }
         Ok(Email(s))
     }
@@ -427,12 +457,12 @@ impl Check for ReturnEvent {
 // ----- inventory ---------------------------------------------------------------------------
 
 payload!(InventoryAdjusted {
-    sku: Text, location: Option<Text>, delta: Option<i64>, set: Option<i64>,
+    sku: Text, location: Option<Text>, delta: Option<Units>, set: Option<Units>,
     reason: Option<String>,
 });
 impl Check for InventoryAdjusted {
     fn check(&self, errors: &mut Vec<FieldError>) {
-        match (self.delta, self.set) {
+        match (self.delta.map(|u| u.0), self.set.map(|u| u.0)) {
             (None, None) => errors.push(FieldError::new(
                 "data.delta",
                 "one of delta (a change) or set (a new on-hand count) is required",
@@ -457,7 +487,7 @@ payload!(InventoryQuantity {
 impl Check for InventoryQuantity {}
 
 payload!(InventoryLevel {
-    sku: Text, location: Option<Text>, available: i64, threshold: Option<i64>,
+    sku: Text, location: Option<Text>, available: Units, threshold: Option<Units>,
 });
 impl Check for InventoryLevel {}
 

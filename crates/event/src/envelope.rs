@@ -26,7 +26,11 @@ use crate::ids::EventId;
 pub const SPECVERSION: &str = "1.0";
 
 /// Attributes that Storeline sets when it stores an event; a producer may not send them.
-pub const RESERVED_ATTRIBUTES: &[&str] = &["partition", "offset", "received_at"];
+/// `storeline_internal` marks the records Storeline writes itself (see [`crate::limits`]).
+pub const RESERVED_ATTRIBUTES: &[&str] = &["partition", "offset", "received_at", INTERNAL];
+
+/// The stored attribute that marks a record Storeline wrote itself.
+pub const INTERNAL: &str = "storeline_internal";
 
 const MAX_ID_LEN: usize = 256;
 const MAX_SOURCE_LEN: usize = 1024;
@@ -221,6 +225,10 @@ pub struct Event {
     /// A binary payload (CloudEvents `data_base64`), base64 text.
     pub data_base64: Option<String>,
     pub extensions: Vec<(String, ExtensionValue)>,
+    /// Written by Storeline itself (the engine, a command, the API), never by a producer: the
+    /// engine honours reserved record types only when this is set. Stored as
+    /// `"storeline_internal": true`, which ingest refuses.
+    pub internal: bool,
 }
 
 impl PartialEq for Event {
@@ -236,6 +244,7 @@ impl PartialEq for Event {
             && self.data.as_ref().map(|d| d.get()) == o.data.as_ref().map(|d| d.get())
             && self.data_base64 == o.data_base64
             && self.extensions == o.extensions
+            && self.internal == o.internal
     }
 }
 
@@ -269,6 +278,15 @@ fn string_attr(
     }
 }
 
+/// An attribute that names something (an id, a source, a subject) holds no control character.
+fn identifier(errors: &mut Vec<FieldError>, field: &str, value: &Option<String>) {
+    if let Some(v) = value
+        && let Err(reason) = crate::limits::check_identifier(v)
+    {
+        errors.push(FieldError::new(field, reason));
+    }
+}
+
 fn valid_type_name(ty: &str) -> bool {
     let mut chars = ty.chars();
     chars.next().is_some_and(|c| c.is_ascii_lowercase())
@@ -297,8 +315,8 @@ fn is_json_content_type(ct: &str) -> bool {
 }
 
 impl Event {
-    /// Checks an incoming event, fills defaults and validates the catalog payload. Returns every
-    /// problem found, each with its field path.
+    /// Checks an incoming event, fills defaults and validates the catalog payload and the
+    /// limits of [`crate::limits`]. Returns every problem found, each with its field path.
     pub fn from_incoming(
         inc: Incoming,
         mode: Mode,
@@ -307,11 +325,13 @@ impl Event {
         Self::check(inc, mode, defaults, true)
     }
 
+    /// `at_ingest`: check the payload and the limits too (stored events are read back with the
+    /// envelope checked only, so that a rule added later never makes an old event unreadable).
     fn check(
         inc: Incoming,
         mode: Mode,
         defaults: &Defaults,
-        validate_payload: bool,
+        at_ingest: bool,
     ) -> Result<Event, Vec<FieldError>> {
         let mut errors = Vec::new();
         let strict = mode == Mode::CloudEvents;
@@ -414,9 +434,39 @@ impl Event {
                 )),
             }
         }
+        if at_ingest {
+            for (field, value) in [
+                ("id", &id),
+                ("source", &source),
+                ("subject", &subject),
+                ("partitionkey", &partitionkey),
+                ("datacontenttype", &datacontenttype),
+                ("dataschema", &dataschema),
+            ] {
+                identifier(&mut errors, field, value);
+            }
+            for (name, value) in &extensions {
+                if let ExtensionValue::String(s) = value
+                    && let Err(reason) = crate::limits::check_identifier(s)
+                {
+                    errors.push(FieldError::new(name.as_str(), reason));
+                }
+            }
+            if let Some(b) = &data_base64
+                && let Err(reason) = crate::limits::check_text(b)
+            {
+                errors.push(FieldError::new("data_base64", reason));
+            }
+            if let Some(d) = &inc.data
+                && let Err(reason) = crate::limits::scan_json(d.get())
+            {
+                errors.push(FieldError::new("data", reason));
+            }
+        }
         if let Some(ty) = &ty
-            && validate_payload
+            && at_ingest
             && catalog::is_catalog_type(ty)
+            && !errors.iter().any(|e| e.field == "data")
         {
             if data_base64.is_some() {
                 errors.push(FieldError::new(
@@ -443,6 +493,7 @@ impl Event {
             data,
             data_base64,
             extensions,
+            internal: false,
         })
     }
 
@@ -487,6 +538,10 @@ impl Event {
     /// Reads the stored form back: the event and its `received_at`.
     pub fn from_stored_json(bytes: &[u8]) -> Result<(Event, DateTime<Utc>), String> {
         let inc: Incoming = serde_json::from_slice(bytes).map_err(|e| e.to_string())?;
+        let internal = inc
+            .reserved
+            .iter()
+            .any(|(k, v)| k == INTERNAL && *v == Scalar::Bool(true));
         let received_at = inc
             .reserved
             .iter()
@@ -507,8 +562,9 @@ impl Event {
             source: String::new(),
             now: received_at,
         };
-        let ev = Event::check(inc, Mode::Plain, &defaults, false)
+        let mut ev = Event::check(inc, Mode::Plain, &defaults, false)
             .map_err(|e| format!("stored event has an invalid envelope: {}", e[0]))?;
+        ev.internal = internal;
         Ok((ev, received_at))
     }
 }
@@ -586,6 +642,9 @@ impl Serialize for Stored<'_> {
         for (k, v) in &e.extensions {
             m.serialize_entry(k, v)?;
         }
+        if e.internal {
+            m.serialize_entry(INTERNAL, &true)?;
+        }
         m.serialize_entry("received_at", self.received_at)?;
         if let Some(v) = &e.data {
             m.serialize_entry("data", v)?;
@@ -615,5 +674,96 @@ mod tests {
             r#"{"a":[1,2.50,1e3],"s":"two  spaces \" q\n"}"#
         );
         assert!(!ev.to_stored_json(Utc::now()).contains(&b'\n'));
+    }
+
+    fn check(body: &str) -> Result<Event, Vec<FieldError>> {
+        let inc: Incoming = serde_json::from_str(body).unwrap();
+        let defaults = Defaults {
+            source: "s".into(),
+            now: Utc::now(),
+        };
+        Event::from_incoming(inc, Mode::Plain, &defaults)
+    }
+
+    fn fields(body: &str) -> Vec<String> {
+        check(body)
+            .unwrap_err()
+            .into_iter()
+            .map(|e| e.field)
+            .collect()
+    }
+
+    #[test]
+    fn control_characters_deep_data_and_huge_numbers_are_refused_with_their_field() {
+        assert_eq!(
+            fields(r#"{"type":"x.y","subject":"cus\u00001"}"#),
+            ["subject"]
+        );
+        assert_eq!(fields(r#"{"type":"x.y","id":"a\tb"}"#), ["id"]);
+        assert_eq!(fields(r#"{"type":"x.y","source":"s\n"}"#), ["source"]);
+        assert_eq!(fields(r#"{"type":"x.y","shop":"a\u0000"}"#), ["shop"]);
+        assert_eq!(
+            fields(r#"{"type":"x.y","data":{"note":"bell\u0007"}}"#),
+            ["data"]
+        );
+        assert_eq!(
+            fields(
+                r#"{"type":"order.placed","data":{"order_id":"o\u0000","total":{"amount":1,"currency":"EUR"},"lines":[{"sku":"S","quantity":1}]}}"#
+            ),
+            ["data"]
+        );
+        assert_eq!(
+            fields(r#"{"type":"order.paid","data":{"order_id":"o\t1"}}"#),
+            ["data.order_id"]
+        );
+        assert_eq!(
+            fields(r#"{"type":"customer.identified","data":{"email":"a\u0001@b.c"}}"#),
+            ["data"]
+        );
+        let deep = format!(
+            r#"{{"type":"x.y","data":{}1{}}}"#,
+            "[".repeat(100_000),
+            "]".repeat(100_000)
+        );
+        let inc: Result<Incoming, _> = serde_json::from_str(&deep);
+        // serde either refuses it itself or the depth check does; either way nothing is stored.
+        if let Ok(inc) = inc {
+            let defaults = Defaults {
+                source: "s".into(),
+                now: Utc::now(),
+            };
+            let errors = Event::from_incoming(inc, Mode::Plain, &defaults).unwrap_err();
+            assert_eq!(errors[0].field, "data");
+            assert!(errors[0].reason.contains("nested"), "{errors:?}");
+        }
+        assert_eq!(
+            fields(
+                r#"{"type":"order.placed","data":{"order_id":"o","total":{"amount":9223372036854775807,"currency":"EUR"},"lines":[{"sku":"S","quantity":1}]}}"#
+            ),
+            ["data.total"]
+        );
+        assert_eq!(
+            fields(
+                r#"{"type":"inventory.adjusted","data":{"sku":"S","delta":9223372036854775807}}"#
+            ),
+            ["data.delta"]
+        );
+        // Free text keeps its tabs and line breaks.
+        check(r#"{"type":"x.y","data":{"note":"a\tb\r\nc"}}"#).unwrap();
+    }
+
+    #[test]
+    fn the_internal_mark_is_stored_and_read_back_but_never_accepted_from_a_producer() {
+        let mut ev = check(r#"{"type":"storeline.tick"}"#).unwrap();
+        assert!(!ev.internal);
+        ev.internal = true;
+        let stored = ev.to_stored_json(Utc::now());
+        let (back, _) = Event::from_stored_json(&stored).unwrap();
+        assert!(back.internal);
+        assert_eq!(
+            fields(r#"{"type":"storeline.tick","storeline_internal":true}"#),
+            ["storeline_internal"]
+        );
+        assert_eq!(crate::limits::reserved_fields(&ev)[0].field, "type");
     }
 }

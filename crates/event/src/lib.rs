@@ -8,13 +8,14 @@ mod catalog;
 mod envelope;
 mod error;
 pub mod ids;
+pub mod limits;
 mod money;
 pub mod segment;
 
 pub use catalog::{CATALOG, COMMERCE_KEY, is_catalog_type, is_commerce_type, validate_data};
 pub use envelope::{
-    Defaults, Event, ExtensionValue, Incoming, Mode, RESERVED_ATTRIBUTES, SPECVERSION, Scalar,
-    format_time, splice_position,
+    Defaults, Event, ExtensionValue, INTERNAL, Incoming, Mode, RESERVED_ATTRIBUTES, SPECVERSION,
+    Scalar, format_time, splice_position,
 };
 pub use error::FieldError;
 pub use money::{Currency, Money, currency_exponent};

@@ -247,7 +247,9 @@ impl Money {
     /// rounding half away from zero; `None` if it is not finite or does not fit.
     pub fn from_major(major: f64, currency: Currency) -> Option<Self> {
         let scaled = (major * 10f64.powi(i32::from(currency.exponent()))).round();
-        if !scaled.is_finite() || scaled.abs() > 9.0e15 {
+        #[allow(clippy::cast_precision_loss)]
+        let max = crate::limits::MAX_AMOUNT as f64;
+        if !scaled.is_finite() || scaled.abs() > max {
             return None;
         }
         #[allow(clippy::cast_possible_truncation)]
@@ -301,6 +303,8 @@ impl<'de> Visitor<'de> for MoneyVisitor {
                 "amount must not be negative, got {amount}"
             )));
         }
+        crate::limits::check_amount(amount)
+            .map_err(|e| de::Error::custom(format!("amount {e}")))?;
         Ok(Money { amount, currency })
     }
 }

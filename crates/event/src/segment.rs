@@ -14,6 +14,7 @@ use serde_json::{Map, Value, json};
 
 use crate::error::FieldError;
 use crate::ids::EventId;
+use crate::limits;
 use crate::money::{Currency, Money};
 
 type Object = Map<String, Value>;
@@ -79,7 +80,13 @@ pub fn map_message(kind: Option<&str>, msg: &Value, opts: &SegmentOptions) -> Re
 
     let (ty, data) = match call.as_str() {
         "identify" => {
-            let mut traits = object(msg, "traits")?;
+            // RudderStack's SDKs send identify traits in `context.traits`, Segment's at the top:
+            // both are read, and a trait at the top wins.
+            let mut traits = match context.and_then(|c| c.get("traits")) {
+                Some(Value::Object(t)) => without_nulls(Value::Object(t.clone())),
+                _ => Object::new(),
+            };
+            traits.extend(object(msg, "traits")?);
             // Only a plausible address becomes `email` (the catalog validates it); anything else
             // stays a trait, where the shop can still see what it sent.
             let email = match traits.get("email") {
@@ -370,16 +377,22 @@ impl Props {
         Ok(None)
     }
 
-    /// `quantity`, default 1: a whole number of at least 1.
-    fn quantity(&mut self) -> Res<u32> {
+    /// `quantity`, default 1: a whole number from 1 to [`MAX_QUANTITY`](limits::MAX_QUANTITY).
+    fn quantity(&mut self) -> Res<u64> {
         let Some(v) = self.take("quantity") else {
             return Ok(1);
         };
+        #[allow(clippy::cast_precision_loss)]
+        let max = limits::MAX_QUANTITY as f64;
         match number(&v) {
-            Some(q) if q.fract() == 0.0 && (1.0..=f64::from(u32::MAX)).contains(&q) => Ok(q as u32),
+            #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+            Some(q) if q.fract() == 0.0 && (1.0..=max).contains(&q) => Ok(q as u64),
             _ => {
-                let what = "a whole number of at least 1";
-                Err(must_be(&self.field("quantity"), what, &v))
+                let what = format!(
+                    "a whole number of at least 1 and at most {}",
+                    limits::MAX_QUANTITY
+                );
+                Err(must_be(&self.field("quantity"), &what, &v))
             }
         }
     }
@@ -408,7 +421,9 @@ impl Props {
                                "name": p.text("name")?, "category": p.text("category")?,
                                "brand": p.text("brand")?, "variant": p.text("variant")? });
             self.money_used |= p.money_used;
-            let total = price.and_then(|a| a.checked_mul(i64::from(quantity)));
+            let total = price
+                .and_then(|a| a.checked_mul(i64::try_from(quantity).ok()?))
+                .filter(|t| limits::check_amount(*t).is_ok());
             // A product's own leftovers (url, position, coupon, …) stay with its line.
             lines.push((Value::Object(p.finish(line)), total));
         }
@@ -452,6 +467,7 @@ fn ident(msg: &Object, key: &str, max: usize) -> Res<Option<String>> {
             format!("is {} bytes long; the limit is {max}", id.len()),
         ));
     }
+    limits::check_identifier(&id).map_err(|reason| err(key, reason))?;
     Ok(Some(id))
 }
 

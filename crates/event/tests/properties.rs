@@ -47,6 +47,7 @@ prop_compose! {
             any::<i64>().prop_map(ExtensionValue::Integer),
             any::<bool>().prop_map(ExtensionValue::Bool),
         ], 0..3),
+        internal in any::<bool>(),
     ) -> Event {
         Event {
             id, source, ty: format!("custom{ty}"), time: t, subject, partitionkey,
@@ -57,6 +58,7 @@ prop_compose! {
                 .filter(|(k, _)| !["id", "source", "type", "time", "subject", "partitionkey", "specversion",
                                    "datacontenttype", "dataschema", "data"].contains(&k.as_str()))
                 .collect(),
+            internal,
         }
     }
 }
@@ -72,9 +74,22 @@ proptest! {
         // to the same event: encode and decode agree on every attribute.
         let mut sent: Value = serde_json::from_slice(&stored).unwrap();
         sent.as_object_mut().unwrap().remove("received_at");
+        // The mark of Storeline's own records is refused from a producer...
+        let marked = sent.as_object_mut().unwrap().remove("storeline_internal").is_some();
+        prop_assert_eq!(marked, ev.internal);
+        if marked {
+            let mut forged = sent.clone();
+            forged["storeline_internal"] = Value::Bool(true);
+            let inc: Incoming = serde_json::from_str(&forged.to_string()).unwrap();
+            let defaults = Defaults { source: "unused".into(), now: Utc::now() };
+            let errors = Event::from_incoming(inc, Mode::CloudEvents, &defaults).unwrap_err();
+            prop_assert!(errors.iter().any(|e| e.field == "storeline_internal"));
+        }
+        // ... and without it the event is the same, unmarked.
         let inc: Incoming = serde_json::from_str(&sent.to_string()).unwrap();
         let defaults = Defaults { source: "unused".into(), now: Utc::now() };
-        prop_assert_eq!(Event::from_incoming(inc, Mode::CloudEvents, &defaults).unwrap(), ev);
+        let expected = Event { internal: false, ..ev };
+        prop_assert_eq!(Event::from_incoming(inc, Mode::CloudEvents, &defaults).unwrap(), expected);
     }
 }
 

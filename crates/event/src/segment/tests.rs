@@ -277,3 +277,45 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn identify_reads_traits_from_context_too_and_the_top_level_wins() {
+    // RudderStack's SDKs put identify traits in context.traits.
+    let msg = json!({ "type": "identify", "userId": "u1",
+                      "context": { "traits": { "email": "ann@example.com", "plan": "silver",
+                                               "name": "Ann" } },
+                      "traits": { "plan": "gold" } });
+    let out = accepted(None, msg);
+    assert_eq!(out["data"]["email"], "ann@example.com");
+    assert_eq!(out["data"]["traits"]["plan"], "gold");
+    assert_eq!(out["data"]["traits"]["name"], "Ann");
+}
+
+#[test]
+fn ids_with_control_characters_and_huge_quantities_name_the_segment_field() {
+    let e = map_message(
+        None,
+        &json!({ "type": "track", "userId": "u\u{0}1", "event": "x" }),
+        &opts(),
+    )
+    .unwrap_err();
+    assert_eq!(e.field, "userId");
+    assert!(e.reason.contains("NUL"), "{e}");
+    let e = map_message(
+        None,
+        &track(
+            "Product Added",
+            json!({ "sku": "S", "quantity": 2e9, "price": 1 }),
+        ),
+        &opts(),
+    )
+    .unwrap_err();
+    assert_eq!(e.field, "properties.quantity");
+    let e = map_message(
+        None,
+        &track("Product Added", json!({ "sku": "S", "quantity": 0.5 })),
+        &opts(),
+    )
+    .unwrap_err();
+    assert_eq!(e.field, "properties.quantity");
+}
