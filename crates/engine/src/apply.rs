@@ -2,14 +2,16 @@
 //! and commit the changed rows with the new offset. Shared by the live runner and by replay, so
 //! both compute exactly the same state.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use storeline_log::StoredRecord;
 use storeline_state::{Commit, StateStore};
 
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::event::Ev;
 use crate::project::{self, Emit, ProjectionConfig};
+use crate::quarantine::{self, Entry, Reason};
 use crate::triggers::{Stage, rows};
 use crate::views::{Keys, Views};
 
@@ -40,6 +42,34 @@ pub struct Applier<S> {
     /// The offset the store holds (everything below is committed).
     pub committed: u64,
     pub triggers: Stage,
+    /// Records a failed batch showed cannot be applied, by offset: they are quarantined when
+    /// their batch is applied again.
+    poison: BTreeMap<u64, (Reason, String)>,
+    /// While `next` is below this, batches hold one record: a batch failed for a reason a
+    /// retry cannot heal without naming the record at fault, which one-record batches find.
+    careful_until: u64,
+    /// The offsets `[first, end)` of the batch being applied.
+    batch: (u64, u64),
+    /// Quarantine entries filed since the last commit (for metrics and logs).
+    pub quarantined: Vec<Entry>,
+    /// The number of entries the quarantine keeps, when a batch since the last commit changed it.
+    pub quarantine_size: Option<usize>,
+}
+
+/// What a batch does to its partition's quarantine.
+enum Filing {
+    File(Entry),
+    /// `storeline.quarantine_cleared` at this offset: entries before it go.
+    Clear(u64),
+}
+
+impl Filing {
+    fn offset(&self) -> u64 {
+        match self {
+            Filing::File(e) => e.offset,
+            Filing::Clear(o) => *o,
+        }
+    }
 }
 
 impl<S: StateStore> Applier<S> {
@@ -52,7 +82,157 @@ impl<S: StateStore> Applier<S> {
             next: committed,
             committed,
             triggers: Stage::new(crate::triggers::Registry::default(), None),
+            poison: BTreeMap::new(),
+            careful_until: 0,
+            batch: (committed, committed),
+            quarantined: Vec::new(),
+            quarantine_size: None,
         }
+    }
+
+    /// The most records the next batch may hold: `max`, or one while the record at fault of a
+    /// failed batch is being found.
+    pub fn batch_limit(&self, max: usize) -> usize {
+        if self.next < self.careful_until {
+            1
+        } else {
+            max
+        }
+    }
+
+    /// After a failed batch: forgets what it applied (see [`reset`](Self::reset)) and says
+    /// whether to apply again at once. A failure that can heal (the store unreachable, the disk
+    /// full) returns false: the caller backs off and retries. One that cannot must not stall the
+    /// partition: the record at fault is quarantined when the batch is applied again — directly
+    /// when the failure names it (an overflow), else batches of one record follow until the
+    /// failed batch is passed, and the record that fails alone is the one.
+    pub fn recover(&mut self, e: &Error) -> bool {
+        self.reset();
+        if !e.is_permanent() {
+            return false;
+        }
+        let (first, end) = self.batch;
+        let reason = match e {
+            Error::Overflow { .. } => Reason::Overflow,
+            Error::State(_) => Reason::StoreRefused,
+            _ => Reason::ApplyFailed,
+        };
+        let at_fault = match e {
+            Error::Overflow { offset, .. } => Some(*offset),
+            _ if end == first + 1 => Some(first),
+            _ => None,
+        };
+        match at_fault {
+            Some(offset) => {
+                tracing::warn!(partition = self.partition, offset, error = %e,
+                    "a record cannot be applied; it will be quarantined");
+                self.poison.insert(offset, (reason, e.to_string()));
+            }
+            None => {
+                tracing::warn!(partition = self.partition, from = first, to = end, error = %e,
+                    "a batch cannot be applied; applying its records one by one to find the one at fault");
+                self.careful_until = self.careful_until.max(end);
+            }
+        }
+        true
+    }
+
+    /// Sorts a batch's records into events to apply and quarantine filings.
+    fn sort_records(&self, records: &[StoredRecord]) -> (Vec<Ev>, Vec<Filing>) {
+        let p = self.partition;
+        let mut evs = Vec::with_capacity(records.len());
+        let mut filings = Vec::new();
+        for r in records {
+            let parsed = Ev::parse(&r.value, p, r.offset);
+            if let Some((reason, error)) = self.poison.get(&r.offset) {
+                let ev = parsed.ok();
+                filings.push(Filing::File(Entry::engine(
+                    p,
+                    r,
+                    ev.as_ref(),
+                    *reason,
+                    error.clone(),
+                )));
+                continue;
+            }
+            match parsed {
+                Ok(ev) if ev.is_forged() => {
+                    tracing::warn!(
+                        partition = p,
+                        offset = r.offset,
+                        ty = ev.ty,
+                        source = ev.source,
+                        "quarantining a record of a reserved type or source that Storeline did not write"
+                    );
+                    let error = format!(
+                        "'{}' from source '{}' is a type or source only Storeline writes, and this \
+                         record lacks Storeline's mark: it was ignored (a client sent it, before \
+                         ingest refused such records)",
+                        ev.ty, ev.source
+                    );
+                    filings.push(Filing::File(Entry::engine(
+                        p,
+                        r,
+                        Some(&ev),
+                        Reason::ReservedType,
+                        error,
+                    )));
+                }
+                Ok(ev) if ev.internal && ev.ty == quarantine::QUARANTINED => {
+                    filings.push(Filing::File(Entry::ingest(p, &ev)));
+                }
+                Ok(ev) if ev.internal && ev.ty == quarantine::CLEARED => {
+                    filings.push(Filing::Clear(r.offset));
+                }
+                Ok(ev) => evs.push(ev),
+                Err(e) => {
+                    tracing::warn!(partition = p, offset = r.offset, error = %e,
+                        "quarantining a record that is not a stored event");
+                    filings.push(Filing::File(Entry::engine(
+                        p,
+                        r,
+                        None,
+                        Reason::Unreadable,
+                        format!("not a stored event: {e}"),
+                    )));
+                }
+            }
+        }
+        (evs, filings)
+    }
+
+    /// Files quarantine entries and clears, keeping the newest [`quarantine::KEEP`].
+    fn file(&mut self, filings: Vec<Filing>) {
+        if filings.is_empty() {
+            return;
+        }
+        let Views { quarix, quar, .. } = &mut self.views;
+        let ix = quarix.upsert(quarantine::INDEX_KEY);
+        for f in filings {
+            match f {
+                Filing::File(entry) => {
+                    ix.total += 1;
+                    ix.offsets.push_back(entry.offset);
+                    while ix.offsets.len() > quarantine::KEEP {
+                        if let Some(old) = ix.offsets.pop_front() {
+                            quar.insert(quarantine::entry_key(old), None);
+                        }
+                    }
+                    quar.insert(quarantine::entry_key(entry.offset), Some(entry.clone()));
+                    self.quarantined.push(entry);
+                }
+                Filing::Clear(at) => {
+                    ix.offsets.retain(|o| {
+                        let keep = *o >= at;
+                        if !keep {
+                            quar.insert(quarantine::entry_key(*o), None);
+                        }
+                        keep
+                    });
+                }
+            }
+        }
+        self.quarantine_size = Some(ix.offsets.len());
     }
 
     /// Loads the partition's trigger files and clock from the store (at start, not on replay
@@ -142,18 +322,13 @@ impl<S: StateStore> Applier<S> {
     /// Applies `records` (which must start at `next`), returning the events they cause and the
     /// parsed events (for the caller's own bookkeeping). When more timers fall due within the
     /// records than one batch loads, it stops early (`next` says where).
+    ///
+    /// On an error the views are half-changed: call [`recover`](Self::recover).
     pub async fn apply(&mut self, records: &[StoredRecord]) -> Result<(Vec<Emit>, Vec<Ev>)> {
-        let mut evs = Vec::with_capacity(records.len());
-        for r in records {
-            match Ev::parse(&r.value, self.partition, r.offset) {
-                Ok(ev) => evs.push(ev),
-                Err(e) => {
-                    // Not an event (cannot happen through ingest); skip it, but say so.
-                    tracing::warn!(partition = self.partition, offset = r.offset, error = %e,
-                        "skipping a record that is not a stored event");
-                }
-            }
+        if let (Some(first), Some(last)) = (records.first(), records.last()) {
+            self.batch = (first.offset, last.offset + 1);
         }
+        let (mut evs, filings) = self.sort_records(records);
         // The partition's clock never goes back, whatever the records' times say.
         let mut clocks = Vec::with_capacity(evs.len());
         let mut clock = self.triggers.clock;
@@ -207,6 +382,9 @@ impl<S: StateStore> Applier<S> {
             project::keys(ev, &self.cfg, &mut keys);
             self.triggers.keys(ev, self.partition, &mut keys);
         }
+        if !filings.is_empty() {
+            keys.quarix.insert(quarantine::INDEX_KEY.to_owned());
+        }
         for k in &due {
             match rows::parse_timer_key(k) {
                 Some((_, rows::Target::Run(r))) => keys.run.insert(r),
@@ -237,7 +415,13 @@ impl<S: StateStore> Applier<S> {
             self.triggers
                 .fire_due(&mut self.views, p, *clock, &mut emits);
             self.triggers.clock = *clock;
-            project::apply(&mut self.views, ev, &self.cfg, &mut emits);
+            project::apply(&mut self.views, ev, &self.cfg, &mut emits).map_err(|o| {
+                Error::Overflow {
+                    partition: p,
+                    offset: ev.offset,
+                    what: o.0,
+                }
+            })?;
             self.triggers.apply(&mut self.views, ev, p, &mut emits);
             self.triggers
                 .fire_due(&mut self.views, p, *clock, &mut emits);
@@ -258,6 +442,9 @@ impl<S: StateStore> Applier<S> {
         if !evs.is_empty() {
             self.views.clock = Some(self.triggers.clock);
         }
+        // Filings of records the batch stopped before wait for the batch that applies them.
+        let next = self.next;
+        self.file(filings.into_iter().filter(|f| f.offset() < next).collect());
         // The next due time: the earliest of what the store held after this batch's timers, the
         // timers this batch wrote and those it left pending. Deleted timers can only make it
         // later, and an early guess costs one more look, so this never misses a timer.
@@ -284,6 +471,8 @@ impl<S: StateStore> Applier<S> {
         self.views = Views::new(self.partition);
         self.next = self.committed;
         self.triggers.rollback();
+        self.quarantined.clear();
+        self.quarantine_size = None;
     }
 
     /// Commits everything applied since the last commit.
@@ -309,6 +498,8 @@ impl<S: StateStore> Applier<S> {
         }
         self.committed = self.next;
         self.triggers.committed();
+        let committed = self.committed;
+        self.poison.retain(|o, _| *o >= committed);
         if self.views.cached() > CACHE_LIMIT || self.views.cached_bytes() > CACHE_BYTES {
             self.views.evict();
         }

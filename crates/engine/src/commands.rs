@@ -8,6 +8,8 @@
 use serde::Deserialize;
 use serde_json::{Value, json};
 
+use storeline_event::limits;
+
 use crate::error::CommandError;
 use crate::model::Status;
 use crate::project::{Shortfall, allocate, transition_allowed};
@@ -150,16 +152,76 @@ fn invalid(field: &str, reason: impl Into<String>) -> CommandError {
     }
 }
 
+/// An identifier of a command (an id, a SKU, a location): not blank, no control characters,
+/// at most [`MAX_IDENTIFIER_LEN`](limits::MAX_IDENTIFIER_LEN) bytes. They become keys of the
+/// views, so the ingest rules apply.
+fn ident(field: &str, v: &str) -> Result<(), CommandError> {
+    if v.trim().is_empty() {
+        return Err(invalid(field, "must not be empty"));
+    }
+    if v.len() > limits::MAX_IDENTIFIER_LEN {
+        return Err(invalid(
+            field,
+            format!(
+                "is {} bytes long; the limit is {}",
+                v.len(),
+                limits::MAX_IDENTIFIER_LEN
+            ),
+        ));
+    }
+    limits::check_identifier(v).map_err(|r| invalid(field, r))
+}
+
+/// Optional free text: no control characters but tab and line breaks.
+fn text(field: &str, v: &Option<String>) -> Result<(), CommandError> {
+    match v {
+        Some(t) => limits::check_text(t).map_err(|r| invalid(field, r)),
+        None => Ok(()),
+    }
+}
+
+/// A money amount or stock count within ±10^15.
+fn amount(field: &str, v: Option<i64>) -> Result<(), CommandError> {
+    match v {
+        Some(n) => limits::check_amount(n).map_err(|r| invalid(field, r)),
+        None => Ok(()),
+    }
+}
+
+/// A quantity from 1 to 10^9.
+fn quantity(field: &str, q: i64) -> Result<(), CommandError> {
+    if q < 1 || q.unsigned_abs() > limits::MAX_QUANTITY {
+        return Err(invalid(
+            field,
+            format!("must be a whole number from 1 to {}", limits::MAX_QUANTITY),
+        ));
+    }
+    Ok(())
+}
+
 /// Parses `name` + JSON body into a [`Command`], checking what needs no state.
 pub fn parse(name: &str, v: &Value) -> Result<Command, CommandError> {
     if !v.is_object() {
         return Err(invalid("body", "a command body is a JSON object"));
     }
     let transition = |to| -> Result<Command, CommandError> {
+        let b: OrderRef = body(v)?;
+        ident("order_id", &b.order_id)?;
+        amount("amount", b.amount)?;
+        for (f, t) in [
+            ("reason", &b.reason),
+            ("carrier", &b.carrier),
+            ("tracking_number", &b.tracking_number),
+        ] {
+            text(f, t)?;
+        }
+        if let Some(pid) = &b.payment_id {
+            ident("payment_id", pid)?;
+        }
         Ok(Command::Transition {
             name: name.to_owned(),
             to,
-            body: body(v)?,
+            body: b,
         })
     };
     let cmd = match name {
@@ -180,18 +242,25 @@ pub fn parse(name: &str, v: &Value) -> Result<Command, CommandError> {
                 }
                 _ => {}
             }
-            if a.sku.trim().is_empty() {
-                return Err(invalid("sku", "must not be empty"));
+            ident("sku", &a.sku)?;
+            if let Some(l) = &a.location {
+                ident("location", l)?;
             }
+            amount("delta", a.delta)?;
+            amount("set", a.set)?;
+            amount("low_stock_threshold", a.low_stock_threshold)?;
+            text("reason", &a.reason)?;
             Command::Adjust(a)
         }
         "order.place" => {
             let p: Place = body(v)?;
-            if p.order_id.trim().is_empty() {
-                return Err(invalid("order_id", "must not be empty"));
+            ident("order_id", &p.order_id)?;
+            ident("customer_id", &p.customer_id)?;
+            if let Some(e) = &p.email {
+                ident("email", e)?;
             }
-            if p.customer_id.trim().is_empty() {
-                return Err(invalid("customer_id", "must not be empty"));
+            if let Some(c) = &p.channel {
+                ident("channel", c)?;
             }
             if storeline_event::currency_exponent(&p.currency).is_none() {
                 return Err(invalid(
@@ -202,19 +271,37 @@ pub fn parse(name: &str, v: &Value) -> Result<Command, CommandError> {
             if p.lines.is_empty() {
                 return Err(invalid("lines", "an order needs at least one line"));
             }
+            let mut total: i64 = 0;
             for (i, l) in p.lines.iter().enumerate() {
-                if l.quantity < 1 {
-                    return Err(invalid(
-                        &format!("lines[{i}].quantity"),
-                        "must be at least 1",
-                    ));
-                }
+                quantity(&format!("lines[{i}].quantity"), l.quantity)?;
                 if l.unit_price < 0 {
                     return Err(invalid(
                         &format!("lines[{i}].unit_price"),
                         "must not be negative (minor units)",
                     ));
                 }
+                amount(&format!("lines[{i}].unit_price"), Some(l.unit_price))?;
+                ident(&format!("lines[{i}].sku"), &l.sku)?;
+                if let Some(loc) = &l.location {
+                    ident(&format!("lines[{i}].location"), loc)?;
+                }
+                text(&format!("lines[{i}].name"), &l.name)?;
+                text(&format!("lines[{i}].category"), &l.category)?;
+                // The order's total must be money Storeline can hold.
+                total = l
+                    .quantity
+                    .checked_mul(l.unit_price)
+                    .and_then(|t| total.checked_add(t))
+                    .filter(|t| limits::check_amount(*t).is_ok())
+                    .ok_or_else(|| {
+                        invalid(
+                            &format!("lines[{i}]"),
+                            format!(
+                                "the order total would exceed {} minor units",
+                                limits::MAX_AMOUNT
+                            ),
+                        )
+                    })?;
             }
             if let Some(t) = &p.reservation_ttl {
                 humantime::parse_duration(t)
@@ -228,9 +315,23 @@ pub fn parse(name: &str, v: &Value) -> Result<Command, CommandError> {
         "order.deliver" => transition(Status::Delivered)?,
         "order.cancel" => transition(Status::Cancelled)?,
         "order.refund" => transition(Status::Refunded)?,
-        "return.receive" => Command::Receive(body(v)?),
+        "return.receive" => {
+            let r: Receive = body(v)?;
+            ident("order_id", &r.order_id)?;
+            if let Some(l) = &r.location {
+                ident("location", l)?;
+            }
+            text("reason", &r.reason)?;
+            for (i, l) in r.lines.iter().flatten().enumerate() {
+                ident(&format!("lines[{i}].sku"), &l.sku)?;
+                quantity(&format!("lines[{i}].quantity"), l.quantity)?;
+            }
+            Command::Receive(r)
+        }
         "customer.update_consent" => {
             let c: ConsentCmd = body(v)?;
+            ident("customer_id", &c.customer_id)?;
+            text("source", &c.source)?;
             if !["email", "sms", "push", "whatsapp", "webhook"].contains(&c.channel.as_str()) {
                 return Err(invalid(
                     "channel",
@@ -307,12 +408,29 @@ pub fn plan(
                 .and_then(|s| s.locations.get(loc))
                 .copied()
                 .unwrap_or_default();
-            let on_hand = a.set.unwrap_or(level.on_hand + a.delta.unwrap_or(0));
+            let on_hand = match a.set {
+                Some(s) => s,
+                None => level
+                    .on_hand
+                    .checked_add(a.delta.unwrap_or(0))
+                    .filter(|n| limits::check_amount(*n).is_ok())
+                    .ok_or_else(|| {
+                        invalid(
+                            "delta",
+                            format!(
+                                "stock on hand would become {} + {}, beyond the limit of ±{}",
+                                level.on_hand,
+                                a.delta.unwrap_or(0),
+                                limits::MAX_AMOUNT
+                            ),
+                        )
+                    })?,
+            };
             if on_hand < level.reserved {
                 return Err(CommandError::InsufficientStock(vec![Shortfall {
                     sku: a.sku.clone(),
                     location: Some(loc.to_owned()),
-                    requested: level.on_hand - on_hand,
+                    requested: level.on_hand.saturating_sub(on_hand),
                     available: level.available().max(0),
                 }]));
             }
@@ -344,10 +462,12 @@ pub fn plan(
                 let mut stock = views.inv.get(&l.sku).cloned();
                 if let Some(s) = stock.as_mut() {
                     for (loc, lv) in s.locations.iter_mut() {
-                        lv.reserved += taken
-                            .get(&(l.sku.clone(), loc.clone()))
-                            .copied()
-                            .unwrap_or(0);
+                        lv.reserved = lv.reserved.saturating_add(
+                            taken
+                                .get(&(l.sku.clone(), loc.clone()))
+                                .copied()
+                                .unwrap_or(0),
+                        );
                     }
                 }
                 match allocate(stock.as_ref(), &l.sku, l.quantity, l.location.as_deref()) {
@@ -371,7 +491,12 @@ pub fn plan(
             let expires = chrono::DateTime::from_timestamp_millis(now + ttl)
                 .map(|t| storeline_event::format_time(&t))
                 .unwrap_or_default();
-            let total: i64 = p.lines.iter().map(|l| l.quantity * l.unit_price).sum();
+            // `parse` checked every product and the sum.
+            let total: i64 = p
+                .lines
+                .iter()
+                .map(|l| l.quantity.saturating_mul(l.unit_price))
+                .fold(0, i64::saturating_add);
             let money = |amount: i64| json!({ "amount": amount, "currency": p.currency });
             let lines: Vec<Value> = p
                 .lines

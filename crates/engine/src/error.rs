@@ -21,11 +21,41 @@ pub enum Error {
     Encode(String),
     #[error("appending the events a batch caused failed: {0}")]
     Emit(String),
+    /// Appending the events a batch caused was refused for a reason a retry cannot heal.
+    #[error("appending the events a batch caused was refused: {0}")]
+    EmitRefused(String),
+    /// Applying the record at `offset` would take a sum a view keeps out of range.
+    #[error("partition {partition} offset {offset}: {what} would overflow")]
+    Overflow {
+        partition: u32,
+        offset: u64,
+        what: &'static str,
+    },
 }
 
 impl Error {
     pub fn encode(e: serde_json::Error) -> Error {
         Error::Encode(e.to_string())
+    }
+
+    /// Whether retrying the same batch can never succeed: the record at fault must be
+    /// quarantined instead (a store that is down, a full disk or a lost connection heal, and
+    /// are retried).
+    pub fn is_permanent(&self) -> bool {
+        match self {
+            Error::State(e) => {
+                !e.is_retryable()
+                    && !matches!(
+                        e,
+                        storeline_state::Error::Closed | storeline_state::Error::Fenced { .. }
+                    )
+            }
+            Error::Decode { .. }
+            | Error::Encode(_)
+            | Error::EmitRefused(_)
+            | Error::Overflow { .. } => true,
+            Error::Log(_) | Error::Emit(_) => false,
+        }
     }
 }
 

@@ -6,6 +6,7 @@
 
 use serde::Deserialize;
 use serde_json::Value;
+use storeline_event::Event;
 
 /// A stored event, as the projections see it.
 #[derive(Debug, Clone)]
@@ -22,7 +23,12 @@ pub struct Ev {
     /// Segment's anonymous id when the event also names a user (extension `anonymousid`).
     pub anonymous_id: Option<String>,
     /// Set on events written by a command: which command, its idempotency key and body hash.
+    /// Only read from Storeline's own records (a producer cannot forge an idempotency record).
     pub command: Option<CommandMark>,
+    /// Written by Storeline itself (the stored `storeline_internal` mark, which ingest refuses).
+    pub internal: bool,
+    /// The envelope's `source`.
+    pub source: String,
     pub partition: u32,
     pub offset: u64,
 }
@@ -41,6 +47,10 @@ struct Raw<'a> {
     id: std::borrow::Cow<'a, str>,
     #[serde(rename = "type", borrow)]
     ty: std::borrow::Cow<'a, str>,
+    #[serde(default, borrow)]
+    source: std::borrow::Cow<'a, str>,
+    #[serde(default)]
+    storeline_internal: bool,
     #[serde(borrow)]
     time: std::borrow::Cow<'a, str>,
     #[serde(default)]
@@ -71,8 +81,11 @@ impl Ev {
             .as_deref()
             .and_then(|r| chrono::DateTime::parse_from_rfc3339(r).ok())
             .map_or(time, |t| t.timestamp_millis());
+        let internal = raw.storeline_internal;
         let command = match (raw.command, raw.idempotencykey, raw.commandhash) {
-            (Some(name), Some(key), Some(hash)) => Some(CommandMark { name, key, hash }),
+            (Some(name), Some(key), Some(hash)) if internal => {
+                Some(CommandMark { name, key, hash })
+            }
             _ => None,
         };
         Ok(Ev {
@@ -84,9 +97,19 @@ impl Ev {
             data: raw.data,
             anonymous_id: raw.anonymousid,
             command,
+            internal,
+            source: raw.source.into_owned(),
             partition,
             offset,
         })
+    }
+
+    /// A record only Storeline may write (its type or source is reserved) that lacks Storeline's
+    /// own mark: it is quarantined, never applied.
+    pub fn is_forged(&self) -> bool {
+        !self.internal
+            && (storeline_event::limits::is_reserved_type(&self.ty)
+                || storeline_event::limits::is_reserved_source(&self.source))
     }
 
     /// A string field of `data`.
@@ -117,6 +140,41 @@ impl Ev {
     }
 }
 
+/// Builds an event Storeline writes itself (the engine, a command, the API): it carries the
+/// `storeline_internal` mark, so the engine honours it even when its type is reserved.
+pub fn build_event(
+    id: String,
+    source: &str,
+    ty: &str,
+    subject: Option<String>,
+    time_ms: i64,
+    data: &Value,
+    mark: Option<&CommandMark>,
+) -> Event {
+    let time = chrono::DateTime::from_timestamp_millis(time_ms).unwrap_or_default();
+    let mut extensions = Vec::new();
+    if let Some(m) = mark {
+        use storeline_event::ExtensionValue::String as S;
+        extensions.push(("command".to_owned(), S(m.name.clone())));
+        extensions.push(("idempotencykey".to_owned(), S(m.key.clone())));
+        extensions.push(("commandhash".to_owned(), S(m.hash.clone())));
+    }
+    Event {
+        id,
+        source: source.to_owned(),
+        ty: ty.to_owned(),
+        time,
+        subject,
+        partitionkey: None,
+        datacontenttype: Some("application/json".to_owned()),
+        dataschema: None,
+        data: serde_json::value::to_raw_value(data).ok(),
+        data_base64: None,
+        extensions,
+        internal: true,
+    }
+}
+
 /// Reads `{ "amount": 1999, "currency": "EUR" }`.
 pub fn money(v: &Value) -> Option<(i64, String)> {
     Some((
@@ -131,7 +189,7 @@ mod tests {
 
     #[test]
     fn parses_a_stored_event_and_its_command_mark() {
-        let b = br#"{"specversion":"1.0","id":"e1","source":"s","type":"order.placed","time":"2026-01-02T03:04:05.006Z","subject":"cus-1","data":{"order_id":"o1","total":{"amount":5,"currency":"EUR"}},"command":"order.place","idempotencykey":"k1","commandhash":"ab","received_at":"2026-01-02T03:04:05.010Z"}"#;
+        let b = br#"{"specversion":"1.0","id":"e1","source":"s","type":"order.placed","time":"2026-01-02T03:04:05.006Z","subject":"cus-1","data":{"order_id":"o1","total":{"amount":5,"currency":"EUR"}},"command":"order.place","idempotencykey":"k1","commandhash":"ab","storeline_internal":true,"received_at":"2026-01-02T03:04:05.010Z"}"#;
         let ev = Ev::parse(b, 3, 7).unwrap();
         assert_eq!(ev.ty, "order.placed");
         assert_eq!(ev.time, 1_767_323_045_006);
@@ -139,5 +197,11 @@ mod tests {
         assert_eq!(ev.money("total"), Some((5, "EUR".into())));
         assert_eq!(ev.command.unwrap().key, "k1");
         assert!(Ev::parse(b"{}", 0, 0).is_err());
+        // Without Storeline's mark, a command mark is a producer's forgery: ignored.
+        let forged = String::from_utf8(b.to_vec())
+            .unwrap()
+            .replace(",\"storeline_internal\":true", "");
+        let ev = Ev::parse(forged.as_bytes(), 3, 7).unwrap();
+        assert!(ev.command.is_none() && !ev.internal && !ev.is_forged());
     }
 }

@@ -17,6 +17,7 @@ mod error;
 pub mod event;
 pub mod model;
 pub mod project;
+pub mod quarantine;
 pub mod read;
 pub mod replay;
 pub mod runner;
@@ -68,12 +69,52 @@ impl Default for EngineConfig {
     }
 }
 
+/// What operations see of one partition's writer: whether applying has been failing (a store
+/// that is down: it retries) and how many records its quarantine keeps.
+#[derive(Debug, Default)]
+pub struct PartitionStatus {
+    /// Since when (ms since the epoch), how many times, and the last error.
+    failing: parking_lot::Mutex<Option<(i64, u64, String)>>,
+    quarantined: std::sync::atomic::AtomicU64,
+}
+
+impl PartitionStatus {
+    fn failed(&self, now_ms: i64, error: &str) {
+        let mut f = self.failing.lock();
+        let (since, n) = f.as_ref().map_or((now_ms, 0), |(s, n, _)| (*s, *n));
+        *f = Some((since, n + 1, error.to_owned()));
+    }
+
+    fn succeeded(&self) {
+        let mut f = self.failing.lock();
+        if f.is_some() {
+            *f = None;
+        }
+    }
+
+    fn set_quarantined(&self, n: usize) {
+        self.quarantined
+            .store(n as u64, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// `(since ms, attempts, last error)` while applying fails.
+    pub fn failing(&self) -> Option<(i64, u64, String)> {
+        self.failing.lock().clone()
+    }
+
+    /// Records the partition's quarantine keeps.
+    pub fn quarantined(&self) -> u64 {
+        self.quarantined.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
 /// The running engine: a handle for commands and for waiting on views.
 pub struct Engine<S> {
     pub store: Arc<S>,
     pub config: EngineConfig,
     commerce: u32,
     applied: Vec<watch::Receiver<u64>>,
+    status: Vec<Arc<PartitionStatus>>,
     commands: mpsc::Sender<CommandRequest>,
     tasks: parking_lot::Mutex<Vec<tokio::task::JoinHandle<()>>>,
 }
@@ -98,11 +139,15 @@ impl<S: StateStore> Engine<S> {
             source: "storeline/commands".into(),
         });
         let mut applied = Vec::new();
+        let mut status = Vec::new();
         let mut tasks = Vec::new();
         for p in 0..partitions {
             let committed = offsets.get(&p).copied().unwrap_or(0);
             let (atx, arx) = watch::channel(committed);
             applied.push(arx);
+            let st = Arc::new(PartitionStatus::default());
+            st.set_quarantined(quarantine_size(&*store, p).await?);
+            status.push(st.clone());
             let mut runner = Runner {
                 applier: Applier::new(p, store.clone(), config.projection.clone(), committed),
                 log: log.clone(),
@@ -113,6 +158,7 @@ impl<S: StateStore> Engine<S> {
                 expiries: Default::default(),
                 recent: HashMap::new(),
                 ticked: None,
+                status: st,
             };
             runner.applier.load_triggers(Some(commerce)).await?;
             if p == commerce {
@@ -126,6 +172,7 @@ impl<S: StateStore> Engine<S> {
             config,
             commerce,
             applied,
+            status,
             commands: tx,
             tasks: parking_lot::Mutex::new(tasks),
         })
@@ -134,6 +181,11 @@ impl<S: StateStore> Engine<S> {
     /// The partition whose writer owns stock and orders.
     pub fn commerce_partition(&self) -> u32 {
         self.commerce
+    }
+
+    /// Each partition writer's status, by partition.
+    pub fn status(&self) -> &[Arc<PartitionStatus>] {
+        &self.status
     }
 
     /// The committed (applied) offset of each partition: the next record each will apply.
@@ -188,6 +240,23 @@ impl<S: StateStore> Engine<S> {
             let _ = t.await;
         }
     }
+}
+
+/// The number of entries partition `p`'s quarantine keeps, from its index row.
+async fn quarantine_size<S: StateStore>(store: &S, p: u32) -> Result<usize> {
+    let found = store
+        .get_owned(
+            quarantine::ns::INDEX,
+            p,
+            &[quarantine::INDEX_KEY.to_owned()],
+        )
+        .await?;
+    Ok(found
+        .into_iter()
+        .flatten()
+        .filter_map(|b| serde_json::from_slice::<quarantine::Index>(&b).ok())
+        .map(|i| i.offsets.len())
+        .sum())
 }
 
 /// The commerce writer's pending holds, from the store (they survive restarts there).

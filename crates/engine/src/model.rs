@@ -32,6 +32,10 @@ pub const RECENT: usize = 50;
 /// A gap longer than this between two events of a customer starts a new session.
 pub const SESSION_GAP_MS: i64 = 30 * 60 * 1000;
 
+/// The most recent sessions a fragment keeps the span of, so that a person's sessions can be
+/// counted across fragments (see `read::Profile::sessions`).
+pub const SESSION_SPANS: usize = 50;
+
 /// What one partition's events say about one identity.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Frag {
@@ -62,6 +66,10 @@ pub struct Frag {
     /// `(partition, offset, time)` of the latest events, newest last.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub recent: Vec<(u32, u64, i64)>,
+    /// `(first, last event time)` of the latest sessions, newest last (at most
+    /// [`SESSION_SPANS`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub session_spans: Vec<(i64, i64)>,
 }
 
 /// A value with the time it was set, so fragments combine by "latest wins".
@@ -229,7 +237,7 @@ pub struct Level {
 
 impl Level {
     pub fn available(&self) -> i64 {
-        self.on_hand - self.reserved
+        self.on_hand.saturating_sub(self.reserved)
     }
 }
 
@@ -238,8 +246,8 @@ impl Stock {
         self.locations
             .values()
             .fold(Level::default(), |a, l| Level {
-                on_hand: a.on_hand + l.on_hand,
-                reserved: a.reserved + l.reserved,
+                on_hand: a.on_hand.saturating_add(l.on_hand),
+                reserved: a.reserved.saturating_add(l.reserved),
             })
     }
 }

@@ -141,6 +141,34 @@ impl Profile {
         out
     }
 
+    /// Sessions of the person, not of each fragment: one visit can leave events in several
+    /// partitions (an anonymous cart, then the identify and the order under the user id), so
+    /// the recent session spans of every fragment are merged, 30 minutes apart at least. Older
+    /// sessions (beyond the spans each fragment keeps) are counted as they were.
+    pub fn sessions(&self) -> u64 {
+        let mut spans: Vec<(i64, i64)> = Vec::new();
+        let mut older = 0u64;
+        for (_, f) in &self.frags {
+            spans.extend(f.session_spans.iter().copied());
+            older = older.saturating_add(f.sessions.saturating_sub(f.session_spans.len() as u64));
+        }
+        spans.sort_unstable();
+        let mut merged = 0u64;
+        let mut end: Option<i64> = None;
+        for (s, e) in spans {
+            match end {
+                Some(cur) if s.saturating_sub(cur) <= crate::model::SESSION_GAP_MS => {
+                    end = Some(cur.max(e));
+                }
+                _ => {
+                    merged += 1;
+                    end = Some(e);
+                }
+            }
+        }
+        older.saturating_add(merged)
+    }
+
     /// The Customer 360 document.
     pub fn to_json(&self, now_ms: i64) -> Value {
         let mut traits: BTreeMap<&str, &Stamped> = BTreeMap::new();
@@ -149,7 +177,7 @@ impl Profile {
         let mut channels: BTreeSet<&str> = BTreeSet::new();
         let mut cart: Option<&Cart> = None;
         let (mut first, mut last) = (i64::MAX, 0i64);
-        let (mut events, mut sessions, mut pages, mut products) = (0, 0, 0, 0);
+        let (mut events, mut pages, mut products) = (0, 0, 0);
         let (mut orders, mut cancelled, mut refunds) = (0u64, 0u64, 0u64);
         let mut value: BTreeMap<&str, i64> = BTreeMap::new();
         let mut placed: BTreeMap<&str, i64> = BTreeMap::new();
@@ -161,7 +189,6 @@ impl Profile {
             }
             last = last.max(f.last_seen);
             events += f.events;
-            sessions += f.sessions;
             pages += f.page_views;
             products += f.product_views;
             for (k, v) in &f.traits {
@@ -187,14 +214,19 @@ impl Profile {
             orders += o.count;
             cancelled += o.cancelled;
             refunds += o.refunds;
+            // Each fragment's sums are checked when applied; their total saturates rather than
+            // wrap (the combined value of a person could exceed what one fragment may hold).
             for (c, v) in &o.value {
-                *value.entry(c).or_default() += v;
+                let t = value.entry(c).or_default();
+                *t = t.saturating_add(*v);
             }
             for (c, v) in &o.placed_value {
-                *placed.entry(c).or_default() += v;
+                let t = placed.entry(c).or_default();
+                *t = t.saturating_add(*v);
             }
             for (c, v) in &o.refunded {
-                *refunded.entry(c).or_default() += v;
+                let t = refunded.entry(c).or_default();
+                *t = t.saturating_add(*v);
             }
             if let Some(l) = &o.last
                 && last_order.is_none_or(|x: &crate::model::LastOrder| x.at <= l.at)
@@ -202,6 +234,7 @@ impl Profile {
                 last_order = Some(l);
             }
         }
+        let sessions = self.sessions();
         // The main currency is the one most was spent in.
         let main = placed.iter().max_by_key(|(_, v)| **v).map(|(c, _)| *c);
         let ltv =
@@ -225,7 +258,9 @@ impl Profile {
                 .iter()
                 .map(|(sku, l)| {
                     if let (Some(p), Some(cur)) = (l.unit_price, &l.currency) {
-                        *total.entry(cur).or_default() += p * l.quantity as i64;
+                        let line = p.saturating_mul(i64::try_from(l.quantity).unwrap_or(i64::MAX));
+                        let t = total.entry(cur).or_default();
+                        *t = t.saturating_add(line);
                     }
                     json!({ "sku": sku, "quantity": l.quantity, "unit_price": l.unit_price.map(|p| json!({ "amount": p, "currency": l.currency })) })
                 })

@@ -15,6 +15,16 @@ use crate::apply::Applier;
 use crate::error::Result;
 use crate::project::ProjectionConfig;
 
+/// One batch through `a`: apply, then commit.
+pub(crate) async fn apply_and_commit<S: StateStore>(
+    a: &mut Applier<S>,
+    records: &[storeline_log::StoredRecord],
+) -> Result<()> {
+    a.apply(records).await?;
+    a.commit().await?;
+    Ok(())
+}
+
 /// Applies partition records `[start, until)` for every partition in `until` into `store`,
 /// committing every `batch` records; `progress` is called with the records applied so far.
 ///
@@ -40,15 +50,22 @@ pub async fn replay<L: EventLog, S: StateStore>(
             let mut a = Applier::new(p, store, cfg, from);
             a.triggers.commerce = Some(commerce);
             while a.next < end {
-                let max = batch.min((end - a.next) as usize);
+                let max = a.batch_limit(batch).min((end - a.next) as usize);
                 let records = log.read(p, a.next, max).await?;
                 if records.is_empty() {
                     break;
                 }
-                let n = records.len() as u64;
-                a.apply(&records).await?;
-                a.commit().await?;
-                done.fetch_add(n, Ordering::Relaxed);
+                let before = a.next;
+                if let Err(e) = apply_and_commit(&mut a, &records).await {
+                    // A record that can never be applied is quarantined, as the live writer
+                    // does, so the digests agree; anything else stops the replay.
+                    if a.recover(&e) {
+                        continue;
+                    }
+                    return Err(e);
+                }
+                a.quarantined.clear();
+                done.fetch_add(a.next - before, Ordering::Relaxed);
             }
             Ok::<(), crate::error::Error>(())
         });

@@ -26,7 +26,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use crate::apply::Applier;
 use crate::commands::{self, Command, Planned};
 use crate::error::{AppendError, CommandError, Result};
-use crate::event::{CommandMark, Ev};
+use crate::event::{CommandMark, Ev, build_event};
 use crate::model::ns;
 use crate::project::{self, Emit};
 use crate::views::{Keys, Views};
@@ -80,6 +80,8 @@ pub struct Runner<L, S, A> {
     pub recent: HashMap<String, (String, std::result::Result<CommandOutcome, CommandError>)>,
     /// The due time a tick was last appended for (so one due time gets one tick).
     pub ticked: Option<i64>,
+    /// What operations see of this writer (failing since, quarantine size).
+    pub status: Arc<crate::PartitionStatus>,
 }
 
 fn now_ms() -> i64 {
@@ -98,39 +100,6 @@ fn report_outcomes(outcomes: Vec<crate::triggers::Outcome>) {
     for ((trigger, outcome), n) in counts {
         metrics::counter!("storeline_trigger_outcomes_total", "trigger" => trigger, "outcome" => outcome)
             .increment(n);
-    }
-}
-
-/// Builds a stored-to-be event.
-pub fn build_event(
-    id: String,
-    source: &str,
-    ty: &str,
-    subject: Option<String>,
-    time_ms: i64,
-    data: &Value,
-    mark: Option<&CommandMark>,
-) -> Event {
-    let time = chrono::DateTime::from_timestamp_millis(time_ms).unwrap_or_default();
-    let mut extensions = Vec::new();
-    if let Some(m) = mark {
-        use storeline_event::ExtensionValue::String as S;
-        extensions.push(("command".to_owned(), S(m.name.clone())));
-        extensions.push(("idempotencykey".to_owned(), S(m.key.clone())));
-        extensions.push(("commandhash".to_owned(), S(m.hash.clone())));
-    }
-    Event {
-        id,
-        source: source.to_owned(),
-        ty: ty.to_owned(),
-        time,
-        subject,
-        partitionkey: None,
-        datacontenttype: Some("application/json".to_owned()),
-        dataschema: None,
-        data: serde_json::value::to_raw_value(data).ok(),
-        data_base64: None,
-        extensions,
     }
 }
 
@@ -159,9 +128,17 @@ impl<L: EventLog, S: StateStore, A: Appender> Runner<L, S, A> {
             self.report_lag(end);
             if self.applier.next < end {
                 match self.step(end).await {
-                    Ok(()) => backoff = Duration::from_millis(50),
+                    Ok(()) => {
+                        backoff = Duration::from_millis(50);
+                        self.status.succeeded();
+                    }
+                    // A record that can never be applied is quarantined on the next try: at once.
+                    Err(e) if self.applier.recover(&e) => {}
                     Err(e) => {
                         tracing::error!(partition = p, error = %e, "applying a batch failed; retrying from the last commit");
+                        self.status.failed(now_ms(), &e.to_string());
+                        metrics::counter!("storeline_engine_retries_total", "partition" => p.to_string())
+                            .increment(1);
                         tokio::time::sleep(backoff).await;
                         backoff = (backoff * 2).min(Duration::from_secs(5));
                     }
@@ -245,8 +222,8 @@ impl<L: EventLog, S: StateStore, A: Appender> Runner<L, S, A> {
     async fn step(&mut self, end: u64) -> Result<()> {
         let p = self.applier.partition;
         let max = self
-            .cfg
-            .batch_max
+            .applier
+            .batch_limit(self.cfg.batch_max)
             .min((end - self.applier.next) as usize)
             .max(1);
         let records = self.log.read(p, self.applier.next, max).await?;
@@ -269,6 +246,7 @@ impl<L: EventLog, S: StateStore, A: Appender> Runner<L, S, A> {
             return Err(e);
         }
         self.applier.commit().await?;
+        self.report_quarantined();
         report_outcomes(std::mem::take(&mut self.applier.triggers.outcomes));
         let fired = std::mem::take(&mut self.applier.triggers.fired);
         if !fired.is_empty() {
@@ -287,6 +265,28 @@ impl<L: EventLog, S: StateStore, A: Appender> Runner<L, S, A> {
             .set(((now_ms() - last_ts).max(0) as f64) / 1000.0);
         self.applied.send_replace(self.applier.committed);
         Ok(())
+    }
+
+    /// Counts and logs what the last commit quarantined, and publishes the quarantine's size.
+    fn report_quarantined(&mut self) {
+        let p = self.applier.partition;
+        for e in std::mem::take(&mut self.applier.quarantined) {
+            tracing::warn!(
+                partition = p,
+                offset = e.offset,
+                origin = e.origin,
+                reason = e.reason.as_str(),
+                error = e.error,
+                "record quarantined (GET /v1/quarantine lists it)"
+            );
+            metrics::counter!("storeline_quarantine_records_total", "origin" => e.origin, "reason" => e.reason.as_str())
+                .increment(1);
+        }
+        if let Some(n) = self.applier.quarantine_size.take() {
+            self.status.set_quarantined(n);
+            metrics::gauge!("storeline_quarantine_size", "partition" => p.to_string())
+                .set(n as f64);
+        }
     }
 
     fn track_expiry(&mut self, ev: &Ev) {
@@ -314,10 +314,15 @@ impl<L: EventLog, S: StateStore, A: Appender> Runner<L, S, A> {
                 )
             })
             .collect();
-        self.appender
-            .append(events, None)
-            .await
-            .map_err(|e| crate::error::Error::Emit(format!("{} ({})", e.message, e.code)))?;
+        self.appender.append(events, None).await.map_err(|e| {
+            let what = format!("{} ({})", e.message, e.code);
+            // A refusal (4xx) will be the same next time; a full disk or a stopped writer heals.
+            if e.status < 500 {
+                crate::error::Error::EmitRefused(what)
+            } else {
+                crate::error::Error::Emit(what)
+            }
+        })?;
         Ok(())
     }
 
@@ -329,7 +334,12 @@ impl<L: EventLog, S: StateStore, A: Appender> Runner<L, S, A> {
             if self.applier.next >= end {
                 return Ok(());
             }
-            self.step(end).await?;
+            if let Err(e) = self.step(end).await {
+                // Always forget a failed batch; one that can never apply is quarantined next try.
+                if !self.applier.recover(&e) {
+                    return Err(e);
+                }
+            }
         }
     }
 
@@ -579,7 +589,12 @@ impl<L: EventLog, S: StateStore, A: Appender> Runner<L, S, A> {
         {
             let mut ev = ev.clone();
             ev.command = None;
-            project::apply(scratch, &ev, &self.applier.cfg, &mut ignored);
+            project::apply(scratch, &ev, &self.applier.cfg, &mut ignored).map_err(|o| {
+                CommandError::Invalid {
+                    field: "body".into(),
+                    reason: format!("carrying it out would take {} out of range", o.0),
+                }
+            })?;
         }
         Ok(events)
     }

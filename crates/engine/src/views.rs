@@ -15,6 +15,7 @@ use storeline_state::{StateStore, Write};
 
 use crate::error::{Error, Result};
 use crate::model::{Frag, Idem, Links, Order, Reservation, Stock, ns};
+use crate::quarantine::{self, Entry, Index};
 use crate::triggers::rows::{
     self as trows, Arb, Definition, Journal, Run, Stats, WaitList, Window,
 };
@@ -166,6 +167,7 @@ pub struct Keys {
     pub agg: BTreeSet<String>,
     pub aggf: BTreeSet<String>,
     pub tstat: BTreeSet<String>,
+    pub quarix: BTreeSet<String>,
 }
 
 impl Keys {
@@ -183,6 +185,7 @@ impl Keys {
         self.agg.extend(other.agg);
         self.aggf.extend(other.aggf);
         self.tstat.extend(other.tstat);
+        self.quarix.extend(other.quarix);
     }
 }
 
@@ -205,6 +208,10 @@ pub struct Views {
     /// (the originals are counted in `agg` where they are stored, which the API reads).
     pub aggf: Table<Window>,
     pub tstat: Table<Stats>,
+    /// The partition's quarantine index (which entries it keeps).
+    pub quarix: Table<Index>,
+    /// Quarantine entries to put (`Some`) or delete (`None`); written, never cached.
+    pub quar: BTreeMap<String, Option<Entry>>,
     /// Timers to put (`true`) or delete (`false`); timers are written, never cached.
     pub timers: BTreeMap<String, bool>,
     /// Timers known to be pending in this batch (due ones from the store, and new ones), in due
@@ -237,6 +244,8 @@ impl Views {
             agg: Table::new(trows::ns::AGG),
             aggf: Table::new(trows::ns::AGGF),
             tstat: Table::new(trows::ns::TSTAT),
+            quarix: Table::new(quarantine::ns::INDEX),
+            quar: BTreeMap::new(),
             timers: BTreeMap::new(),
             due: BTreeSet::new(),
             outbox: BTreeMap::new(),
@@ -262,6 +271,7 @@ impl Views {
         self.agg.load(store, o, &keys.agg).await?;
         self.aggf.load(store, o, &keys.aggf).await?;
         self.tstat.load(store, o, &keys.tstat).await?;
+        self.quarix.load(store, o, &keys.quarix).await?;
         Ok(())
     }
 
@@ -283,6 +293,7 @@ impl Views {
             || any(&self.agg, &keys.agg)
             || any(&self.aggf, &keys.aggf)
             || any(&self.tstat, &keys.tstat)
+            || any(&self.quarix, &keys.quarix)
     }
 
     /// Copies rows of `keys` that this (scratch) view lacks from `live`, unchanged and clean.
@@ -311,6 +322,18 @@ impl Views {
         self.agg.drain_writes(&mut out)?;
         self.aggf.drain_writes(&mut out)?;
         self.tstat.drain_writes(&mut out)?;
+        self.quarix.drain_writes(&mut out)?;
+        for (key, entry) in std::mem::take(&mut self.quar) {
+            let ns = quarantine::ns::ENTRY.to_owned();
+            out.push(match entry {
+                Some(e) => Write::Put {
+                    ns,
+                    key,
+                    value: Bytes::from(serde_json::to_vec(&e).map_err(Error::encode)?),
+                },
+                None => Write::Delete { ns, key },
+            });
+        }
         for (key, put) in std::mem::take(&mut self.timers) {
             let ns = trows::ns::TIMER.to_owned();
             out.push(if put {
@@ -376,6 +399,8 @@ impl Views {
             && self.agg.dirty.is_empty()
             && self.aggf.dirty.is_empty()
             && self.tstat.dirty.is_empty()
+            && self.quarix.dirty.is_empty()
+            && self.quar.is_empty()
             && self.timers.is_empty()
             && self.outbox.is_empty()
             && self.trigdef.is_empty()
@@ -398,6 +423,7 @@ impl Views {
             + self.agg.rows.len()
             + self.aggf.rows.len()
             + self.tstat.rows.len()
+            + self.quarix.rows.len()
     }
 
     /// Roughly how many bytes the cached rows were, encoded (see [`Table`]).
@@ -415,6 +441,7 @@ impl Views {
             + self.agg.bytes
             + self.aggf.bytes
             + self.tstat.bytes
+            + self.quarix.bytes
     }
 
     /// Drops the cache; only valid right after a commit (nothing dirty).

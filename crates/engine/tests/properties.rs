@@ -270,7 +270,7 @@ fn check_every_offset(records: &[StoredRecord], partition: u32) -> usize {
     let mut checked = 0;
     for r in records {
         let ev = storeline_engine::event::Ev::parse(&r.value, partition, r.offset).unwrap();
-        project::apply(&mut views, &ev, &cfg, &mut out);
+        project::apply(&mut views, &ev, &cfg, &mut out).expect("no sum overflows");
         if ev.ty.starts_with("inventory.") || ev.ty.starts_with("return.") {
             let sku = ev.str("sku").map(str::to_owned);
             for s in sku.into_iter() {

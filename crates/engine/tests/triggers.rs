@@ -179,6 +179,13 @@ fn record(offset: usize, at: i64, mut v: Value) -> StoredRecord {
         v[k] = json!(x);
     }
     (v["time"], v["received_at"]) = (json!(time(at)), json!(time(at)));
+    // The engine's own records carry Storeline's mark (a client's would be quarantined).
+    if v["type"]
+        .as_str()
+        .is_some_and(|t| t.starts_with("storeline."))
+    {
+        v["storeline_internal"] = json!(true);
+    }
     let key = Bytes::from(v["subject"].as_str().unwrap_or("").to_owned());
     let value = Bytes::from(v.to_string());
     StoredRecord {

@@ -9,9 +9,11 @@ use std::collections::BTreeSet;
 
 use serde_json::Value;
 
+use super::{Overflow, add, sub};
 use crate::event::Ev;
 use crate::model::{
-    Cart, CartLine, Consent, Edge, LastOrder, RECENT, SESSION_GAP_MS, Stamped, Status,
+    Cart, CartLine, Consent, Edge, LastOrder, RECENT, SESSION_GAP_MS, SESSION_SPANS, Stamped,
+    Status,
 };
 use crate::views::{Keys, Views};
 
@@ -94,15 +96,16 @@ pub fn keys(ev: &Ev, keys: &mut Keys) {
     }
 }
 
-pub fn apply(views: &mut Views, ev: &Ev) {
+pub fn apply(views: &mut Views, ev: &Ev) -> Result<(), Overflow> {
     if ev.ty == "customer.unmerged" {
         unmerge(views, ev);
-        return;
+        return Ok(());
     }
     let ids = linked(ev);
     let Some((who, _)) = ids.first().cloned() else {
-        return;
+        return Ok(());
     };
+    const VALUE: &str = "the customer's lifetime value";
     // Links: every identity the event names joins the first one.
     for (other, _) in ids.iter().skip(1) {
         link(views, &who, other, ev);
@@ -125,9 +128,17 @@ pub fn apply(views: &mut Views, ev: &Ev) {
     let mut trait_changes: Vec<(String, Option<Value>, Value)> = Vec::new();
     let f = views.frag.upsert(&who);
     f.is_user |= ids[0].1;
-    // Activity.
-    if f.events == 0 || ev.time - f.last_seen > SESSION_GAP_MS {
+    // Activity. A session's span is kept too, so a person's sessions can be counted across
+    // the fragments one visit leaves in several partitions.
+    if f.events == 0 || ev.time.saturating_sub(f.last_seen) > SESSION_GAP_MS {
         f.sessions += 1;
+        f.session_spans.push((ev.time, ev.time));
+        if f.session_spans.len() > SESSION_SPANS {
+            f.session_spans.remove(0);
+        }
+    } else if let Some(span) = f.session_spans.last_mut() {
+        span.0 = span.0.min(ev.time);
+        span.1 = span.1.max(ev.time);
     }
     if f.first_seen == 0 || ev.time < f.first_seen {
         f.first_seen = ev.time;
@@ -153,13 +164,18 @@ pub fn apply(views: &mut Views, ev: &Ev) {
             }
         }
         "cart.item_added" | "cart.item_removed" => {
-            let Some(sku) = ev.str("sku") else { return };
+            let Some(sku) = ev.str("sku") else {
+                return Ok(());
+            };
             let qty = ev.int("quantity").unwrap_or(1).max(0) as u64;
             let cart = f.cart.get_or_insert_with(Cart::default);
             cart.updated = ev.time;
             if ev.ty == "cart.item_added" {
                 let line = cart.items.entry(sku.to_owned()).or_default();
-                line.quantity += qty;
+                line.quantity = line
+                    .quantity
+                    .checked_add(qty)
+                    .ok_or(Overflow("the quantity in the cart"))?;
                 if let Some((amount, cur)) = ev.money("unit_price") {
                     line.unit_price = Some(amount);
                     line.currency = Some(cur);
@@ -204,8 +220,10 @@ pub fn apply(views: &mut Views, ev: &Ev) {
             if let Some((amount, cur)) = ev.money("total") {
                 let o = &mut f.orders;
                 o.count += 1;
-                *o.value.entry(cur.clone()).or_default() += amount;
-                *o.placed_value.entry(cur.clone()).or_default() += amount;
+                let v = o.value.entry(cur.clone()).or_default();
+                *v = add(*v, amount, VALUE)?;
+                let v = o.placed_value.entry(cur.clone()).or_default();
+                *v = add(*v, amount, "the value of the customer's orders")?;
                 o.first_at = Some(o.first_at.map_or(ev.time, |t| t.min(ev.time)));
                 if o.last.as_ref().is_none_or(|l| l.at <= ev.time) {
                     o.last = Some(LastOrder {
@@ -236,7 +254,8 @@ pub fn apply(views: &mut Views, ev: &Ev) {
                 && status != Status::Cancelled
             {
                 f.orders.cancelled += 1;
-                *f.orders.value.entry(cur).or_default() -= total;
+                let v = f.orders.value.entry(cur).or_default();
+                *v = sub(*v, total, VALUE)?;
             }
         }
         "order.refunded" => {
@@ -247,13 +266,15 @@ pub fn apply(views: &mut Views, ev: &Ev) {
             });
             if let Some((amount, cur)) = amount {
                 f.orders.refunds += 1;
-                *f.orders.refunded.entry(cur.clone()).or_default() += amount;
+                let v = f.orders.refunded.entry(cur.clone()).or_default();
+                *v = add(*v, amount, "the amount refunded to the customer")?;
                 // A cancelled order's value was taken out when it was cancelled.
                 let cancelled = order_before
                     .as_ref()
                     .is_some_and(|(s, _, _)| *s == Status::Cancelled);
                 if !cancelled {
-                    *f.orders.value.entry(cur).or_default() -= amount;
+                    let v = f.orders.value.entry(cur).or_default();
+                    *v = sub(*v, amount, VALUE)?;
                 }
             }
         }
@@ -325,6 +346,7 @@ pub fn apply(views: &mut Views, ev: &Ev) {
             views.traits.insert(new, true);
         }
     }
+    Ok(())
 }
 
 /// The trait-index key of a scalar trait value, `None` for values not worth indexing.

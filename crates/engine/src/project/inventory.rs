@@ -15,7 +15,7 @@ use std::collections::BTreeMap;
 use serde::Serialize;
 use serde_json::{Value, json};
 
-use super::{Emit, ProjectionConfig};
+use super::{Emit, Overflow, ProjectionConfig, add, sub};
 use crate::event::Ev;
 use crate::model::{Held, Level, Stock};
 use crate::views::{Keys, Views};
@@ -64,7 +64,7 @@ pub fn allocate(
         .collect();
     // Stable sort: equal availability keeps name order.
     by_avail.sort_by_key(|x| std::cmp::Reverse(x.1));
-    let total: i64 = by_avail.iter().map(|x| x.1).sum();
+    let total: i64 = by_avail.iter().map(|x| x.1).fold(0, i64::saturating_add);
     if total < quantity {
         return Err(short(total));
     }
@@ -132,7 +132,12 @@ fn expires_at(ev: &Ev) -> Option<i64> {
         .map(|t| t.timestamp_millis())
 }
 
-pub fn apply(views: &mut Views, ev: &Ev, cfg: &ProjectionConfig, out: &mut Vec<Emit>) {
+pub fn apply(
+    views: &mut Views,
+    ev: &Ev,
+    cfg: &ProjectionConfig,
+    out: &mut Vec<Emit>,
+) -> Result<(), Overflow> {
     let touched = skus(ev);
     if touched.is_empty() {
         if ev.ty == "order.paid"
@@ -140,8 +145,10 @@ pub fn apply(views: &mut Views, ev: &Ev, cfg: &ProjectionConfig, out: &mut Vec<E
         {
             r.expires_at = None;
         }
-        return;
+        return Ok(());
     }
+    const ON_HAND: &str = "the stock on hand";
+    const RESERVED: &str = "the stock reserved";
     let before: BTreeMap<String, i64> = touched
         .iter()
         .map(|s| {
@@ -173,12 +180,13 @@ pub fn apply(views: &mut Views, ev: &Ev, cfg: &ProjectionConfig, out: &mut Vec<E
             if let Some(set) = ev.int("set") {
                 level.on_hand = set;
             } else {
-                level.on_hand += ev.int("delta").unwrap_or(0);
+                level.on_hand = add(level.on_hand, ev.int("delta").unwrap_or(0), ON_HAND)?;
             }
         }
         "inventory.reserved" => {
             let sku = &touched[0];
-            level(views, sku, &location).reserved += qty;
+            let lv = level(views, sku, &location);
+            lv.reserved = add(lv.reserved, qty, RESERVED)?;
             if let Some(o) = &order_id {
                 let exp = expires_at(ev);
                 let r = views.resv.upsert(o);
@@ -198,7 +206,7 @@ pub fn apply(views: &mut Views, ev: &Ev, cfg: &ProjectionConfig, out: &mut Vec<E
             let q = qty.min(level.reserved);
             level.reserved -= q;
             if ev.ty == "inventory.committed" {
-                level.on_hand -= qty;
+                level.on_hand = sub(level.on_hand, qty, ON_HAND)?;
             }
             if let Some(o) = &order_id {
                 let mut empty = false;
@@ -229,7 +237,8 @@ pub fn apply(views: &mut Views, ev: &Ev, cfg: &ProjectionConfig, out: &mut Vec<E
                     ) else {
                         continue;
                     };
-                    level(views, sku, &location).on_hand += q;
+                    let lv = level(views, sku, &location);
+                    lv.on_hand = add(lv.on_hand, q, ON_HAND)?;
                 }
             }
         }
@@ -256,6 +265,7 @@ pub fn apply(views: &mut Views, ev: &Ev, cfg: &ProjectionConfig, out: &mut Vec<E
             data: json!({ "sku": sku, "available": now, "threshold": threshold }),
         });
     }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -59,13 +59,35 @@ pub fn keys(ev: &Ev, cfg: &ProjectionConfig, keys: &mut Keys) {
     }
 }
 
-/// Folds `ev` into `views`; events it causes are pushed to `out`.
-pub fn apply(views: &mut Views, ev: &Ev, cfg: &ProjectionConfig, out: &mut Vec<Emit>) {
+/// A sum a view keeps would leave `i64` if this event were applied. Events are validated at
+/// ingest (amounts within ±10^15), but sums over many of them are still checked: the event is
+/// quarantined instead (its batch is thrown away and applied again without it), never wrapped.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Overflow(pub &'static str);
+
+/// `a + b`, or [`Overflow`] naming the sum.
+pub(crate) fn add(a: i64, b: i64, what: &'static str) -> Result<i64, Overflow> {
+    a.checked_add(b).ok_or(Overflow(what))
+}
+
+/// `a - b`, or [`Overflow`] naming the sum.
+pub(crate) fn sub(a: i64, b: i64, what: &'static str) -> Result<i64, Overflow> {
+    a.checked_sub(b).ok_or(Overflow(what))
+}
+
+/// Folds `ev` into `views`; events it causes are pushed to `out`. On [`Overflow`] the views
+/// are left half-changed: the caller throws the batch away.
+pub fn apply(
+    views: &mut Views,
+    ev: &Ev,
+    cfg: &ProjectionConfig,
+    out: &mut Vec<Emit>,
+) -> Result<(), Overflow> {
     // Customers first: they read the order as it was before this event (a cancel undoes the
     // order's value only if it was not cancelled already).
-    customer::apply(views, ev);
-    orders::apply(views, ev);
-    inventory::apply(views, ev, cfg, out);
+    customer::apply(views, ev)?;
+    orders::apply(views, ev)?;
+    inventory::apply(views, ev, cfg, out)?;
     if let Some(m) = &ev.command {
         let idem = views.idem.upsert(&m.key);
         if idem.events.is_empty() {
@@ -80,4 +102,5 @@ pub fn apply(views: &mut Views, ev: &Ev, cfg: &ProjectionConfig, out: &mut Vec<E
             "data": ev.data,
         }));
     }
+    Ok(())
 }

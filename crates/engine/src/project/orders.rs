@@ -12,6 +12,7 @@
 
 use serde_json::Value;
 
+use super::{Overflow, add};
 use crate::event::Ev;
 use crate::model::{Order, OrderLine, Status, Step};
 use crate::views::{Keys, Views};
@@ -61,12 +62,12 @@ pub fn keys(ev: &Ev, keys: &mut Keys) {
     }
 }
 
-pub fn apply(views: &mut Views, ev: &Ev) {
+pub fn apply(views: &mut Views, ev: &Ev) -> Result<(), Overflow> {
     let Some(status) = status_of(&ev.ty) else {
-        return;
+        return Ok(());
     };
     let Some(order_id) = ev.str("order_id") else {
-        return;
+        return Ok(());
     };
     let step = Step {
         status,
@@ -117,7 +118,7 @@ pub fn apply(views: &mut Views, ev: &Ev) {
                 timeline,
             },
         );
-        return;
+        return Ok(());
     }
     let Some(order) = views.order.get_mut(order_id) else {
         // An event for an order never placed here: keep it, so the timeline is not lost.
@@ -136,17 +137,20 @@ pub fn apply(views: &mut Views, ev: &Ev) {
                 timeline: vec![step],
             },
         );
-        return;
+        return Ok(());
     };
     order.status = status;
     match ev.ty.as_str() {
         "order.paid" => {
-            order.paid += ev.money("amount").map_or(order.total, |m| m.0);
+            let amount = ev.money("amount").map_or(order.total, |m| m.0);
+            order.paid = add(order.paid, amount, "the amount paid for the order")?;
         }
         "order.refunded" => {
-            order.refunded += ev.money("amount").map_or(order.total, |m| m.0);
+            let amount = ev.money("amount").map_or(order.total, |m| m.0);
+            order.refunded = add(order.refunded, amount, "the amount refunded for the order")?;
         }
         _ => {}
     }
     order.timeline.push(step);
+    Ok(())
 }

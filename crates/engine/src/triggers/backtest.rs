@@ -78,14 +78,23 @@ pub async fn backtest<L: EventLog, S: StateStore>(
             let mut first_clock = None;
             while a.next < end {
                 let records = log
-                    .read(p, a.next, 32_768.min((end - a.next) as usize))
+                    .read(
+                        p,
+                        a.next,
+                        a.batch_limit(32_768).min((end - a.next) as usize),
+                    )
                     .await?;
                 if records.is_empty() {
                     break;
                 }
                 let before = a.next;
-                a.apply(&records).await?;
-                a.commit().await?;
+                if let Err(e) = crate::replay::apply_and_commit(&mut a, &records).await {
+                    if a.recover(&e) {
+                        continue;
+                    }
+                    return Err(e);
+                }
+                a.quarantined.clear();
                 done.fetch_add(a.next - before, Ordering::Relaxed);
                 report.add(std::mem::take(&mut a.triggers.outcomes), samples);
                 if a.triggers.clock >= window.0 && first_clock.is_none() {

@@ -445,7 +445,7 @@ impl Stage {
 /// The record that installs `set` in one partition (a fresh id each time, so installing an
 /// earlier file again is not mistaken for a duplicate).
 pub fn install_event(set: &TriggerSet) -> storeline_event::Event {
-    crate::runner::build_event(
+    crate::event::build_event(
         format!("trigs_{}", ulid::Ulid::new().to_string().to_lowercase()),
         "storeline/engine",
         TRIGGERS,
