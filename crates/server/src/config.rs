@@ -430,6 +430,18 @@ impl Config {
         if self.ingest.default_source.is_empty() {
             problems.push("ingest.default_source: must not be empty".into());
         }
+        for (key, source) in [
+            ("ingest.default_source", &self.ingest.default_source),
+            ("segment.source", &self.segment.source),
+        ] {
+            if storeline_event::limits::is_reserved_source(source) {
+                problems.push(format!(
+                    "{key}: '{source}' is reserved (sources starting with storeline/ are Storeline's own)"
+                ));
+            } else if let Err(e) = storeline_event::limits::check_identifier(source) {
+                problems.push(format!("{key}: {e}"));
+            }
+        }
         if let Err(e) = storeline_event::Currency::parse(&self.segment.default_currency) {
             problems.push(format!("segment.default_currency: {e}"));
         }

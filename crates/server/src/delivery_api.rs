@@ -78,7 +78,7 @@ impl Host for ServerHost {
     fn emit(&self, ty: &'static str, data: Value) -> BoxFuture<'_, Result<(), String>> {
         Box::pin(async move {
             let now = now_ms();
-            let ev = storeline_engine::runner::build_event(
+            let ev = storeline_engine::event::build_event(
                 format!("dlvev_{}", ulid::Ulid::new().to_string().to_lowercase()),
                 "storeline/delivery",
                 ty,

@@ -45,20 +45,43 @@ pub struct Ack {
     pub duplicate: bool,
 }
 
-/// Turns the per-event problems of a request into its 400 answer.
-pub fn invalid(errors: Vec<EventError>, total: usize) -> ApiError {
+/// Turns the per-event problems of a request into its 400 answer: `reserved_type` when an event
+/// uses a type, source or attribute only Storeline may write, else `invalid_events`.
+pub fn invalid(errors: Vec<EventError>, total: usize, reserved: bool) -> ApiError {
     let bad: std::collections::BTreeSet<usize> = errors.iter().map(|e| e.index).collect();
     metrics::counter!("storeline_ingest_events_total", "outcome" => "invalid")
         .increment(total as u64);
     let shown: Vec<_> = errors.iter().take(100).cloned().collect();
+    let (code, what) = if reserved {
+        (
+            "reserved_type",
+            "use a type, source or attribute that only Storeline itself writes (see details.errors)",
+        )
+    } else {
+        ("invalid_events", "are invalid")
+    };
     ApiError::bad_request(
-        "invalid_events",
+        code,
         format!(
-            "{} of {total} event(s) are invalid; nothing was stored. Fix the fields listed in details.errors and resend",
+            "{} of {total} event(s) {what}; nothing was stored. Fix the fields listed in details.errors and resend",
             bad.len()
         ),
     )
     .with_details(json!({ "invalid_events": bad.len(), "errors": shown, "errors_total": errors.len() }))
+}
+
+/// Validates one incoming event as ingest does: the envelope, the catalog payload and the
+/// limits, then the reserved names. `Err((errors, reserved))`.
+pub fn validate_one(
+    inc: Incoming,
+    mode: Mode,
+    defaults: &Defaults,
+) -> Result<Event, (Vec<FieldError>, bool)> {
+    let reserved = storeline_event::limits::reserved_in(&inc);
+    if !reserved.is_empty() {
+        return Err((reserved, true));
+    }
+    Event::from_incoming(inc, mode, defaults).map_err(|e| (e, false))
 }
 
 fn media_type(headers: &HeaderMap) -> String {
@@ -243,11 +266,13 @@ fn validate_all(
     let total = items.len();
     let mut events = Vec::with_capacity(total);
     let mut errors = Vec::new();
+    let mut reserved = false;
     for (index, line, parsed) in items {
         match parsed {
-            Ok(inc) => match Event::from_incoming(inc, mode, defaults) {
+            Ok(inc) => match validate_one(inc, mode, defaults) {
                 Ok(ev) => events.push(ev),
-                Err(errs) => {
+                Err((errs, is_reserved)) => {
+                    reserved |= is_reserved;
                     errors.extend(
                         errs.into_iter()
                             .map(|FieldError { field, reason }| EventError {
@@ -270,7 +295,7 @@ fn validate_all(
     if errors.is_empty() {
         Ok(events)
     } else {
-        Err(invalid(errors, total))
+        Err(invalid(errors, total, reserved))
     }
 }
 

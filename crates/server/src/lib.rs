@@ -12,6 +12,7 @@ pub mod delivery_api;
 mod error;
 mod ingest;
 mod ops;
+mod quarantine_api;
 mod read;
 mod segment_api;
 mod triggers_api;
@@ -340,6 +341,10 @@ fn router(state: SharedState, metrics: metrics_exporter_prometheus::PrometheusHa
         .route("/v1/deliveries/{id}", get(delivery_api::get))
         .route("/v1/connectors", get(delivery_api::connectors))
         .route("/v1/connectors/{name}/enable", post(delivery_api::enable))
+        .route(
+            "/v1/quarantine",
+            get(quarantine_api::list).delete(quarantine_api::clear),
+        )
         .route("/healthz", get(ops::healthz))
         .route("/readyz", get(ops::readyz))
         .route("/v1/openapi.json", get(ops::openapi))

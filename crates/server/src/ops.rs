@@ -74,8 +74,14 @@ pub async fn healthz() -> Response {
     axum::Json(json!({ "status": "ok" })).into_response()
 }
 
+/// `/readyz`: 503 `not_ready` while shutting down, when a log partition cannot be served, or
+/// when a partition's writer has failed to apply for [`STALLED_AFTER_MS`] (the store is down);
+/// 200 `degraded` when records were quarantined (`GET /v1/quarantine` lists them, `DELETE`
+/// clears them); else 200 `ready`.
 pub async fn readyz(State(state): State<SharedState>) -> Response {
     let mut problems = Vec::new();
+    let mut degraded = Vec::new();
+    let mut quarantined = 0;
     if *state.shutdown.borrow() {
         problems.push("shutting down".to_owned());
     }
@@ -84,16 +90,48 @@ pub async fn readyz(State(state): State<SharedState>) -> Response {
             problems.push(format!("partition {p}: {h}"));
         }
     }
-    if problems.is_empty() {
+    if let Some(engine) = state.engine.get() {
+        let now = chrono::Utc::now().timestamp_millis();
+        for (p, st) in engine.status().iter().enumerate() {
+            if let Some((since, attempts, error)) = st.failing()
+                && now - since >= STALLED_AFTER_MS
+            {
+                problems.push(format!(
+                    "partition {p}: applying events has failed for {} s ({attempts} attempts; retrying): {error}",
+                    (now - since) / 1000
+                ));
+            }
+            let q = st.quarantined();
+            if q > 0 {
+                quarantined += q;
+                degraded.push(format!(
+                    "partition {p}: {q} record(s) quarantined (GET /v1/quarantine)"
+                ));
+            }
+        }
+    }
+    if !problems.is_empty() {
+        problems.extend(degraded);
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            axum::Json(
+                json!({ "status": "not_ready", "problems": problems, "quarantined": quarantined }),
+            ),
+        )
+            .into_response();
+    }
+    if degraded.is_empty() {
         axum::Json(json!({ "status": "ready" })).into_response()
     } else {
-        (
-            StatusCode::SERVICE_UNAVAILABLE,
-            axum::Json(json!({ "status": "not_ready", "problems": problems })),
+        axum::Json(
+            json!({ "status": "degraded", "problems": degraded, "quarantined": quarantined }),
         )
-            .into_response()
+        .into_response()
     }
 }
+
+/// How long a partition's writer may fail to apply (and retry) before `/readyz` says not ready.
+const STALLED_AFTER_MS: i64 = 5_000;
 
 pub async fn openapi() -> Response {
     (

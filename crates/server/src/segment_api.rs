@@ -1,8 +1,11 @@
 //! The Segment-compatible tracking API: `/v1/track`, `/identify`, `/page`, `/screen`, `/group`,
 //! `/alias` and `/batch`, so a shop instrumented with Segment's or RudderStack's SDKs can point
 //! them at Storeline. The write key is the Basic-auth user name (as Segment does) or a Bearer key.
-//! Messages are mapped onto the catalog by `storeline_event::segment` and then stored exactly as
-//! `POST /v1/events` stores events: all or nothing, deduplicated on `messageId`.
+//! Messages are mapped onto the catalog by `storeline_event::segment` and validated exactly as
+//! `POST /v1/events` validates events, deduplicated on `messageId` — but not all or nothing:
+//! Segment's and RudderStack's SDKs never retry a 400 and drop the whole batch with it, so the
+//! valid messages are stored, each invalid one is put in the quarantine with its errors
+//! (`GET /v1/quarantine`), and the 200 answer lists the rejected indexes.
 
 use axum::body::Body;
 use axum::extract::State;
@@ -11,11 +14,11 @@ use axum::response::{IntoResponse, Response};
 use chrono::Utc;
 use serde_json::{Value, json};
 use storeline_event::segment::{SegmentOptions, map_message};
-use storeline_event::{Currency, Defaults, Event, Incoming, Mode};
+use storeline_event::{Currency, Defaults, Event, FieldError, Incoming, Mode};
 
 use crate::auth::Scope;
 use crate::error::ApiError;
-use crate::ingest::{EventError, invalid};
+use crate::ingest::validate_one;
 use crate::{SharedState, count_request, read_body, store_detached};
 
 async fn handle(
@@ -56,9 +59,10 @@ async fn handle(
             },
         };
         if messages.len() > state.config.ingest.max_events_per_request {
-            return Err(ApiError::bad_request(
+            return Err(ApiError::new(
+                axum::http::StatusCode::PAYLOAD_TOO_LARGE,
                 "too_many_events",
-                format!("{} messages; the limit is {}", messages.len(), state.config.ingest.max_events_per_request),
+                format!("{} messages; the limit is {}: split the batch", messages.len(), state.config.ingest.max_events_per_request),
             ));
         }
         let opts = SegmentOptions {
@@ -67,43 +71,103 @@ async fn handle(
                 .map_err(|e| ApiError::unavailable(format!("segment.default_currency: {e}")))?,
         };
         let defaults = Defaults { source: opts.source.clone(), now: Utc::now() };
-        let total = messages.len();
-        let mut events = Vec::with_capacity(total);
-        let mut errors = Vec::new();
-        let limit = state.config.ingest.max_event_bytes;
-        for (index, msg) in messages.iter().enumerate() {
-            let envelope = match map_message(kind, msg, &opts) {
-                Ok(envelope) => envelope.to_string(),
-                Err(e) => {
-                    errors.push(EventError { index, line: None, field: e.field, reason: e.reason });
-                    continue;
-                }
-            };
-            // The mapped envelope is what would be stored, so that is what the limit measures.
-            if envelope.len() > limit {
-                return Err(ApiError::too_large(&format!("message {index} ({} bytes)", envelope.len()), limit));
-            }
-            let checked = serde_json::from_str::<Incoming>(&envelope)
-                .map_err(|e| vec![storeline_event::FieldError::new("", e.to_string())])
-                .and_then(|inc| Event::from_incoming(inc, Mode::Plain, &defaults));
-            match checked {
-                Ok(ev) => events.push(ev),
-                Err(errs) => errors.extend(
-                    errs.into_iter().map(|e| EventError { index, line: None, field: e.field, reason: e.reason }),
-                ),
-            }
+        let (events, rejected) = check_messages(kind, &messages, &opts, &defaults, state.config.ingest.max_event_bytes);
+        // The SDKs never retry a 400 and drop the whole batch with it: the good messages are
+        // stored, each bad one goes to the quarantine with its errors, and the answer lists them.
+        let now = Utc::now().timestamp_millis();
+        let mut to_store = events;
+        let accepted_count = to_store.len();
+        for r in &rejected {
+            let message = serde_json::to_vec(&messages[r.index]).unwrap_or_default();
+            let errors: Vec<(String, String)> = r.errors.iter().map(|e| (e.field.clone(), e.reason.clone())).collect();
+            to_store.push(storeline_engine::quarantine::refused_message(
+                endpoint, r.index, r.message_id.as_deref(), &errors, &message, now,
+            ));
         }
-        if !errors.is_empty() {
-            return Err(invalid(errors, total));
-        }
-        let acks = store_detached(&state, events).await?;
-        let duplicates = acks.iter().filter(|a| a.duplicate).count();
-        Ok(axum::Json(json!({ "success": true, "accepted": acks.len() - duplicates, "duplicates": duplicates }))
-            .into_response())
+        metrics::counter!("storeline_ingest_events_total", "outcome" => "quarantined")
+            .increment(rejected.len() as u64);
+        let acks = store_detached(&state, to_store).await?;
+        let duplicates = acks[..accepted_count].iter().filter(|a| a.duplicate).count();
+        let rejected_json: Vec<Value> = rejected
+            .iter()
+            .map(|r| json!({ "index": r.index, "message_id": r.message_id, "errors": r.errors.iter().take(20).collect::<Vec<_>>() }))
+            .collect();
+        Ok(axum::Json(json!({
+            "success": true,
+            "accepted": accepted_count - duplicates,
+            "duplicates": duplicates,
+            "rejected": rejected_json,
+            "quarantined": rejected.len(),
+        }))
+        .into_response())
     }
     .await;
     count_request(endpoint, &result);
     result.unwrap_or_else(segment_error)
+}
+
+/// A message that could not be accepted, with every problem found.
+struct Rejected {
+    index: usize,
+    message_id: Option<String>,
+    errors: Vec<FieldError>,
+}
+
+/// Maps and validates every message: the events to store, and the messages refused.
+fn check_messages(
+    kind: Option<&str>,
+    messages: &[Value],
+    opts: &SegmentOptions,
+    defaults: &Defaults,
+    limit: usize,
+) -> (Vec<Event>, Vec<Rejected>) {
+    let mut events = Vec::with_capacity(messages.len());
+    let mut rejected = Vec::new();
+    for (index, msg) in messages.iter().enumerate() {
+        let message_id = msg
+            .get("messageId")
+            .and_then(Value::as_str)
+            .filter(|m| m.len() <= 256 && storeline_event::limits::check_identifier(m).is_ok())
+            .map(str::to_owned);
+        let errors = match check_message(kind, msg, opts, defaults, limit) {
+            Ok(ev) => {
+                events.push(ev);
+                continue;
+            }
+            Err(errors) => errors,
+        };
+        rejected.push(Rejected {
+            index,
+            message_id,
+            errors,
+        });
+    }
+    (events, rejected)
+}
+
+fn check_message(
+    kind: Option<&str>,
+    msg: &Value,
+    opts: &SegmentOptions,
+    defaults: &Defaults,
+    limit: usize,
+) -> Result<Event, Vec<FieldError>> {
+    let envelope = map_message(kind, msg, opts)
+        .map_err(|e| vec![e])?
+        .to_string();
+    // The mapped envelope is what would be stored, so that is what the limit measures.
+    if envelope.len() > limit {
+        return Err(vec![FieldError::new(
+            "",
+            format!(
+                "the message is {} bytes once mapped; the limit is {limit}",
+                envelope.len()
+            ),
+        )]);
+    }
+    let inc = serde_json::from_str::<Incoming>(&envelope)
+        .map_err(|e| vec![FieldError::new("", e.to_string())])?;
+    validate_one(inc, Mode::Plain, defaults).map_err(|(e, _)| e)
 }
 
 /// Our error shape plus Segment's top-level `code` and `message`, which Segment's libraries

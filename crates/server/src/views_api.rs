@@ -390,7 +390,7 @@ pub async fn unmerge(
     let mut positions = Vec::new();
     for owner in owners {
         let data = json!({ "identity": identity, "from": p.id(), "reason": b.reason });
-        let ev = storeline_engine::runner::build_event(
+        let ev = storeline_engine::event::build_event(
             format!("unm_{}", ulid::Ulid::new().to_string().to_lowercase()),
             "storeline/api",
             "customer.unmerged",
