@@ -370,8 +370,21 @@ async fn poison_and_recover(backend: &[(&str, &str)]) {
     let r = api.get("/readyz", &read).await;
     assert_eq!(r.is(200, None)["status"], "degraded", "{}", r.body);
     assert!(r.body["quarantined"].as_u64().unwrap() >= u64::from(n) + 3);
-    let m = send(api.client.get(format!("{}/metrics", api.url))).await;
-    assert_eq!(m.status, 200);
+    let metrics = api
+        .client
+        .get(format!("{}/metrics", api.url))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains(
+            "storeline_quarantine_records_total{origin=\"engine\",reason=\"overflow\"} 1"
+        ),
+        "{metrics}"
+    );
     // Every partition still applies new events, and commands still answer.
     for p in 0..n {
         let who = subject_in(p, n, "alive");
@@ -544,5 +557,77 @@ async fn rudderstack_identify_traits_and_sessions_belong_to_the_person() {
         "cus-77",
         "{}",
         found.body
+    );
+}
+
+#[tokio::test]
+async fn a_store_that_keeps_failing_is_retried_and_shown_not_ready_until_it_heals() {
+    let pg = Postgres::schema("hostile_heal");
+    let dir = tempfile::tempdir().unwrap();
+    let admin = create_key(dir.path(), "admin");
+    let server = Server::start(dir.path(), &pg.env());
+    let api = Api::new(&server);
+    let schema = pg
+        .env()
+        .into_iter()
+        .find(|(k, _)| *k == "STORELINE_STATE__POSTGRES__SCHEMA")
+        .unwrap()
+        .1
+        .to_owned();
+    let url = std::env::var("STORELINE_TEST_PG")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
+    let psql = |sql: &str| {
+        let out = std::process::Command::new("psql")
+            .args([url.as_str(), "-q", "-v", "ON_ERROR_STOP=1", "-c", sql])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    // Every commit fails, as when the database refuses writes for a while.
+    psql(&format!(
+        "CREATE FUNCTION {schema}.refuse() RETURNS trigger AS $$ BEGIN RAISE EXCEPTION 'the disk is on fire'; END $$ LANGUAGE plpgsql; \
+         CREATE TRIGGER refuse BEFORE INSERT OR UPDATE ON {schema}.offsets FOR EACH ROW EXECUTE FUNCTION {schema}.refuse();"
+    ));
+    let r = api
+        .post(
+            "/v1/events",
+            &admin,
+            &json!({ "type": "page.viewed", "subject": "cus-heal", "data": { "url": "/" } }),
+        )
+        .await;
+    r.is(200, None);
+    let not_ready = api
+        .until("/readyz", &admin, |b| b["status"] == "not_ready")
+        .await;
+    assert!(
+        not_ready["problems"][0]
+            .as_str()
+            .unwrap()
+            .contains("the disk is on fire"),
+        "{not_ready}"
+    );
+    // Nothing was quarantined: the failure can heal, so it is retried.
+    assert_eq!(not_ready["quarantined"], 0, "{not_ready}");
+    psql(&format!("DROP TRIGGER refuse ON {schema}.offsets;"));
+    api.until("/readyz", &admin, |b| b["status"] == "ready")
+        .await;
+    api.until("/v1/customers/cus-heal", &admin, |b| b["id"] == "cus-heal")
+        .await;
+    let metrics = api
+        .client
+        .get(format!("{}/metrics", api.url))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("storeline_engine_retries_total"),
+        "the retries are counted"
     );
 }

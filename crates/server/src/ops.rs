@@ -57,6 +57,18 @@ pub fn metrics_handle() -> PrometheusHandle {
             );
             metrics::describe_gauge!("storeline_log_bytes", "Bytes of record data per partition");
             metrics::describe_gauge!("storeline_dedup_entries", "Keys in the dedup index");
+            metrics::describe_counter!(
+                "storeline_quarantine_records_total",
+                "Records quarantined instead of applied, by origin (engine, ingest) and reason"
+            );
+            metrics::describe_gauge!(
+                "storeline_quarantine_size",
+                "Quarantine entries a partition keeps (GET /v1/quarantine)"
+            );
+            metrics::describe_counter!(
+                "storeline_engine_retries_total",
+                "Batches retried after a failure that can heal (the state store unreachable), per partition"
+            );
             handle
         })
         .clone()
