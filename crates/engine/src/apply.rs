@@ -161,14 +161,13 @@ impl<S: StateStore> Applier<S> {
                         partition = p,
                         offset = r.offset,
                         ty = ev.ty,
-                        source = ev.source,
                         "quarantining a record of a reserved type or source that Storeline did not write"
                     );
                     let error = format!(
-                        "'{}' from source '{}' is a type or source only Storeline writes, and this \
-                         record lacks Storeline's mark: it was ignored (a client sent it, before \
-                         ingest refused such records)",
-                        ev.ty, ev.source
+                        "'{}' (or its source) is only written by Storeline, and this record lacks \
+                         Storeline's mark: it was ignored (a client sent it, before ingest refused \
+                         such records)",
+                        ev.ty
                     );
                     filings.push(Filing::File(Entry::engine(
                         p,

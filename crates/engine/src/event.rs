@@ -27,8 +27,8 @@ pub struct Ev {
     pub command: Option<CommandMark>,
     /// Written by Storeline itself (the stored `storeline_internal` mark, which ingest refuses).
     pub internal: bool,
-    /// The envelope's `source`.
-    pub source: String,
+    /// Whether the envelope's `source` is one only Storeline may use (`storeline/…`).
+    pub reserved_source: bool,
     pub partition: u32,
     pub offset: u64,
 }
@@ -98,7 +98,7 @@ impl Ev {
             anonymous_id: raw.anonymousid,
             command,
             internal,
-            source: raw.source.into_owned(),
+            reserved_source: storeline_event::limits::is_reserved_source(&raw.source),
             partition,
             offset,
         })
@@ -108,8 +108,7 @@ impl Ev {
     /// own mark: it is quarantined, never applied.
     pub fn is_forged(&self) -> bool {
         !self.internal
-            && (storeline_event::limits::is_reserved_type(&self.ty)
-                || storeline_event::limits::is_reserved_source(&self.source))
+            && (self.reserved_source || storeline_event::limits::is_reserved_type(&self.ty))
     }
 
     /// A string field of `data`.

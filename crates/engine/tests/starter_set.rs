@@ -403,7 +403,7 @@ fn stored(id: String, ty: &str, received: i64, subject: Option<String>, data: Va
         command: None,
         // The storeline.* records of these tests stand for the engine's own.
         internal: ty.starts_with("storeline."),
-        source: "test".into(),
+        reserved_source: false,
         partition: 0,
         offset: 0,
     }

@@ -65,13 +65,15 @@ pub fn reserved_fields(ev: &Event) -> Vec<FieldError> {
 /// [`reserved_fields`] of an event as it arrived, before it is validated: a reserved type is
 /// answered as such whatever else is wrong with the event.
 pub fn reserved_in(inc: &Incoming) -> Vec<FieldError> {
-    let text = |s: &Option<Scalar>| match s {
-        Some(Scalar::Str(s)) => Some(s.clone()),
-        _ => None,
-    };
+    fn text(s: &Option<Scalar>) -> Option<&str> {
+        match s {
+            Some(Scalar::Str(s)) => Some(s),
+            _ => None,
+        }
+    }
     reserved(
-        text(&inc.ty).as_deref(),
-        text(&inc.source).as_deref(),
+        text(&inc.ty),
+        text(&inc.source),
         inc.extensions.iter().map(|(k, _)| k.as_str()),
     )
 }
