@@ -24,6 +24,11 @@ pub enum TriggersCommand {
         /// Print the result as JSON.
         #[arg(long)]
         json: bool,
+        /// The data directory whose key opens the file's `enc:v1:` values (a file read back
+        /// with `GET /v1/triggers`). References (`{ env = … }`, `{ file = … }`) are looked up
+        /// in this command's environment.
+        #[arg(long)]
+        data: Option<PathBuf>,
     },
     /// Replay the stored log through a trigger file on a virtual clock, with no side effects,
     /// and report how many runs would have started, sent, been held or suppressed, and why.
@@ -56,7 +61,7 @@ pub struct BacktestArgs {
 
 pub async fn run(cmd: TriggersCommand) -> Result<()> {
     match cmd {
-        TriggersCommand::Check { file, json } => check(file, json),
+        TriggersCommand::Check { file, json, data } => check(file, json, data),
         TriggersCommand::Backtest(args) => run_backtest(args).await,
     }
 }
@@ -75,10 +80,10 @@ fn load(file: &PathBuf) -> Result<(String, TriggerSet)> {
     }
 }
 
-fn check(file: PathBuf, as_json: bool) -> Result<()> {
+fn check(file: PathBuf, as_json: bool, data: Option<PathBuf>) -> Result<()> {
     let source = std::fs::read_to_string(&file)
         .with_context(|| format!("cannot read {}", file.display()))?;
-    match storeline_server::delivery_api::parse_file(&source) {
+    match storeline_server::delivery_api::parse_file(&source, data.as_deref()) {
         Ok((set, connectors)) => {
             if as_json {
                 println!(

@@ -13,6 +13,7 @@ mod error;
 mod ingest;
 mod ops;
 mod read;
+pub mod secrets;
 mod segment_api;
 mod triggers_api;
 mod views_api;
