@@ -400,8 +400,19 @@ async fn what_cannot_be_resolved_or_opened_is_a_422_naming_the_key() {
         "[[connector]]\nname = \"erp\"\ntype = \"webhook\"\nurl = \"https://erp.example.com/h\"\n\
          secret = \"{SECRET}\"\n"
     );
-    let (status, first) = put(plain).await;
+    let (status, first) = put(plain.clone()).await;
     assert_eq!(status, 200, "{first}");
+    // `storeline triggers check --data` knows the version the server gave it.
+    let plain_file = node.dir.path().join("plain.toml");
+    std::fs::write(&plain_file, &plain).unwrap();
+    let out = Command::new(BIN)
+        .args(["triggers", "check", "--json", "--data"])
+        .arg(&node.data)
+        .arg(&plain_file)
+        .output()
+        .unwrap();
+    let checked: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(checked["version"], first["version"], "{checked}");
     let stored = node.get("/v1/triggers").await["source"]
         .as_str()
         .unwrap()

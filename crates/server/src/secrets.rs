@@ -95,6 +95,12 @@ pub(crate) fn seal(data_dir: &Path, source: &str) -> Result<String, String> {
     storeline_connector::secrets::seal(source, &|| read_or_create_key(data_dir))
 }
 
+/// The text a server on `data_dir` would store for `source` (its plain-text secrets sealed with
+/// that directory's key), without creating a key: `None` when a key is needed and there is none.
+pub fn stored_text(source: &str, data_dir: Option<&Path>) -> Option<String> {
+    storeline_connector::secrets::seal(source, &key_reader(data_dir)).ok()
+}
+
 /// A trigger file as a key that is not admin sees it.
 pub(crate) fn redact_source(source: &str) -> String {
     storeline_connector::secrets::redact(source)
