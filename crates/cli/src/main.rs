@@ -326,7 +326,8 @@ async fn run(command: Command) -> Result<()> {
             let config = Config::load(file.as_deref())?;
             config.validate()?;
             if let Some(source) = config.trigger_source().map_err(anyhow::Error::msg)?
-                && let Err(problems) = storeline_server::delivery_api::parse_file(&source)
+                && let Err(problems) =
+                    storeline_server::delivery_api::parse_file(&source, Some(&config.data_dir))
             {
                 for p in &problems {
                     eprintln!("triggers: {p}");

@@ -24,6 +24,11 @@ pub enum TriggersCommand {
         /// Print the result as JSON.
         #[arg(long)]
         json: bool,
+        /// The data directory whose key opens the file's `enc:v1:` values (a file read back
+        /// with `GET /v1/triggers`). References (`{ env = … }`, `{ file = … }`) are looked up
+        /// in this command's environment.
+        #[arg(long)]
+        data: Option<PathBuf>,
     },
     /// Replay the stored log through a trigger file on a virtual clock, with no side effects,
     /// and report how many runs would have started, sent, been held or suppressed, and why.
@@ -56,7 +61,7 @@ pub struct BacktestArgs {
 
 pub async fn run(cmd: TriggersCommand) -> Result<()> {
     match cmd {
-        TriggersCommand::Check { file, json } => check(file, json),
+        TriggersCommand::Check { file, json, data } => check(file, json, data),
         TriggersCommand::Backtest(args) => run_backtest(args).await,
     }
 }
@@ -75,15 +80,20 @@ fn load(file: &PathBuf) -> Result<(String, TriggerSet)> {
     }
 }
 
-fn check(file: PathBuf, as_json: bool) -> Result<()> {
+fn check(file: PathBuf, as_json: bool, data: Option<PathBuf>) -> Result<()> {
     let source = std::fs::read_to_string(&file)
         .with_context(|| format!("cannot read {}", file.display()))?;
-    match storeline_server::delivery_api::parse_file(&source) {
+    // The server stores the file with its plain-text secrets sealed, and the version is the
+    // stored text's: it is known here only with the data directory's key (or without secrets).
+    let stored = storeline_server::secrets::stored_text(&source, data.as_deref());
+    let text = stored.as_deref().unwrap_or(&source);
+    match storeline_server::delivery_api::parse_file(text, data.as_deref()) {
         Ok((set, connectors)) => {
+            let version = stored.as_ref().map(|_| set.version.clone());
             if as_json {
                 println!(
                     "{}",
-                    json!({ "ok": true, "version": set.version, "triggers": set.triggers.iter().map(|t| json!({ "name": t.name, "version": t.version })).collect::<Vec<_>>(), "aggregates": set.aggregates.len(), "connectors": connectors.iter().map(|c| json!({ "name": c.name, "type": c.kind.name() })).collect::<Vec<_>>() })
+                    json!({ "ok": true, "version": version, "triggers": set.triggers.iter().map(|t| json!({ "name": t.name, "version": t.version })).collect::<Vec<_>>(), "aggregates": set.aggregates.len(), "connectors": connectors.iter().map(|c| json!({ "name": c.name, "type": c.kind.name() })).collect::<Vec<_>>() })
                 );
             } else {
                 for t in &set.triggers {
@@ -113,7 +123,9 @@ fn check(file: PathBuf, as_json: bool) -> Result<()> {
                     set.triggers.len(),
                     set.aggregates.len(),
                     connectors.len(),
-                    set.version
+                    version.as_deref().unwrap_or(
+                        "set when stored, once its plain-text secrets are sealed (--data DIR shows it)"
+                    )
                 );
             }
             Ok(())

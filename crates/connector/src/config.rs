@@ -285,17 +285,8 @@ pub fn parse_all(tables: &[toml::Table]) -> Result<Vec<ConnectorDef>, Vec<Proble
 /// Checks one table; `at` names it in problems.
 pub fn parse(t: &toml::Table, at: &str) -> Result<ConnectorDef, Vec<Problem>> {
     let mut p = Vec::new();
-    let name = t
-        .get("name")
-        .and_then(|v| v.as_str())
-        .filter(|n| !n.is_empty())
-        .unwrap_or("")
-        .to_owned();
-    let at = if name.is_empty() {
-        at.to_owned()
-    } else {
-        format!("{at} \"{name}\"")
-    };
+    let name = name_of(t).unwrap_or("").to_owned();
+    let at = place(t, at);
     let mut add = |key: &str, message: String| {
         p.push(Problem {
             at: if key.is_empty() {
@@ -449,6 +440,20 @@ pub fn parse(t: &toml::Table, at: &str) -> Result<ConnectorDef, Vec<Problem>> {
             fifo,
         }),
         _ => Err(p),
+    }
+}
+
+fn name_of(t: &toml::Table) -> Option<&str> {
+    t.get("name")
+        .and_then(|v| v.as_str())
+        .filter(|n| !n.is_empty())
+}
+
+/// How problems name a connector table: `connector[0] "erp"` (without the name if it has none).
+pub(crate) fn place(t: &toml::Table, at: &str) -> String {
+    match name_of(t) {
+        Some(name) => format!("{at} \"{name}\""),
+        None => at.to_owned(),
     }
 }
 

@@ -49,7 +49,9 @@ pub fn refuse(url: &reqwest::Url, allow_private: bool) -> Option<Verdict> {
 /// retried (with the receiver's `Retry-After`); redirects and other statuses rejected; a refused
 /// address rejected; timeouts and connection errors retried.
 pub async fn send(req: reqwest::RequestBuilder) -> Verdict {
-    match req.send().await {
+    // A URL may carry a token (in its path or query), and the detail of an attempt is shown to
+    // read keys: the connector's name says where it went.
+    match req.send().await.map_err(reqwest::Error::without_url) {
         Ok(resp) => {
             let status = resp.status().as_u16();
             let now = chrono::Utc::now().timestamp_millis();

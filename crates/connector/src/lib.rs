@@ -22,6 +22,7 @@ pub mod guard;
 pub mod http;
 pub mod kafka;
 pub mod log;
+pub mod secrets;
 pub mod signature;
 pub mod sms;
 pub mod smtp;

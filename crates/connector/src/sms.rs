@@ -78,12 +78,24 @@ impl Sms {
                 (shape, need(&c.url, "url")?, Vec::new())
             }
         };
-        let mut url = reqwest::Url::parse(&base)
-            .map_err(|e| Error::build(name, format!("url {base:?}: {e}")))?;
+        let mut url = reqwest::Url::parse(&base).map_err(|e| {
+            Error::build(
+                name,
+                format!("url {:?}: {e}", crate::secrets::redact_url(&base)),
+            )
+        })?;
         if !path.is_empty() {
             // Segments are escaped, so an odd account SID cannot change the path.
             url.path_segments_mut()
-                .map_err(|()| Error::build(name, format!("url {base:?} cannot take a path")))?
+                .map_err(|()| {
+                    Error::build(
+                        name,
+                        format!(
+                            "url {:?} cannot take a path",
+                            crate::secrets::redact_url(&base)
+                        ),
+                    )
+                })?
                 .pop_if_empty()
                 .extend(path);
         }

@@ -23,8 +23,12 @@ pub struct Webhook {
 
 impl Webhook {
     pub fn new(name: &str, c: &WebhookConfig, timeout: Duration) -> Result<Webhook> {
-        let url = reqwest::Url::parse(&c.url)
-            .map_err(|e| Error::build(name, format!("url {:?}: {e}", c.url)))?;
+        let url = reqwest::Url::parse(&c.url).map_err(|e| {
+            Error::build(
+                name,
+                format!("url {:?}: {e}", crate::secrets::redact_url(&c.url)),
+            )
+        })?;
         let client = crate::http::client(name, timeout, c.allow_private_network)?;
         let secret = c
             .secret

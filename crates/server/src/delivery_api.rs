@@ -19,6 +19,7 @@ use bytes::Bytes;
 use futures::future::BoxFuture;
 use serde::Deserialize;
 use serde_json::{Value, json};
+use storeline_connector::secrets;
 use storeline_connector::store::{DeliveryStore, Filter, Status};
 use storeline_connector::worker::{Host, Redrive};
 use storeline_connector::{ConnectorDef, Worker};
@@ -115,9 +116,11 @@ pub async fn open_delivery_store(
     })
 }
 
-/// A trigger file with its connectors checked too: every problem of both, or both parsed.
+/// A trigger file with its connectors checked too, their secrets resolved (references looked
+/// up, `enc:v1:` values opened with `data_dir`'s key): every problem of both, or both parsed.
 pub fn parse_file(
     source: &str,
+    data_dir: Option<&std::path::Path>,
 ) -> Result<(TriggerSet, Vec<ConnectorDef>), Vec<storeline_engine::triggers::Problem>> {
     let set = TriggerSet::parse(source);
     let tables = match &set {
@@ -129,14 +132,17 @@ pub fn parse_file(
             .and_then(|c| c.try_into::<Vec<toml::Table>>().ok())
             .unwrap_or_default(),
     };
-    let defs = storeline_connector::config::parse_all(&tables).map_err(|ps| {
-        ps.into_iter()
-            .map(|p| storeline_engine::triggers::Problem {
-                at: p.at,
-                message: p.message,
-            })
-            .collect::<Vec<_>>()
-    });
+    let key = crate::secrets::key_reader(data_dir);
+    let defs = secrets::reveal_all(&tables, &key, &secrets::Process)
+        .and_then(|tables| storeline_connector::config::parse_all(&tables))
+        .map_err(|ps| {
+            ps.into_iter()
+                .map(|p| storeline_engine::triggers::Problem {
+                    at: p.at,
+                    message: p.message,
+                })
+                .collect::<Vec<_>>()
+        });
     match (set, defs) {
         (Ok(s), Ok(d)) => Ok((s, d)),
         (Err(mut a), Err(b)) => {
@@ -158,12 +164,7 @@ pub(crate) async fn start_worker(
         .await
         .map_err(|e| e.message)?;
     let defs = match source {
-        Some(src) => parse_file(&src).map(|(_, d)| d).unwrap_or_else(|problems| {
-            for p in &problems {
-                tracing::error!(problem = %p, "the installed trigger file's connectors have problems");
-            }
-            Vec::new()
-        }),
+        Some(src) => installed_connectors(&src, &state.config.data_dir),
         None => Vec::new(),
     };
     let config = storeline_connector::WorkerConfig {
@@ -180,6 +181,37 @@ pub(crate) async fn start_worker(
     )
     .await
     .map_err(|e| e.to_string())
+}
+
+/// The connectors of the installed trigger file, secrets resolved. One whose secrets cannot be
+/// resolved now (a variable missing from this start's environment) is left out and logged: its
+/// deliveries wait, as for one that cannot be built, and the others run.
+fn installed_connectors(source: &str, data_dir: &std::path::Path) -> Vec<ConnectorDef> {
+    let tables = match TriggerSet::parse(source) {
+        Ok(set) => set.connectors,
+        Err(problems) => {
+            for p in &problems {
+                tracing::error!(problem = %p, "the installed trigger file has problems; no connector is configured");
+            }
+            return Vec::new();
+        }
+    };
+    let key = crate::secrets::key_reader(Some(data_dir));
+    let mut defs = Vec::new();
+    for (i, t) in tables.iter().enumerate() {
+        let at = format!("connector[{i}]");
+        match secrets::reveal(t, &at, &key, &secrets::Process)
+            .and_then(|t| storeline_connector::config::parse(&t, &at))
+        {
+            Ok(d) => defs.push(d),
+            Err(problems) => {
+                for p in &problems {
+                    tracing::error!(problem = %p, "connector left out: its deliveries wait");
+                }
+            }
+        }
+    }
+    defs
 }
 
 pub(crate) fn worker(state: &AppState) -> Result<&Worker, ApiError> {

@@ -14,6 +14,7 @@ mod ingest;
 mod ops;
 mod quarantine_api;
 mod read;
+pub mod secrets;
 mod segment_api;
 mod triggers_api;
 mod views_api;

@@ -132,6 +132,17 @@ impl Filter {
     }
 }
 
+/// A stored record as the reader may see it: for keys that are not admin, the trigger files
+/// of `storeline.triggers` records without their connector secrets (records stored before
+/// secrets were sealed hold them in plain text).
+fn view(stored: &[u8], redact: bool) -> Cow<'_, [u8]> {
+    if redact {
+        crate::secrets::read_view(stored)
+    } else {
+        Cow::Borrowed(stored)
+    }
+}
+
 /// Interleaves partitions by record timestamp (then partition), from a cursor, up to the ends
 /// it was last refreshed to.
 pub struct Merger {
@@ -285,9 +296,10 @@ pub async fn get_events(
     headers: HeaderMap,
     query: Result<Query<EventsQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, ApiError> {
-    state
+    let who = state
         .keys
         .authorize(&headers, Scope::Read, "GET /v1/events")?;
+    let redact = !who.allows(Scope::Admin);
     let Query(q) = query.map_err(|e| ApiError::bad_request("invalid_query", e.body_text()))?;
     let limit = q.limit.unwrap_or(100);
     if limit == 0 || limit > MAX_LIMIT {
@@ -348,7 +360,7 @@ pub async fn get_events(
             if count > 0 {
                 body.push(b',');
             }
-            body.extend_from_slice(&splice_position(&rec.value, p, rec.offset));
+            body.extend_from_slice(&splice_position(&view(&rec.value, redact), p, rec.offset));
             count += 1;
         }
     }
@@ -380,7 +392,7 @@ pub async fn stream(
     headers: HeaderMap,
     query: Result<Query<StreamQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Sse<impl Stream<Item = Result<SseEvent, Infallible>>>, ApiError> {
-    state
+    let who = state
         .keys
         .authorize(&headers, Scope::Read, "GET /v1/stream")?;
     let Query(q) = query.map_err(|e| ApiError::bad_request("invalid_query", e.body_text()))?;
@@ -412,6 +424,7 @@ pub async fn stream(
         merger,
         watchers,
         filter,
+        redact: !who.allows(Scope::Admin),
         shutdown: state.shutdown.subscribe(),
     };
     metrics::gauge!("storeline_stream_clients").increment(1.0);
@@ -427,6 +440,8 @@ struct StreamState {
     merger: Merger,
     watchers: Vec<tokio::sync::watch::Receiver<u64>>,
     filter: Filter,
+    /// Not an admin key: trigger files are shown without their secrets.
+    redact: bool,
     shutdown: tokio::sync::watch::Receiver<bool>,
 }
 
@@ -453,7 +468,8 @@ impl StreamState {
                 match self.merger.next(&self.state.log).await {
                     Ok(Some((p, rec))) => {
                         if self.filter.matches(&rec.value) {
-                            let data = splice_position(&rec.value, p, rec.offset);
+                            let data =
+                                splice_position(&view(&rec.value, self.redact), p, rec.offset);
                             let data = String::from_utf8(data).unwrap_or_default();
                             return Some(
                                 SseEvent::default()

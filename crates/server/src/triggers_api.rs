@@ -54,10 +54,13 @@ pub async fn install_configured(state: &AppState) -> Result<(), String> {
     let Some(source) = state.config.trigger_source()? else {
         return Ok(());
     };
-    let (set, _) = crate::delivery_api::parse_file(&source).map_err(|problems| {
-        let lines: Vec<String> = problems.iter().map(|p| format!("  {p}")).collect();
-        format!("the trigger file has problems:\n{}", lines.join("\n"))
-    })?;
+    let data_dir = &state.config.data_dir;
+    let source = crate::secrets::seal(data_dir, &source)?;
+    let (set, _) =
+        crate::delivery_api::parse_file(&source, Some(data_dir)).map_err(|problems| {
+            let lines: Vec<String> = problems.iter().map(|p| format!("  {p}")).collect();
+            format!("the trigger file has problems:\n{}", lines.join("\n"))
+        })?;
     let marker = state.config.data_dir.join("triggers.installed");
     let previous = std::fs::read_to_string(&marker).unwrap_or_default();
     if previous.trim() == set.version {
@@ -117,7 +120,8 @@ pub async fn get_triggers(
         .into_response());
     };
     let set = TriggerSet::parse(&def.source).unwrap_or_default();
-    // Connector secrets are for admin keys only.
+    // Admin keys get the file as stored: secrets sealed (`enc:v1:`) or references, never
+    // plain text (except in a file stored before sealing existed).
     let admin = state
         .keys
         .authorize(&headers, Scope::Admin, "GET /v1/triggers")
@@ -125,7 +129,7 @@ pub async fn get_triggers(
     let source = if admin {
         def.source.clone()
     } else {
-        redact_secrets(&def.source)
+        crate::secrets::redact_source(&def.source)
     };
     let list: Vec<Value> = set
         .triggers
@@ -155,44 +159,6 @@ pub async fn get_triggers(
     .into_response())
 }
 
-/// The trigger file with the values of secret-bearing keys replaced at every depth (inline
-/// tables included) and every header value hidden. The layout and comments are not kept: this
-/// is a read-only view; admin keys get the file as written.
-fn redact_secrets(source: &str) -> String {
-    const KEYS: [&str; 7] = [
-        "secret",
-        "previous_secret",
-        "password",
-        "api_key",
-        "auth_token",
-        "sasl.password",
-        "ssl.key.password",
-    ];
-    fn walk(v: &mut toml::Value, hide_all: bool) {
-        match v {
-            toml::Value::Table(t) => {
-                for (k, v) in t.iter_mut() {
-                    let secret = KEYS.contains(&k.as_str()) || k.ends_with("password");
-                    if (hide_all || secret) && !v.is_table() && !v.is_array() {
-                        *v = toml::Value::String("(redacted)".into());
-                    } else {
-                        walk(v, hide_all || k == "headers");
-                    }
-                }
-            }
-            toml::Value::Array(a) => a.iter_mut().for_each(|v| walk(v, hide_all)),
-            _ => {}
-        }
-    }
-    match toml::from_str::<toml::Value>(source) {
-        Ok(mut v) => {
-            walk(&mut v, false);
-            toml::to_string(&v).unwrap_or_default()
-        }
-        Err(_) => String::new(),
-    }
-}
-
 /// `PUT /v1/triggers` (admin): checks and installs a whole trigger file (TOML body).
 pub async fn put_triggers(
     State(state): State<SharedState>,
@@ -206,17 +172,27 @@ pub async fn put_triggers(
     let source = String::from_utf8(bytes.to_vec()).map_err(|_| {
         ApiError::bad_request("invalid_body", "the trigger file must be UTF-8 TOML")
     })?;
-    let (set, connectors) = crate::delivery_api::parse_file(&source).map_err(|problems| {
-        ApiError::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "invalid_triggers",
-            format!(
-                "the trigger file has {} problem(s); nothing was changed",
-                problems.len()
-            ),
+    // Plain-text secrets are sealed before anything is stored; the connectors are built from
+    // the sealed text, as they will be at the next start.
+    let data_dir = &state.config.data_dir;
+    let source = crate::secrets::seal(data_dir, &source).map_err(|e| {
+        tracing::error!(error = e, "cannot seal the trigger file's secrets");
+        ApiError::unavailable(
+            "the connector secrets cannot be sealed now (see the server log); retry",
         )
-        .with_details(json!({ "problems": problems }))
     })?;
+    let (set, connectors) =
+        crate::delivery_api::parse_file(&source, Some(data_dir)).map_err(|problems| {
+            ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid_triggers",
+                format!(
+                    "the trigger file has {} problem(s); nothing was changed",
+                    problems.len()
+                ),
+            )
+            .with_details(json!({ "problems": problems }))
+        })?;
     let engine = engine(&state)?;
     let before = current_set(&state).await?;
     let stats = triggers::read::stats(&*engine.store)

@@ -12,7 +12,7 @@ behaviour while running.
 Each record: id (webhook-id), idempotency_key, path, verified (with --secret), verified_old
 (with --old-secret: what a receiver still holding the rotated-out secret would decide), error,
 status (the answer; null while hanging), hung, signatures (how many `v1,` entries), body, at
-(arrival, seconds since the epoch).
+(arrival, seconds since the epoch), authorization (the header, if any).
 """
 
 import argparse
@@ -90,7 +90,7 @@ class Handler(BaseHTTPRequestHandler):
             "path": self.path, "verified": verified, "verified_old": verified_old,
             "error": error, "status": None, "hung": False,
             "signatures": headers.get("webhook-signature", "").count("v1,"),
-            "body": body, "at": arrived,
+            "body": body, "at": arrived, "authorization": headers.get("authorization"),
         }
         if m.get("hang"):
             rec["hung"] = True
