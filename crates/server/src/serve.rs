@@ -2,8 +2,8 @@
 //! holding every connection to the limits in `[server]`.
 //!
 //! - **A cap on open connections** (`max_connections`). A connection beyond it is still
-//!   accepted and answered `503 too_many_connections` with `Retry-After` and `Connection: close`,
-//!   so a health check gets an answer while the server is full, instead of the listener's queue
+//!   accepted and answered `503 too_many_connections` with `Retry-After` and `Connection: close`
+//!   (`GET /healthz` is answered 200: the process is alive), instead of the listener's queue
 //!   filling up unanswered. Those answers are few at a time ([`REFUSING_MAX`]) and short.
 //! - **Header-read and keep-alive timeouts**, kept by a watchdog per connection (a timer that
 //!   is reset only when it fires, so a request costs a few relaxed atomics, no timer work).
@@ -109,8 +109,10 @@ pub(crate) async fn serve(
 ) {
     let max = effective_max_connections(limits.max_connections);
     let conns = Arc::new(Semaphore::new(max));
-    let refusing = Arc::new(Semaphore::new(REFUSING_MAX));
-    let too_many = Bytes::from(too_many_connections(max));
+    let refusals = Refusals {
+        slots: Arc::new(Semaphore::new(REFUSING_MAX)),
+        too_many: Bytes::from(too_many_connections(max)),
+    };
     let shared = Arc::new(Shared {
         draining: AtomicBool::new(false),
         epoch: Instant::now(),
@@ -145,7 +147,7 @@ pub(crate) async fn serve(
                     }
                     Err(_) => {
                         refused.increment(1);
-                        refuse(tcp, &refusing, &too_many);
+                        refusals.refuse(tcp);
                     }
                 }
             }
@@ -265,37 +267,68 @@ fn too_many_connections(max: usize) -> Vec<u8> {
     .into_bytes()
 }
 
-/// Answers a connection beyond the cap with `answer` and closes it. While few such answers
-/// are under way, this reads the request first and waits for the client to close, so the
-/// client is not reset before it reads the answer; beyond that it writes what fits and drops.
-fn refuse(mut tcp: TcpStream, refusing: &Arc<Semaphore>, answer: &Bytes) {
-    let Ok(permit) = Arc::clone(refusing).try_acquire_owned() else {
-        let _ = tcp.try_write(answer);
-        return;
-    };
-    let answer = answer.clone();
-    tokio::spawn(async move {
-        let mut buf = [0u8; 2048];
-        let mut head = Vec::new();
-        let _ = tokio::time::timeout(REFUSE_WAIT, async {
-            while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < 16 << 10 {
-                match tcp.read(&mut buf).await {
-                    Ok(0) | Err(_) => break,
-                    Ok(n) => head.extend_from_slice(&buf[..n]),
-                }
+/// The answer to `GET /healthz` beyond the cap, as `ops::healthz` gives it.
+const ALIVE: &[u8] = b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\nconnection: close\r\n\
+content-length: 15\r\n\r\n{\"status\":\"ok\"}";
+
+/// The answer to a connection beyond the cap that sent this request head (or part of one):
+/// the liveness check is answered, so an orchestrator does not restart a server that is busy.
+fn refusal_for<'a>(head: &[u8], too_many: &'a [u8]) -> &'a [u8] {
+    let line = head.split(|b| *b == b'\r').next().unwrap_or_default();
+    let path = line.strip_prefix(b"GET /healthz").unwrap_or(b"-");
+    if path.starts_with(b" ") || path.starts_with(b"?") {
+        ALIVE
+    } else {
+        too_many
+    }
+}
+
+/// Connections beyond the cap being answered.
+struct Refusals {
+    slots: Arc<Semaphore>,
+    too_many: Bytes,
+}
+
+impl Refusals {
+    /// Answers a connection beyond the cap and closes it. While few such answers are under
+    /// way, this reads the request first and waits for the client to close, so the client is
+    /// not reset before it reads the answer; beyond that it answers what has arrived already
+    /// (without waiting) and drops the connection.
+    fn refuse(&self, tcp: TcpStream) {
+        let Ok(permit) = Arc::clone(&self.slots).try_acquire_owned() else {
+            let mut head = [0u8; 512];
+            let n = tcp.try_read(&mut head).unwrap_or(0);
+            let _ = tcp.try_write(refusal_for(&head[..n], &self.too_many));
+            return;
+        };
+        tokio::spawn(answer_refused(tcp, self.too_many.clone(), permit));
+    }
+}
+
+/// Reads the refused connection's request head (for a while), answers, and waits (for a
+/// while) for the client to close. `permit` is its slot among the refusals under way.
+async fn answer_refused(mut tcp: TcpStream, too_many: Bytes, permit: OwnedSemaphorePermit) {
+    let mut buf = [0u8; 2048];
+    let mut head = Vec::new();
+    let _ = tokio::time::timeout(REFUSE_WAIT, async {
+        while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < 16 << 10 {
+            match tcp.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => head.extend_from_slice(&buf[..n]),
             }
-        })
-        .await;
-        let _ = tokio::time::timeout(REFUSE_WAIT, async {
-            tcp.write_all(&answer).await?;
-            tcp.shutdown().await?;
-            // Read what else the client sends (a body) until it closes.
-            while tcp.read(&mut buf).await? > 0 {}
-            Ok::<_, std::io::Error>(())
-        })
-        .await;
-        drop(permit);
-    });
+        }
+    })
+    .await;
+    let answer = refusal_for(&head, &too_many);
+    let _ = tokio::time::timeout(REFUSE_WAIT, async {
+        tcp.write_all(answer).await?;
+        tcp.shutdown().await?;
+        // Read what else the client sends (a body) until it closes.
+        while tcp.read(&mut buf).await? > 0 {}
+        Ok::<_, std::io::Error>(())
+    })
+    .await;
+    drop(permit);
 }
 
 /// Serves one connection until it ends, a timeout closes it, or the shutdown does.
@@ -688,6 +721,31 @@ mod tests {
             accept_pause(&Error::from_raw_os_error(23)),
             Some(ACCEPT_BACKOFF)
         );
+    }
+
+    #[test]
+    fn beyond_the_cap_only_the_liveness_check_is_answered_200() {
+        let tm: &[u8] = b"too many";
+        for head in [
+            &b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"[..],
+            b"GET /healthz?probe=1 HTTP/1.1\r\n",
+        ] {
+            assert_eq!(refusal_for(head, tm), ALIVE);
+        }
+        for head in [
+            &b"GET /healthzz HTTP/1.1\r\n"[..],
+            b"POST /healthz HTTP/1.1\r\n",
+            b"GET /readyz HTTP/1.1\r\n",
+            b"GET /heal",
+            b"",
+        ] {
+            assert_eq!(refusal_for(head, tm), tm);
+        }
+        let alive = String::from_utf8(ALIVE.to_vec()).unwrap();
+        let (head, body) = alive.split_once("\r\n\r\n").unwrap();
+        assert!(head.contains(&format!("\r\ncontent-length: {}", body.len())));
+        let v: serde_json::Value = serde_json::from_str(body).unwrap();
+        assert_eq!(v["status"], "ok");
     }
 
     #[test]
