@@ -4,9 +4,14 @@
 //! hash: there is nothing to brute-force that a slow hash would protect. The server keeps the
 //! hashes in memory and reloads the file when it changes, so `storeline keys create|revoke`
 //! works against a running server.
+//!
+//! Every authorized request is also charged to its key's rate limit (`[server.rate_limit]`, see
+//! `rate_limit.rs`) here, where every endpoint passes, whether its key came in a header or in a
+//! Segment body's `writeKey`. A request without a valid key is charged to no one: it gets 401.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::SystemTime;
 
 use axum::http::{HeaderMap, StatusCode, header};
@@ -19,7 +24,9 @@ use serde_json::json;
 use sha2::{Digest, Sha256};
 use storeline_event::ids::KeyId;
 
+use crate::config::{RateLimit, RateLimits};
 use crate::error::ApiError;
+use crate::rate_limit::{self, KeyBuckets};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, PartialOrd, Ord)]
 #[serde(rename_all = "lowercase")]
@@ -198,13 +205,23 @@ pub fn revoke_key(path: &Path, id_or_prefix: &str) -> Result<KeyRecord, KeyError
 /// What identifies one version of the key file: modification time, size, inode.
 type FileStamp = (SystemTime, u64, u64);
 
+/// A key as the server holds it: its record and its rate-limit buckets.
+#[derive(Debug)]
+struct Known {
+    record: KeyRecord,
+    /// Carried over by key id when the file is reloaded, so a reload does not refill them.
+    buckets: Arc<KeyBuckets>,
+}
+
 /// The server's view of the key file, reloaded when the file changes.
 #[derive(Debug)]
 pub struct KeyStore {
     path: PathBuf,
     /// The file's identity when last read (mtime, size, inode: every write is a rename, so the
     /// inode changes even when two writes land in one mtime tick), and the keys by hash.
-    state: RwLock<(Option<FileStamp>, HashMap<String, KeyRecord>)>,
+    state: RwLock<(Option<FileStamp>, HashMap<String, Known>)>,
+    /// Request-rate limits; all off unless [`KeyStore::with_rate_limits`] sets them.
+    limits: RateLimits,
 }
 
 impl KeyStore {
@@ -219,9 +236,20 @@ impl KeyStore {
         let store = KeyStore {
             path,
             state: RwLock::new((None, HashMap::new())),
+            limits: RateLimits {
+                ingest: RateLimit::OFF,
+                read: RateLimit::OFF,
+                admin: RateLimit::OFF,
+            },
         };
         store.reload()?;
         Ok((store, bootstrap))
+    }
+
+    /// Charges every authorized request to its key's bucket under these limits.
+    pub fn with_rate_limits(mut self, limits: RateLimits) -> KeyStore {
+        self.limits = limits;
+        self
     }
 
     /// Re-reads the key file if it changed (another mtime, size or inode).
@@ -234,8 +262,22 @@ impl KeyStore {
             return Ok(());
         }
         let file = read_file(&self.path)?;
-        let map = file.keys.into_iter().map(|k| (k.hash.clone(), k)).collect();
-        *self.state.write() = (mtime, map);
+        let mut state = self.state.write();
+        // One set of buckets per key in the file: memory stays bounded by the keys.
+        let mut buckets: HashMap<KeyId, Arc<KeyBuckets>> = state
+            .1
+            .values()
+            .map(|k| (k.record.id.clone(), Arc::clone(&k.buckets)))
+            .collect();
+        let map = file
+            .keys
+            .into_iter()
+            .map(|record| {
+                let buckets = buckets.remove(&record.id).unwrap_or_default();
+                (record.hash.clone(), Known { record, buckets })
+            })
+            .collect();
+        *state = (mtime, map);
         Ok(())
     }
 
@@ -270,22 +312,29 @@ impl KeyStore {
             ));
         };
         let h = hash(secret);
-        let found = self.state.read().1.get(&h).cloned();
-        let found = match found {
+        let lookup = || {
+            let state = self.state.read();
+            let known = state.1.get(&h)?;
+            Some((known.record.clone(), Arc::clone(&known.buckets)))
+        };
+        let found = match lookup() {
             Some(k) => Some(k),
             None => {
                 let _ = self.reload();
-                self.state.read().1.get(&h).cloned()
+                lookup()
             }
         };
         match found {
-            Some(k) if k.revoked_at.is_some() => Err(ApiError::new(
+            Some((k, _)) if k.revoked_at.is_some() => Err(ApiError::new(
                 StatusCode::UNAUTHORIZED,
                 "unauthorized",
                 format!("API key {} was revoked", k.id),
             )),
-            Some(k) if k.allows(scope) => Ok(k),
-            Some(k) => Err(ApiError::new(
+            Some((k, buckets)) if k.allows(scope) => {
+                self.charge(&k, &buckets, scope)?;
+                Ok(k)
+            }
+            Some((k, _)) => Err(ApiError::new(
                 StatusCode::FORBIDDEN,
                 "forbidden",
                 format!(
@@ -304,6 +353,53 @@ impl KeyStore {
                 "unknown API key",
             )),
         }
+    }
+}
+
+impl KeyStore {
+    /// Takes a token from the key's bucket for this request, or answers 429 with how long to
+    /// wait. An `admin` key is held to the admin limit whatever it does; another key to the
+    /// limit of the scope the endpoint needs.
+    fn charge(&self, key: &KeyRecord, buckets: &KeyBuckets, scope: Scope) -> Result<(), ApiError> {
+        let kind = if key.scopes.contains(&Scope::Admin) {
+            Scope::Admin
+        } else {
+            scope
+        };
+        let (limit, bucket) = match kind {
+            Scope::Ingest => (self.limits.ingest, &buckets.ingest),
+            Scope::Read => (self.limits.read, &buckets.read),
+            Scope::Admin => (self.limits.admin, &buckets.admin),
+        };
+        if !limit.is_on() {
+            return Ok(());
+        }
+        let Err(wait) = bucket.take(rate_limit::now_nanos(), limit) else {
+            return Ok(());
+        };
+        let secs = rate_limit::retry_after_secs(wait);
+        metrics::counter!("storeline_http_rate_limited_total", "scope" => kind.as_str())
+            .increment(1);
+        Err(ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate_limited",
+            format!(
+                "API key {} is over its '{}' rate limit ({} requests per second, bursts of {}); \
+                 retry after {secs} s",
+                key.id,
+                kind.as_str(),
+                limit.per_second,
+                limit.burst
+            ),
+        )
+        .with_details(json!({
+            "key_id": key.id,
+            "limit": kind.as_str(),
+            "per_second": limit.per_second,
+            "burst": limit.burst,
+            "retry_after_s": secs,
+        }))
+        .with_retry_after(secs))
     }
 }
 
@@ -384,5 +480,60 @@ mod tests {
                 .status,
             StatusCode::UNAUTHORIZED
         );
+    }
+
+    #[test]
+    fn authorized_requests_are_charged_to_their_own_keys_bucket() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("keys.json");
+        let (store, admin) = KeyStore::open(path.clone()).unwrap();
+        // A burst of 50, then one a second: a refill is small next to the burst, so the
+        // counts below hold on a slow machine too.
+        let store = store.with_rate_limits(RateLimits {
+            ingest: RateLimit {
+                per_second: 1,
+                burst: 50,
+            },
+            read: RateLimit::OFF,
+            admin: RateLimit::OFF,
+        });
+        let admin = admin.unwrap();
+        let (_, web) = create_key(&path, "web", &[Scope::Ingest]).unwrap();
+        let (_, app) = create_key(&path, "app", &[Scope::Ingest, Scope::Read]).unwrap();
+        // How many requests pass before the first 429 (whose Retry-After is checked).
+        let allowed = |key: &str, scope: Scope| {
+            for n in 0..1000 {
+                if let Err(e) = store.authorize_secret(Some(key), scope, "x") {
+                    assert_eq!(e.status, StatusCode::TOO_MANY_REQUESTS, "{e:?}");
+                    assert_eq!(e.code, "rate_limited");
+                    assert_eq!(e.retry_after, Some(1));
+                    return n;
+                }
+            }
+            1000
+        };
+
+        // A wrong scope and an unknown key are refused without charging anyone.
+        for _ in 0..100 {
+            let wrong = store.authorize_secret(Some(&web), Scope::Read, "x");
+            assert_eq!(wrong.unwrap_err().status, StatusCode::FORBIDDEN);
+            let unknown = store.authorize_secret(Some("sl_nope"), Scope::Ingest, "x");
+            assert_eq!(unknown.unwrap_err().status, StatusCode::UNAUTHORIZED);
+        }
+        let n = allowed(&web, Scope::Ingest);
+        assert!((50..75).contains(&n), "{n}");
+
+        // Each key has its own bucket; the read limit (off) is not the ingest one; admin is off.
+        let n = allowed(&app, Scope::Ingest);
+        assert!((50..75).contains(&n), "{n}");
+        assert_eq!(allowed(&app, Scope::Read), 1000);
+        assert_eq!(allowed(&admin, Scope::Ingest), 1000);
+
+        // A reload of the key file (a key created elsewhere) does not refill the buckets.
+        create_key(&path, "other", &[Scope::Read]).unwrap();
+        store.state.write().0 = None;
+        store.reload().unwrap();
+        let n = allowed(&web, Scope::Ingest);
+        assert!(n < 25, "{n}");
     }
 }

@@ -66,9 +66,37 @@ impl Default for Config {
 pub struct ServerConfig {
     /// Address to listen on. Port 0 picks a free port (printed at start).
     pub listen: String,
-    /// How long a graceful shutdown waits for in-flight requests.
+    /// How long a graceful shutdown waits for in-flight requests (counted from the signal,
+    /// including `shutdown_drain`).
     #[serde(with = "humantime_serde_str")]
     pub shutdown_timeout: Duration,
+    /// During a graceful shutdown, how long connections stay open after the listener closed:
+    /// a request that arrives on one is answered 503 `shutting_down` with `Connection: close`
+    /// instead of meeting a closed connection. Ends early once every connection has closed.
+    /// At most `shutdown_timeout`.
+    #[serde(with = "humantime_serde_str")]
+    pub shutdown_drain: Duration,
+    /// A connection must send a request's complete headers within this time (from its accept,
+    /// or from the first byte of a later request); otherwise it is closed. Defeats clients that
+    /// hold connections with partial headers.
+    #[serde(with = "humantime_serde_str")]
+    pub header_read_timeout: Duration,
+    /// A kept-alive connection idle (no request) for this long is closed.
+    #[serde(with = "humantime_serde_str")]
+    pub keep_alive_timeout: Duration,
+    /// Most open client connections. A connection beyond it is still accepted and answered
+    /// 503 `too_many_connections` with `Retry-After` and `Connection: close`, so health checks
+    /// get an answer. Lowered at start to the open-file limit (`ulimit -n`) minus 128, which
+    /// stay for the log, the state store and outgoing connections.
+    pub max_connections: usize,
+    /// Whether `/metrics` requires a key with the `read` scope (`admin` implies it).
+    pub metrics_auth: bool,
+    /// Request-rate limits per API key: a token bucket per key, refilled at `per_second` and
+    /// holding at most `burst` requests. A key with the `admin` scope is held to `admin`;
+    /// another key is held, per endpoint scope, to `ingest` or `read`. Over the limit a
+    /// request is answered 429 `rate_limited` with `Retry-After`. `per_second = 0` turns a
+    /// limit off. Requests without a valid key are not counted (they are answered 401).
+    pub rate_limit: RateLimits,
 }
 
 impl Default for ServerConfig {
@@ -76,7 +104,59 @@ impl Default for ServerConfig {
         ServerConfig {
             listen: "127.0.0.1:7700".into(),
             shutdown_timeout: Duration::from_secs(30),
+            shutdown_drain: Duration::from_secs(1),
+            header_read_timeout: Duration::from_secs(10),
+            keep_alive_timeout: Duration::from_secs(60),
+            max_connections: 768,
+            metrics_auth: false,
+            rate_limit: RateLimits::default(),
         }
+    }
+}
+
+/// The request-rate limit of each kind of key (see [`ServerConfig::rate_limit`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RateLimits {
+    /// Ingest endpoints (events, Segment, commands). Off by default: the ingest key is public
+    /// and shared by every browser and app of a shop, so a per-key limit cannot tell a flood
+    /// from a sale, and would refuse the real customers' events along with an attacker's.
+    pub ingest: RateLimit,
+    /// Read endpoints (events, stream, views, deliveries, metrics with `metrics_auth`).
+    pub read: RateLimit,
+    /// Everything done with an `admin` key. Off by default.
+    pub admin: RateLimit,
+}
+
+impl Default for RateLimits {
+    fn default() -> Self {
+        RateLimits {
+            ingest: RateLimit::OFF,
+            read: RateLimit {
+                per_second: 1000,
+                burst: 2000,
+            },
+            admin: RateLimit::OFF,
+        }
+    }
+}
+
+/// A token bucket: `burst` requests at once, then `per_second`. `per_second = 0` is no limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimit {
+    pub per_second: u32,
+    pub burst: u32,
+}
+
+impl RateLimit {
+    pub const OFF: RateLimit = RateLimit {
+        per_second: 0,
+        burst: 0,
+    };
+
+    pub fn is_on(&self) -> bool {
+        self.per_second > 0
     }
 }
 
@@ -271,6 +351,51 @@ pub struct TriggersSection {
     pub file: Option<PathBuf>,
 }
 
+impl ServerConfig {
+    /// Problems with the connection and rate limits, each naming its key.
+    fn problems(&self) -> Vec<String> {
+        let mut problems = Vec::new();
+        let d = |d: Duration| humantime::format_duration(d).to_string();
+        if self.shutdown_drain > self.shutdown_timeout {
+            problems.push(format!(
+                "server.shutdown_drain: must be at most server.shutdown_timeout ({}), got {}",
+                d(self.shutdown_timeout),
+                d(self.shutdown_drain)
+            ));
+        }
+        for (key, value, min) in [
+            ("header_read_timeout", self.header_read_timeout, 100),
+            ("keep_alive_timeout", self.keep_alive_timeout, 100),
+        ] {
+            if value < Duration::from_millis(min) || value > Duration::from_secs(3600) {
+                problems.push(format!(
+                    "server.{key}: must be between 100ms and 1h, got {}",
+                    d(value)
+                ));
+            }
+        }
+        if self.max_connections == 0 || self.max_connections > 1_000_000 {
+            problems.push(format!(
+                "server.max_connections: must be between 1 and 1000000, got {}",
+                self.max_connections
+            ));
+        }
+        for (scope, limit) in [
+            ("ingest", self.rate_limit.ingest),
+            ("read", self.rate_limit.read),
+            ("admin", self.rate_limit.admin),
+        ] {
+            if limit.is_on() && limit.burst == 0 {
+                problems.push(format!(
+                    "server.rate_limit.{scope}.burst: must be at least 1 when per_second is set \
+                     (per_second = 0 turns the limit off)"
+                ));
+            }
+        }
+        problems
+    }
+}
+
 impl Config {
     /// The trigger file's text, from `triggers.file` or the inline tables; `None` if neither.
     pub fn trigger_source(&self) -> Result<Option<String>, String> {
@@ -397,6 +522,7 @@ impl Config {
                 self.server.listen
             ));
         }
+        problems.extend(self.server.problems());
         if self.ingest.dedup_window < Duration::from_secs(7 * 24 * 3600) {
             problems.push(format!(
                 "ingest.dedup_window: must be at least 7 days, got {}",
@@ -527,6 +653,35 @@ mod tests {
                 .any(|p| p.starts_with("ingest.dedup_window"))
         );
         assert!(problems.iter().any(|p| p.starts_with("log.partitions")));
+    }
+
+    #[test]
+    fn validation_names_bad_connection_and_rate_limits() {
+        let mut c = Config::default();
+        c.server.shutdown_drain = Duration::from_secs(60);
+        c.server.header_read_timeout = Duration::ZERO;
+        c.server.keep_alive_timeout = Duration::from_secs(7200);
+        c.server.max_connections = 0;
+        c.server.rate_limit.ingest = RateLimit {
+            per_second: 10,
+            burst: 0,
+        };
+        let ConfigError::Invalid(problems) = c.validate().unwrap_err() else {
+            panic!()
+        };
+        for key in [
+            "server.shutdown_drain",
+            "server.header_read_timeout",
+            "server.keep_alive_timeout",
+            "server.max_connections",
+            "server.rate_limit.ingest.burst",
+        ] {
+            assert!(
+                problems.iter().any(|p| p.starts_with(key)),
+                "{key} in {problems:?}"
+            );
+        }
+        assert_eq!(problems.len(), 5, "{problems:?}");
     }
 
     #[test]

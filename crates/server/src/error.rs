@@ -12,6 +12,8 @@ pub struct ApiError {
     pub code: &'static str,
     pub message: String,
     pub details: Option<Value>,
+    /// Seconds for a `Retry-After` header (429 and 503 answers that know when to come back).
+    pub retry_after: Option<u64>,
 }
 
 impl ApiError {
@@ -21,7 +23,13 @@ impl ApiError {
             code,
             message: message.into(),
             details: None,
+            retry_after: None,
         }
+    }
+
+    pub fn with_retry_after(mut self, secs: u64) -> Self {
+        self.retry_after = Some(secs);
+        self
     }
 
     pub fn with_details(mut self, details: Value) -> Self {
@@ -53,7 +61,19 @@ impl IntoResponse for ApiError {
         if let Some(d) = self.details {
             body["error"]["details"] = d;
         }
-        (self.status, axum::Json(body)).into_response()
+        let mut response = (self.status, axum::Json(body)).into_response();
+        set_retry_after(&mut response, self.retry_after);
+        response
+    }
+}
+
+/// Adds `Retry-After: secs` to a response built from an [`ApiError`] (by `into_response`, or by
+/// hand as the Segment endpoints do).
+pub(crate) fn set_retry_after(response: &mut Response, secs: Option<u64>) {
+    if let Some(secs) = secs {
+        response
+            .headers_mut()
+            .insert(axum::http::header::RETRY_AFTER, secs.into());
     }
 }
 
@@ -127,7 +147,7 @@ impl From<storeline_log::Error> for ApiError {
 }
 
 impl ApiError {
-    fn with_code(mut self, code: &'static str) -> Self {
+    pub(crate) fn with_code(mut self, code: &'static str) -> Self {
         self.code = code;
         self
     }

@@ -1,8 +1,8 @@
 //! Storeline's server: the HTTP API over the log, with auth, metrics and graceful shutdown.
 //!
 //! [`run`] wires the parts: it opens the log (recovering it), the key store and the dedup index
-//! (rebuilt from the log), binds the listener and serves until the shutdown future resolves;
-//! then it stops accepting, lets in-flight requests finish, and closes the log (every
+//! (rebuilt from the log), binds the listener and serves (`serve.rs`) until the shutdown future
+//! resolves; then it stops accepting, lets in-flight requests finish, and closes the log (every
 //! acknowledged append is already fsynced; close drains the writers).
 
 pub mod auth;
@@ -13,9 +13,11 @@ mod error;
 mod ingest;
 mod ops;
 mod quarantine_api;
+mod rate_limit;
 mod read;
 pub mod secrets;
 mod segment_api;
+mod serve;
 mod triggers_api;
 mod views_api;
 
@@ -200,6 +202,7 @@ pub async fn run(
         LogBackend::Memory => Log::Memory(MemoryLog::new(config.log.partitions)),
     };
     let (keys, admin_key) = KeyStore::open(config.keys_file())?;
+    let keys = keys.with_rate_limits(config.server.rate_limit);
     let dedup = Dedup::new(config.ingest.dedup_window);
     let (shutdown_tx, _) = watch::channel(false);
     let state = Arc::new(AppState {
@@ -266,34 +269,15 @@ pub async fn run(
 
     let background = tokio::spawn(background(Arc::clone(&state), metrics.clone()));
     let app = router(Arc::clone(&state), metrics);
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let stop = state.shutdown.subscribe();
     let signal_state = Arc::clone(&state);
     tokio::spawn(async move {
         shutdown.await;
         tracing::info!("shutting down: no new connections; finishing in-flight requests");
         signal_state.shutdown.send_replace(true);
-        let _ = stop_tx.send(());
     });
-    // Answers are small and latency matters: no Nagle delay on the responses.
-    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
-        let _ = tcp.set_nodelay(true);
-    });
-    let serve = axum::serve(listener, app).with_graceful_shutdown(async move {
-        let _ = stop_rx.await;
-    });
-    let timeout = state.config.server.shutdown_timeout;
-    let mut serve = std::pin::pin!(serve.into_future());
-    let mut shutdown_rx = state.shutdown.subscribe();
-    let result = tokio::select! {
-        r = &mut serve => r,
-        _ = async {
-            let _ = shutdown_rx.wait_for(|s| *s).await;
-            tokio::time::sleep(timeout).await;
-        } => {
-            tracing::warn!(timeout_s = timeout.as_secs(), "in-flight requests did not finish in time; closing anyway");
-            Ok(())
-        }
-    };
+    let limits = serve::Limits::from_config(&state.config.server);
+    serve::serve(listener, app, limits, stop).await;
     background.abort();
     // Deliveries stop first: attempts in flight get a moment to finish and be recorded.
     worker_stop.send_replace(true);
@@ -306,7 +290,7 @@ pub async fn run(
     store.close().await;
     state.log.close().await?;
     tracing::info!("log closed cleanly; bye");
-    result.map_err(ServerError::Serve)
+    Ok(())
 }
 
 fn router(state: SharedState, metrics: metrics_exporter_prometheus::PrometheusHandle) -> Router {
@@ -351,7 +335,7 @@ fn router(state: SharedState, metrics: metrics_exporter_prometheus::PrometheusHa
         .route("/v1/openapi.json", get(ops::openapi))
         .route(
             "/metrics",
-            get(move || ops::render_metrics(metrics.clone())),
+            get(move |s: State<SharedState>, h: HeaderMap| ops::metrics(s, h, metrics.clone())),
         )
         .fallback(ops::not_found)
         .method_not_allowed_fallback(ops::method_not_allowed)

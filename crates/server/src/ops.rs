@@ -1,16 +1,20 @@
-//! Operations endpoints: `/metrics` (Prometheus text), `/healthz`, `/readyz`, the OpenAPI
-//! document, and the JSON 404/405 answers.
+//! Operations endpoints: `/metrics` (Prometheus text; with `server.metrics_auth`, for a `read`
+//! key), `/healthz`, `/readyz`, the OpenAPI document, and the JSON 404/405 answers.
+//!
+//! Metric labels are bounded names only (partition, outcome, endpoint, trigger and connector
+//! names): never a connector's URL, host or secret, nor customer data.
 
 use std::sync::OnceLock;
 
 use axum::extract::State;
-use axum::http::{StatusCode, Uri, header};
+use axum::http::{HeaderMap, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use serde_json::json;
 use storeline_log::EventLog;
 
 use crate::SharedState;
+use crate::auth::Scope;
 use crate::error::ApiError;
 
 /// The process-wide Prometheus recorder (installed once, shared by every server in a process).
@@ -69,12 +73,38 @@ pub fn metrics_handle() -> PrometheusHandle {
                 "storeline_engine_retries_total",
                 "Batches retried after a failure that can heal (the state store unreachable), per partition"
             );
+            metrics::describe_gauge!("storeline_http_connections", "Open client connections");
+            metrics::describe_counter!(
+                "storeline_http_connections_refused_total",
+                "Connections answered 503 because server.max_connections were open"
+            );
+            metrics::describe_counter!(
+                "storeline_http_connections_closed_total",
+                "Connections closed by the header-read or keep-alive timeout"
+            );
+            metrics::describe_counter!(
+                "storeline_http_accept_errors_total",
+                "Failed accepts (such as EMFILE: out of file descriptors)"
+            );
+            metrics::describe_counter!(
+                "storeline_http_rate_limited_total",
+                "Requests answered 429 by the per-key rate limits, by limit"
+            );
             handle
         })
         .clone()
 }
 
-pub async fn render_metrics(handle: PrometheusHandle) -> Response {
+pub async fn metrics(
+    State(state): State<SharedState>,
+    headers: HeaderMap,
+    handle: PrometheusHandle,
+) -> Response {
+    if state.config.server.metrics_auth
+        && let Err(e) = state.keys.authorize(&headers, Scope::Read, "GET /metrics")
+    {
+        return e.into_response();
+    }
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
         handle.render(),

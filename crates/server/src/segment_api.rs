@@ -178,7 +178,9 @@ fn segment_error(e: ApiError) -> Response {
     if let Some(d) = e.details {
         body["error"]["details"] = d;
     }
-    (status, axum::Json(body)).into_response()
+    let mut response = (status, axum::Json(body)).into_response();
+    crate::error::set_retry_after(&mut response, e.retry_after);
+    response
 }
 
 macro_rules! endpoint {
