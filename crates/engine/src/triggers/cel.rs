@@ -294,6 +294,10 @@ mod bounded {
             (format!("a{}", ".b".repeat(N)), "20000 operators"),
             (format!("a{}", "[0]".repeat(N)), "20000 operators"),
             (format!("{}1", "true ? 1 : ".repeat(N)), "20000 operators"),
+            (
+                wrap("a.exists(x, ", "true", ")", N),
+                "`exists(` at character 21 is inside another",
+            ),
         ];
         on_small_stack(move || {
             // A run of unary operators is read wrongly by cel-parser 0.10 (`!!x` is `!x`), so it

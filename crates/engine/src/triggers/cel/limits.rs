@@ -95,6 +95,7 @@ pub fn check(src: &str) -> Result<Shape, Refused> {
     // How often an operator here may run: 2^(calls open) × MAX_ITEMS^(comprehensions open).
     let mut weight: u64 = 1;
     let mut first_deep = None;
+    let mut comprehensions = 0;
     let mut nested_comprehension = None;
     let mut prev = Prev::Other;
     let mut i = 0;
@@ -182,9 +183,10 @@ pub fn check(src: &str) -> Result<Shape, Refused> {
                 };
                 if comprehension {
                     shape.comprehension = true;
-                    if nested_comprehension.is_none() && stack.iter().any(|o| o.comprehension) {
+                    if nested_comprehension.is_none() && comprehensions > 0 {
                         nested_comprehension = Some((i, name));
                     }
+                    comprehensions += 1;
                 }
                 stack.push(Open {
                     byte: c,
@@ -211,7 +213,10 @@ pub fn check(src: &str) -> Result<Shape, Refused> {
                     _ => b'{',
                 };
                 match stack.pop() {
-                    Some(open) if open.byte == want => weight = open.outer,
+                    Some(open) if open.byte == want => {
+                        weight = open.outer;
+                        comprehensions -= usize::from(open.comprehension);
+                    }
                     Some(open) => {
                         return Err(syntax(format!(
                             "`{}` at character {} closes the `{}` at character {}",
