@@ -99,7 +99,7 @@ pub fn to_cel(v: &Value) -> Cel {
 }
 
 impl Expr {
-    /// Checks `source` against the [limits](limits) and compiles it; the error is a message for
+    /// Checks `source` against the [limits] and compiles it; the error is a message for
     /// the author (over a limit, or does not parse).
     pub fn compile(source: &str) -> Result<Expr, String> {
         let shape = limits::check(source).map_err(|r| match r {
