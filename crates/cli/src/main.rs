@@ -236,6 +236,10 @@ fn main() {
     init_tracing(&cli.log_format);
     let result = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
+        // Margin over tokio's 2 MiB: trigger files are compiled on workers and CEL's parser and
+        // evaluator recurse. The CEL limits alone fit in 2 MiB (see triggers::cel::limits); this
+        // is address space reserved per thread, not memory used.
+        .thread_stack_size(8 << 20)
         .build()
         .context("cannot start the async runtime")
         .and_then(|rt| rt.block_on(run(cli.command)));

@@ -103,9 +103,12 @@ async fn triggers_are_replaced_over_the_api_and_journeys_explain_each_decision()
         .iter()
         .map(|p| p["at"].as_str().unwrap())
         .collect();
-    assert!(at.contains(&"trigger[0] \"x\".on"), "{at:?}");
-    assert!(at.contains(&"trigger[0] \"x\".when"), "{at:?}");
-    assert!(at.contains(&"trigger[0] \"x\".wait.within"), "{at:?}");
+    assert!(at.contains(&"trigger[0] \"x\".on (line 3)"), "{at:?}");
+    assert!(at.contains(&"trigger[0] \"x\".when (line 4)"), "{at:?}");
+    assert!(
+        at.contains(&"trigger[0] \"x\".wait.within (line 5)"),
+        "{at:?}"
+    );
     let syntax = client
         .put(format!("{url}/v1/triggers"))
         .bearer_auth(&key)
@@ -266,14 +269,88 @@ fn triggers_check_reports_every_problem_and_accepts_the_starter_set() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
-        err.contains("trigger[0] \"a\".then[0]: an action is exactly one of"),
+        err.contains("trigger[0] \"a\".then[0] (line 4): an action is exactly one of"),
         "{err}"
     );
     assert!(
-        err.contains("trigger[0] \"a\".debounce: 'often' is not a duration"),
+        err.contains("trigger[0] \"a\".debounce (line 5): 'often' is not a duration"),
         "{err}"
     );
     assert!(err.contains("2 problem(s)"), "{err}");
+}
+
+/// A trigger file whose `when` nests 20,000 parentheses (which overflowed the stack of the
+/// request's worker and aborted the server), in its second trigger on line 26.
+fn deep_file() -> String {
+    let deep = format!("{}true{}", "(".repeat(20_000), ")".repeat(20_000));
+    format!(
+        "{V1}\n[[trigger]]\nname = \"deep\"\non = \"cart.item_added\"\nwhen = \"{deep}\"\nthen = [ {{ emit = \"x.y\" }} ]\n"
+    )
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_when_twenty_thousand_deep_is_refused_with_its_trigger_and_line_and_the_server_stays_up()
+{
+    let dir = tempfile::tempdir().unwrap();
+    let key = create_key(dir.path(), "admin");
+    let server = Server::start(dir.path(), &[]);
+    let (url, client) = (server.url.clone(), http());
+    let put = |body: String| {
+        client
+            .put(format!("{url}/v1/triggers"))
+            .bearer_auth(&key)
+            .header("content-type", "application/toml")
+            .body(body)
+            .send()
+    };
+    assert_eq!(put(V1.to_owned()).await.unwrap().status(), 200);
+    let before = get(&url, &key, "/v1/triggers").await["version"].clone();
+
+    let r = put(deep_file()).await.unwrap();
+    assert_eq!(r.status(), 422);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "invalid_triggers", "{body}");
+    let problems = body["error"]["details"]["problems"].as_array().unwrap();
+    assert_eq!(problems.len(), 1, "{body}");
+    assert_eq!(problems[0]["at"], "trigger[1] \"deep\".when (line 26)");
+    let message = problems[0]["message"].as_str().unwrap();
+    assert!(
+        message.starts_with("CEL is over its limits: ")
+            && message.contains("nest 20000 deep from character 33 (at most 32)"),
+        "{message}"
+    );
+
+    // The server is still up, and the file in force is the one before.
+    let health = client.get(format!("{url}/healthz")).send().await.unwrap();
+    assert_eq!(health.status(), 200);
+    assert_eq!(get(&url, &key, "/v1/triggers").await["version"], before);
+}
+
+#[test]
+fn triggers_check_and_config_check_name_an_expression_over_the_limits() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("deep.toml");
+    std::fs::write(&file, deep_file()).unwrap();
+    let config = dir.path().join("storeline.toml");
+    std::fs::write(
+        &config,
+        format!("[triggers]\nfile = {:?}\n", file.to_str().unwrap()),
+    )
+    .unwrap();
+    for args in [["triggers", "check"], ["config", "check"]] {
+        let target = if args[0] == "triggers" {
+            &file
+        } else {
+            &config
+        };
+        let out = Command::new(BIN).args(args).arg(target).output().unwrap();
+        assert!(!out.status.success(), "{args:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains("trigger[1] \"deep\".when (line 26): CEL is over its limits: it is 40004 bytes long (at most 4096)"),
+            "{args:?}: {err}"
+        );
+    }
 }
 
 /// Counters per trigger without the bookkeeping ones a backtest does not report.

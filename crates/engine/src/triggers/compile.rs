@@ -1,5 +1,7 @@
 //! Checking and compiling a trigger file into a [`TriggerSet`]: every problem is collected with
-//! where it is, CEL is compiled, durations and local times are parsed. No I/O.
+//! where it is (key path and line), CEL is compiled, durations and local times are parsed. No I/O.
+
+mod lines;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -34,7 +36,10 @@ impl TriggerSet {
                 }]);
             }
         };
-        let mut set = TriggerSet::compile(&file)?;
+        let mut set = TriggerSet::compile(&file).map_err(|mut problems| {
+            lines::add(source, &mut problems);
+            problems
+        })?;
         set.source = source.to_owned();
         set.version = crate::hash_hex(source.as_bytes())[..12].to_owned();
         Ok(set)
@@ -512,7 +517,7 @@ impl Problems {
         match Expr::compile(source) {
             Ok(e) => Some(e),
             Err(m) => {
-                self.add(at, format!("CEL does not parse: {m}"));
+                self.add(at, m);
                 None
             }
         }
