@@ -171,7 +171,8 @@ enum LogCommand {
 enum KeysCommand {
     /// Create a key and print it (once) on stdout.
     Create {
-        /// Scope(s): ingest, read, admin (admin grants all).
+        /// Scope(s): ingest (send events; the public storefront key), read, commands (place,
+        /// cancel, refund orders, adjust stock: a shop backend's key), admin (grants all).
         #[arg(long, required = true, value_delimiter = ',')]
         scope: Vec<String>,
         /// A name to recognise the key by.

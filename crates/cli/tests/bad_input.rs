@@ -138,6 +138,13 @@ fn corpus() -> Vec<Case> {
         // Trigger files.
         case("a TOML array 100,000 deep", "/v1/triggers", format!("x = {}", deep(100_000)), 422).method("PUT").content_type("application/toml"),
         case("a TOML inline table 10,000 deep", "/v1/triggers", format!("x = {}1{}", "{a = ".repeat(10_000), "}".repeat(10_000)), 422).method("PUT").content_type("application/toml"),
+        case("a CEL condition 20,000 parentheses deep", "/v1/triggers",
+             format!("[[trigger]]\nname = \"deep\"\non = \"cart.item_added\"\nwhen = \"{}true{}\"\nthen = [ {{ emit = \"fraud.suspected\" }} ]\n", "(".repeat(20_000), ")".repeat(20_000)),
+             422).code("invalid_triggers").method("PUT").content_type("application/toml"),
+        case("a CEL key 20,000 lists deep", "/v1/triggers",
+             format!("[[trigger]]\nname = \"deep\"\non = \"cart.item_added\"\nkey = \"{}1{}\"\nthen = [ {{ emit = \"fraud.suspected\" }} ]\n", "[".repeat(20_000), "]".repeat(20_000)),
+             422).code("invalid_triggers").method("PUT").content_type("application/toml"),
+        case("a command with the public ingest key", "/v1/commands/inventory.adjust", event(json!({ "sku": "S", "set": 0 })), 403).code("forbidden").key(Key::Ingest),
         case("a trigger file that is not UTF-8", "/v1/triggers", vec![0xff, 0xfe, 0x00], 400).method("PUT").content_type("application/toml"),
         // Reads.
         case("a customer id with NUL", "/v1/customers/a%00b", "", 404).code("customer_not_found").method("GET"),

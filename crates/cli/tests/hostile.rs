@@ -216,6 +216,30 @@ async fn every_reserved_type_is_refused_for_every_key_scope() {
     assert_eq!(t.is(200, None)["version"], Value::Null);
 }
 
+#[tokio::test]
+async fn the_public_ingest_key_cannot_run_commands() {
+    let dir = tempfile::tempdir().unwrap();
+    let ingest = create_key(dir.path(), "ingest");
+    let backend = create_key(dir.path(), "commands");
+    let server = Server::start(dir.path(), &[]);
+    let api = Api::new(&server);
+    let adjust = json!({ "sku": "S-1", "set": 0 });
+    let r = api
+        .post("/v1/commands/inventory.adjust", &ingest, &adjust)
+        .await;
+    assert_eq!(
+        r.is(403, Some("forbidden"))["error"]["details"]["required_scope"],
+        "commands"
+    );
+    api.post("/v1/commands/inventory.adjust", &backend, &adjust)
+        .await
+        .is(200, None);
+    // A commands key is for commands only.
+    api.post("/v1/events", &backend, &json!({ "type": "x.y" }))
+        .await
+        .is(403, Some("forbidden"));
+}
+
 /// The stored form of an event as a client might have slipped it into the log before ingest
 /// refused such records (no `storeline_internal` mark).
 fn stored(id: &str, ty: &str, source: &str, subject: Option<&str>, data: &str) -> String {

@@ -31,8 +31,14 @@ use crate::rate_limit::{self, KeyBuckets};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, PartialOrd, Ord)]
 #[serde(rename_all = "lowercase")]
 pub enum Scope {
+    /// Send events: the key storefronts embed (public).
     Ingest,
+    /// Read events, views, triggers (secrets redacted), deliveries.
     Read,
+    /// Carry out commands (place, cancel, refund orders, adjust stock, consent): a shop's
+    /// backend, never a storefront, since the ingest key is public.
+    Commands,
+    /// Everything.
     Admin,
 }
 
@@ -41,8 +47,11 @@ impl Scope {
         match s {
             "ingest" => Ok(Scope::Ingest),
             "read" => Ok(Scope::Read),
+            "commands" => Ok(Scope::Commands),
             "admin" => Ok(Scope::Admin),
-            _ => Err(format!("unknown scope '{s}': use ingest, read or admin")),
+            _ => Err(format!(
+                "unknown scope '{s}': use ingest, read, commands or admin"
+            )),
         }
     }
 
@@ -50,6 +59,7 @@ impl Scope {
         match self {
             Scope::Ingest => "ingest",
             Scope::Read => "read",
+            Scope::Commands => "commands",
             Scope::Admin => "admin",
         }
     }
@@ -367,7 +377,8 @@ impl KeyStore {
             scope
         };
         let (limit, bucket) = match kind {
-            Scope::Ingest => (self.limits.ingest, &buckets.ingest),
+            // Commands are writes: charged like ingest.
+            Scope::Ingest | Scope::Commands => (self.limits.ingest, &buckets.ingest),
             Scope::Read => (self.limits.read, &buckets.read),
             Scope::Admin => (self.limits.admin, &buckets.admin),
         };

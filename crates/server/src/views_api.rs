@@ -82,7 +82,7 @@ pub async fn post_command(
 ) -> Result<Response, ApiError> {
     state
         .keys
-        .authorize(&headers, Scope::Ingest, "POST /v1/commands")?;
+        .authorize(&headers, Scope::Commands, "POST /v1/commands")?;
     let bytes = crate::read_body(&headers, body, 1 << 20).await?;
     let value: Value = serde_json::from_slice(&bytes).map_err(|e| {
         ApiError::bad_request("invalid_json", format!("the command body is not JSON: {e}"))
