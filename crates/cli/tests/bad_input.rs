@@ -146,6 +146,16 @@ fn corpus() -> Vec<Case> {
              422).code("invalid_triggers").method("PUT").content_type("application/toml"),
         case("a command with the public ingest key", "/v1/commands/inventory.adjust", event(json!({ "sku": "S", "set": 0 })), 403).code("forbidden").key(Key::Ingest),
         case("a trigger file that is not UTF-8", "/v1/triggers", vec![0xff, 0xfe, 0x00], 400).method("PUT").content_type("application/toml"),
+        // Found by scripts/fuzz-api (schemathesis against openapi.json).
+        case("Segment: a body that is not JSON and no key", "/v1/track", "{nope", 401).code("unauthorized").key(Key::None),
+        case("catalog data as an array of field values", ev, event(json!({ "type": "order.cancelled", "data": ["o1", null, null, null, null] })), 400).code("invalid_events"),
+        case("catalog lines as arrays of field values", ev, event(json!({ "type": "order.placed", "data": { "order_id": "o-arr", "total": { "amount": 1, "currency": "EUR" }, "lines": [["S", 1, null, null, null, null, null, null, null]] } })), 400).code("invalid_events"),
+        case("an order.place line as an array", "/v1/commands/order.place", event(json!({ "order_id": "o", "customer_id": "c", "currency": "EUR", "lines": [ ["S", 1, 100, null, null, null] ] })), 400).code("invalid_command"),
+        case("order.pay with a negative amount", "/v1/commands/order.pay", event(json!({ "order_id": "o-none", "amount": -5 })), 400).code("invalid_command"),
+        case("a redrive body that is an array", "/v1/deliveries/redrive", "[null, null]", 400).code("invalid_body"),
+        case("an unmerge body that is an array", "/v1/customers/c/unmerge", r#"["c", null]"#, 400).code("invalid_body"),
+        case("an empty trigger file", "/v1/triggers", "", 400).code("empty_body").method("PUT").content_type("application/toml"),
+        case("a deliveries page position with NUL", "/v1/deliveries?after=%00", "", 400).code("invalid_query").method("GET"),
         // Reads.
         case("a customer id with NUL", "/v1/customers/a%00b", "", 404).code("customer_not_found").method("GET"),
         case("an SKU with NUL", "/v1/inventory/a%00b", "", 404).code("sku_not_found").method("GET"),

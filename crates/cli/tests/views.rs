@@ -1245,7 +1245,8 @@ async fn customer_360_merge_and_unmerge_round_trip_on(backend: &[(&str, &str)]) 
             &json!({"identity": anon}),
         )
         .await;
-    e.err(400, "not_merged");
+    // The request is well formed; the customer's state refuses it.
+    e.err(409, "not_merged");
 
     // A new identify merges them again; the old merge stays in the history.
     let c = env.ingest(identified("i2", user, anon)).await;
@@ -1421,6 +1422,10 @@ async fn refunding_an_unshipped_order_does_not_strand_its_stock() {
             inv["reserved"], c.body
         );
     }
+    // Refunded in full: another refund conflicts with the order's state (409), it is not a
+    // malformed request.
+    let r = env.cmd("order.refund", json!({"order_id": "ord-b"})).await;
+    r.err(409, "refund_exceeds_paid");
     // Nothing was shipped, so nothing can come back.
     let r = env
         .cmd("return.receive", json!({"order_id": "ord-b"}))

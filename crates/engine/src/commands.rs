@@ -199,6 +199,17 @@ fn quantity(field: &str, q: i64) -> Result<(), CommandError> {
     Ok(())
 }
 
+/// Lines are JSON objects: serde's derived structs would also take an array of the field values
+/// in order (`["SKU-1", 1, 100, null, null, null]`), which no client means.
+fn lines_are_objects(v: &Value) -> Result<(), CommandError> {
+    if let Some(Value::Array(lines)) = v.get("lines")
+        && let Some(i) = lines.iter().position(|l| !l.is_object())
+    {
+        return Err(invalid(&format!("lines[{i}]"), "a line is a JSON object"));
+    }
+    Ok(())
+}
+
 /// Parses `name` + JSON body into a [`Command`], checking what needs no state.
 pub fn parse(name: &str, v: &Value) -> Result<Command, CommandError> {
     if !v.is_object() {
@@ -208,6 +219,9 @@ pub fn parse(name: &str, v: &Value) -> Result<Command, CommandError> {
         let b: OrderRef = body(v)?;
         ident("order_id", &b.order_id)?;
         amount("amount", b.amount)?;
+        if b.amount.is_some_and(|a| a < 0) {
+            return Err(invalid("amount", "must not be negative (minor units)"));
+        }
         for (f, t) in [
             ("reason", &b.reason),
             ("carrier", &b.carrier),
@@ -253,6 +267,7 @@ pub fn parse(name: &str, v: &Value) -> Result<Command, CommandError> {
             Command::Adjust(a)
         }
         "order.place" => {
+            lines_are_objects(v)?;
             let p: Place = body(v)?;
             ident("order_id", &p.order_id)?;
             ident("customer_id", &p.customer_id)?;
@@ -316,6 +331,7 @@ pub fn parse(name: &str, v: &Value) -> Result<Command, CommandError> {
         "order.cancel" => transition(Status::Cancelled)?,
         "order.refund" => transition(Status::Refunded)?,
         "return.receive" => {
+            lines_are_objects(v)?;
             let r: Receive = body(v)?;
             ident("order_id", &r.order_id)?;
             if let Some(l) = &r.location {
@@ -571,11 +587,16 @@ pub fn plan(
                     }
                     let left = order.paid - order.refunded;
                     let amount = body.amount.unwrap_or(left);
+                    if amount <= 0 && body.amount.is_some() {
+                        return Err(invalid("amount", "must be at least 1 (minor units)"));
+                    }
+                    // More than was paid and not yet refunded: the order's state, not the
+                    // request, is what refuses it (409).
                     if amount <= 0 || amount > left {
-                        return Err(invalid(
-                            "amount",
-                            format!("must be between 1 and {left} (what is left to refund)"),
-                        ));
+                        return Err(CommandError::RefundExceedsPaid {
+                            order_id: body.order_id.clone(),
+                            left: left.max(0),
+                        });
                     }
                     d.insert("amount".into(), money(amount));
                 }
@@ -699,5 +720,24 @@ pub fn plan(
             }
             Ok(out)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lines_are_objects_not_arrays_of_field_values() {
+        let place = json!({ "order_id": "o", "customer_id": "c", "currency": "EUR",
+                            "lines": [ ["S", 1, 100, null, null, null] ] });
+        let Err(CommandError::Invalid { field, .. }) = parse("order.place", &place) else {
+            panic!("an array line must be refused");
+        };
+        assert_eq!(field, "lines[0]");
+        let receive = json!({ "order_id": "o", "lines": [ ["S", 1] ] });
+        assert!(parse("return.receive", &receive).is_err());
+        let good = json!({ "order_id": "o", "lines": [ { "sku": "S", "quantity": 1 } ] });
+        assert!(parse("return.receive", &good).is_ok());
     }
 }

@@ -87,6 +87,8 @@ pub enum CommandError {
         current: String,
         command: String,
     },
+    /// A refund of more than was paid and not refunded yet.
+    RefundExceedsPaid { order_id: String, left: i64 },
     /// The same order id was placed before with different content.
     OrderExists(String),
     /// The idempotency key was used before with a different command or body.
@@ -140,6 +142,14 @@ impl CommandError {
                 "invalid_transition",
                 format!("order '{order_id}' is {current}; {command} is not allowed from {current}"),
                 json!({ "order_id": order_id, "current": current, "command": command }),
+            ),
+            CommandError::RefundExceedsPaid { order_id, left } => (
+                409,
+                "refund_exceeds_paid",
+                format!(
+                    "order '{order_id}' has {left} minor units left to refund (paid, less what was refunded); refund at most that"
+                ),
+                json!({ "order_id": order_id, "left": left }),
             ),
             CommandError::OrderExists(id) => (
                 409,

@@ -108,12 +108,12 @@ trait Check {
 fn check<T: for<'de> Deserialize<'de> + Check>(ty: &str, raw: &str) -> Result<(), Vec<FieldError>> {
     // The happy path parses plainly; only a failure is parsed again with path tracking, which
     // costs a third of the validation time.
-    let parsed = serde_json::from_str::<T>(raw).or_else(|_| {
+    let parsed = serde_json::from_str::<Obj<T>>(raw).or_else(|_| {
         let de = &mut serde_json::Deserializer::from_str(raw);
-        serde_path_to_error::deserialize::<_, T>(de)
+        serde_path_to_error::deserialize::<_, Obj<T>>(de)
     });
     match parsed {
-        Ok(payload) => {
+        Ok(Obj(payload)) => {
             let mut errors = Vec::new();
             payload.check(&mut errors);
             if errors.is_empty() {
@@ -154,13 +154,44 @@ fn describe(ty: &str, e: &serde_path_to_error::Error<serde_json::Error>) -> Fiel
             ),
         );
     }
-    if msg.starts_with("invalid type: map") && base == "data" {
+    if (msg.starts_with("invalid type: map") || msg.ends_with("expected a JSON object"))
+        && base == "data"
+    {
         return FieldError::new("data", format!("'{ty}' needs data as a JSON object"));
     }
     FieldError::new(base, msg)
 }
 
 // ----- field types -------------------------------------------------------------------------
+
+/// A payload struct read from a JSON object only. serde's derived structs also accept an array
+/// of the field values in order (`["ord-1", null, null]`), which no producer means and the
+/// projections, which read fields by name, would not understand.
+#[derive(Debug)]
+struct Obj<T>(T);
+
+impl<T> std::ops::Deref for Obj<T> {
+    type Target = T;
+    fn deref(&self) -> &T {
+        &self.0
+    }
+}
+
+impl<'de, T: Deserialize<'de>> Deserialize<'de> for Obj<T> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V<T>(std::marker::PhantomData<T>);
+        impl<'de, T: Deserialize<'de>> de::Visitor<'de> for V<T> {
+            type Value = Obj<T>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: de::MapAccess<'de>>(self, map: A) -> Result<Obj<T>, A::Error> {
+                T::deserialize(de::value::MapAccessDeserializer::new(map)).map(Obj)
+            }
+        }
+        d.deserialize_map(V(std::marker::PhantomData))
+    }
+}
 
 /// An identifier (an id, a SKU, a URL): not empty, no control characters, at most
 /// [`MAX_IDENTIFIER_LEN`](crate::limits::MAX_IDENTIFIER_LEN) bytes. These become keys in the
@@ -361,14 +392,14 @@ struct Line {
 
 payload!(CartSnapshot {
     cart_id: Option<Text>, checkout_id: Option<Text>, order_id: Option<Text>,
-    items: Option<Vec<Line>>, cart_value: Option<Money>,
+    items: Option<Vec<Obj<Line>>>, cart_value: Option<Money>,
 });
 impl Check for CartSnapshot {}
 
 // ----- orders ------------------------------------------------------------------------------
 
 payload!(OrderPlaced {
-    order_id: Text, lines: Vec<Line>, total: Money, subtotal: Option<Money>, tax: Option<Money>,
+    order_id: Text, lines: Vec<Obj<Line>>, total: Money, subtotal: Option<Money>, tax: Option<Money>,
     shipping: Option<Money>, discount: Option<Money>, coupon: Option<String>,
     location: Option<String>, channel: Option<String>, customer_id: Option<Text>,
     email: Option<Email>,
@@ -420,7 +451,7 @@ payload!(OrderShipped {
 impl Check for OrderShipped {}
 
 payload!(OrderRefunded {
-    order_id: Text, amount: Money, reason: Option<String>, lines: Option<Vec<ReturnLine>>,
+    order_id: Text, amount: Money, reason: Option<String>, lines: Option<Vec<Obj<ReturnLine>>>,
 });
 impl Check for OrderRefunded {}
 
@@ -443,7 +474,7 @@ struct ReturnLine {
 }
 
 payload!(ReturnEvent {
-    order_id: Text, return_id: Option<Text>, lines: Vec<ReturnLine>, reason: Option<String>,
+    order_id: Text, return_id: Option<Text>, lines: Vec<Obj<ReturnLine>>, reason: Option<String>,
     location: Option<String>,
 });
 impl Check for ReturnEvent {
@@ -563,6 +594,23 @@ mod tests {
 
         let e = v("customer.signed_up", r#"{"email":"not-an-email"}"#).unwrap_err();
         assert_eq!(e[0].field, "data.email");
+    }
+
+    #[test]
+    fn payloads_and_lines_are_objects_not_arrays_of_field_values() {
+        // serde's derived structs would take these as (order_id, reason, location, …).
+        let e = v("order.cancelled", r#"["o1", null, null, null, null]"#).unwrap_err();
+        assert_eq!(e[0].field, "data");
+        assert!(e[0].reason.contains("JSON object"), "{e:?}");
+        let e = v(
+            "order.placed",
+            r#"{"order_id":"o","total":{"amount":1,"currency":"EUR"},
+                "lines":[["S", 1, null, null, null, null, null, null, null]]}"#,
+        )
+        .unwrap_err();
+        assert_eq!(e[0].field, "data.lines[0]");
+        let e = v("return.received", r#"{"order_id":"o","lines":[["S", 1]]}"#).unwrap_err();
+        assert_eq!(e[0].field, "data.lines[0]");
     }
 
     #[test]

@@ -329,6 +329,14 @@ pub async fn list(
         .authorize(&headers, Scope::Read, "GET /v1/deliveries")?;
     let q = parse_query(q)?;
     let f = filter_of(&q)?;
+    // A page position comes from a previous page's `next`, which never holds NUL (the store
+    // refuses one as a key).
+    if q.after.as_deref().is_some_and(|a| a.contains('\0')) {
+        return Err(ApiError::bad_request(
+            "invalid_query",
+            "after: must be the `next` of a previous page",
+        ));
+    }
     let limit = q.limit.unwrap_or(100).clamp(1, 1000);
     let w = worker(&state)?;
     let (recs, next) = w
@@ -406,7 +414,7 @@ pub async fn redrive(
         .keys
         .authorize(&headers, Scope::Admin, "POST /v1/deliveries/redrive")?;
     let bytes = crate::read_body(&headers, body, 1 << 20).await?;
-    let b: RedriveBody = serde_json::from_slice(if bytes.is_empty() { b"{}" } else { &bytes })
+    let b: RedriveBody = crate::json_object(if bytes.is_empty() { b"{}" } else { &bytes })
         .map_err(|e| {
             ApiError::bad_request(
                 "invalid_body",

@@ -175,6 +175,9 @@ pub async fn readyz(State(state): State<SharedState>) -> Response {
 /// How long a partition's writer may fail to apply (and retry) before `/readyz` says not ready.
 const STALLED_AFTER_MS: i64 = 5_000;
 
+/// The OpenAPI 3.0.3 document, `openapi.json`, served as it is. It is maintained by hand (shared
+/// components keep it short); a unit test in `lib.rs` checks that it describes every route, and
+/// `scripts/fuzz-api` checks the running server against it with schemathesis.
 pub async fn openapi() -> Response {
     (
         [(header::CONTENT_TYPE, "application/json")],

@@ -35,14 +35,16 @@ async fn handle(
             state.keys.authorize(&headers, Scope::Ingest, &what)?;
         }
         let bytes = read_body(&headers, body, state.config.ingest.max_body_bytes).await?;
-        let value: Value = serde_json::from_slice(&bytes).map_err(|e| {
-            ApiError::bad_request("invalid_json", format!("the body is not valid JSON: {e}"))
-        })?;
+        let value = serde_json::from_slice::<Value>(&bytes);
         if !header_key {
-            // analytics-python 2.x and others send the write key in the body.
-            let key = value.get("writeKey").and_then(Value::as_str);
+            // analytics-python 2.x and others send the write key in the body. A body that is
+            // not JSON carries no key: that is a 401 first, as with no key at all.
+            let key = value.as_ref().ok().and_then(|v| v.get("writeKey")?.as_str());
             state.keys.authorize_secret(key, Scope::Ingest, &what)?;
         }
+        let value = value.map_err(|e| {
+            ApiError::bad_request("invalid_json", format!("the body is not valid JSON: {e}"))
+        })?;
         let messages: Vec<Value> = match kind {
             Some(_) => vec![value],
             None => match value {

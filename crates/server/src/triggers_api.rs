@@ -172,6 +172,14 @@ pub async fn put_triggers(
     let source = String::from_utf8(bytes.to_vec()).map_err(|_| {
         ApiError::bad_request("invalid_body", "the trigger file must be UTF-8 TOML")
     })?;
+    // A PUT without a body (`curl -X PUT` without --data-binary) would remove every trigger.
+    if source.trim().is_empty() {
+        return Err(ApiError::bad_request(
+            "empty_body",
+            "the request body is empty: send the whole trigger file (a file with no [[trigger]] \
+             table, e.g. a comment, removes every trigger)",
+        ));
+    }
     // Plain-text secrets are sealed before anything is stored; the connectors are built from
     // the sealed text, as they will be at the next start.
     let data_dir = &state.config.data_dir;

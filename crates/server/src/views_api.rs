@@ -351,7 +351,7 @@ pub async fn unmerge(
         .keys
         .authorize(&headers, Scope::Admin, "POST /v1/customers/{id}/unmerge")?;
     let bytes = crate::read_body(&headers, body, 64 << 10).await?;
-    let b: UnmergeBody = serde_json::from_slice(&bytes).map_err(|e| {
+    let b: UnmergeBody = crate::json_object(&bytes).map_err(|e| {
         ApiError::bad_request(
             "invalid_body",
             format!("expected {{\"identity\": \"…\"}}: {e}"),
@@ -362,7 +362,8 @@ pub async fn unmerge(
     let p = p.ok_or_else(|| no_customer(&id))?;
     let identity = storeline_engine::project::identity_key(&b.identity);
     if !p.identities.contains(&identity) {
-        return Err(ApiError::bad_request(
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
             "not_merged",
             format!(
                 "'{}' is not part of customer '{}' (identities: {})",
@@ -381,7 +382,8 @@ pub async fn unmerge(
         .map(|(o, _)| o)
         .collect();
     if owners.is_empty() {
-        return Err(ApiError::bad_request(
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
             "not_merged",
             format!("'{}' has no merge to undo", b.identity),
         ));
