@@ -126,6 +126,11 @@ fn describe(c: char) -> String {
 
 /// An identifier: no control character at all.
 pub fn check_identifier(s: &str) -> Result<(), String> {
+    // Control characters are ASCII, and no byte of a multi-byte UTF-8 character is below 0x80:
+    // a byte scan settles the common case.
+    if !s.bytes().any(|b| b < 0x20 || b == 0x7f) {
+        return Ok(());
+    }
     match s.chars().find(|c| c.is_ascii_control()) {
         Some(c) => Err(format!(
             "contains {}; identifiers may not hold control characters",
@@ -137,6 +142,9 @@ pub fn check_identifier(s: &str) -> Result<(), String> {
 
 /// Free text: no C0 control character but tab, line feed and carriage return.
 pub fn check_text(s: &str) -> Result<(), String> {
+    if !s.bytes().any(|b| forbidden_in_text(u32::from(b))) {
+        return Ok(());
+    }
     match s.chars().find(|c| forbidden_in_text(u32::from(*c))) {
         Some(c) => Err(format!(
             "contains {}; text may not hold control characters other than tab and line breaks",
@@ -156,6 +164,17 @@ fn forbidden_in_text(code: u32) -> bool {
 /// escapes are what the scan looks for.
 pub fn scan_json(raw: &str) -> Result<(), String> {
     let b = raw.as_bytes();
+    // The common case in one vectorizable pass: without a backslash there is no escape (and a
+    // raw control character is not valid JSON), and with at most MAX_DEPTH opening brackets in
+    // all (some may be inside strings) nothing can be deeper.
+    let (mut escapes, mut opening) = (false, 0usize);
+    for &c in b {
+        escapes |= c == b'\\';
+        opening += usize::from(c == b'[' || c == b'{');
+    }
+    if !escapes && opening <= MAX_DEPTH {
+        return Ok(());
+    }
     let mut depth = 0usize;
     let mut i = 0;
     while i < b.len() {
