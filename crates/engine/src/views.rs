@@ -17,7 +17,7 @@ use crate::error::{Error, Result};
 use crate::model::{Frag, Idem, Links, Order, Reservation, Stock, ns};
 use crate::quarantine::{self, Entry, Index};
 use crate::triggers::rows::{
-    self as trows, Arb, Definition, Journal, Run, Stats, WaitList, Window,
+    self as trows, Arb, Definition, Journal, PersonRow, Run, Stats, WaitList, Window,
 };
 
 /// The cached rows of one namespace, and which of them changed since the last commit.
@@ -168,6 +168,9 @@ pub struct Keys {
     pub aggf: BTreeSet<String>,
     pub tstat: BTreeSet<String>,
     pub quarix: BTreeSet<String>,
+    pub person: BTreeSet<String>,
+    /// Identities whose runs are all loaded (the person rows list them): a merge hands them over.
+    pub person_runs: BTreeSet<String>,
 }
 
 impl Keys {
@@ -186,6 +189,8 @@ impl Keys {
         self.aggf.extend(other.aggf);
         self.tstat.extend(other.tstat);
         self.quarix.extend(other.quarix);
+        self.person.extend(other.person);
+        self.person_runs.extend(other.person_runs);
     }
 }
 
@@ -210,6 +215,8 @@ pub struct Views {
     pub tstat: Table<Stats>,
     /// The partition's quarantine index (which entries it keeps).
     pub quarix: Table<Index>,
+    /// Per identity: the person it belongs to, its runs, merges (see [`PersonRow`]).
+    pub person: Table<PersonRow>,
     /// Quarantine entries to put (`Some`) or delete (`None`); written, never cached.
     pub quar: BTreeMap<String, Option<Entry>>,
     /// Timers to put (`true`) or delete (`false`); timers are written, never cached.
@@ -245,6 +252,7 @@ impl Views {
             aggf: Table::new(trows::ns::AGGF),
             tstat: Table::new(trows::ns::TSTAT),
             quarix: Table::new(quarantine::ns::INDEX),
+            person: Table::new(trows::ns::PERSON),
             quar: BTreeMap::new(),
             timers: BTreeMap::new(),
             due: BTreeSet::new(),
@@ -272,6 +280,7 @@ impl Views {
         self.aggf.load(store, o, &keys.aggf).await?;
         self.tstat.load(store, o, &keys.tstat).await?;
         self.quarix.load(store, o, &keys.quarix).await?;
+        self.person.load(store, o, &keys.person).await?;
         Ok(())
     }
 
@@ -294,6 +303,7 @@ impl Views {
             || any(&self.aggf, &keys.aggf)
             || any(&self.tstat, &keys.tstat)
             || any(&self.quarix, &keys.quarix)
+            || any(&self.person, &keys.person)
     }
 
     /// Copies rows of `keys` that this (scratch) view lacks from `live`, unchanged and clean.
@@ -323,6 +333,7 @@ impl Views {
         self.aggf.drain_writes(&mut out)?;
         self.tstat.drain_writes(&mut out)?;
         self.quarix.drain_writes(&mut out)?;
+        self.person.drain_writes(&mut out)?;
         for (key, entry) in std::mem::take(&mut self.quar) {
             let ns = quarantine::ns::ENTRY.to_owned();
             out.push(match entry {
@@ -400,6 +411,7 @@ impl Views {
             && self.aggf.dirty.is_empty()
             && self.tstat.dirty.is_empty()
             && self.quarix.dirty.is_empty()
+            && self.person.dirty.is_empty()
             && self.quar.is_empty()
             && self.timers.is_empty()
             && self.outbox.is_empty()
@@ -424,6 +436,7 @@ impl Views {
             + self.aggf.rows.len()
             + self.tstat.rows.len()
             + self.quarix.rows.len()
+            + self.person.rows.len()
     }
 
     /// Roughly how many bytes the cached rows were, encoded (see [`Table`]).
@@ -442,6 +455,7 @@ impl Views {
             + self.aggf.bytes
             + self.tstat.bytes
             + self.quarix.bytes
+            + self.person.bytes
     }
 
     /// Drops the cache; only valid right after a commit (nothing dirty).

@@ -12,8 +12,8 @@ use serde_json::Value;
 use super::{Overflow, add, sub};
 use crate::event::Ev;
 use crate::model::{
-    Cart, CartLine, Consent, Edge, LastOrder, RECENT, SESSION_GAP_MS, SESSION_SPANS, Stamped,
-    Status,
+    Cart, CartLine, Consent, Edge, LastOrder, OrderStats, RECENT, SESSION_GAP_MS, SESSION_SPANS,
+    Stamped, Status,
 };
 use crate::views::{Keys, Views};
 
@@ -28,7 +28,7 @@ pub fn identity_key(id: &str) -> String {
 
 /// The identities an event says belong together, with the event's own first, and which of them
 /// are user ids.
-fn linked(ev: &Ev) -> Vec<(String, bool)> {
+pub fn linked(ev: &Ev) -> Vec<(String, bool)> {
     if ev.ty.starts_with("inventory.") || ev.ty.starts_with("storeline.") {
         // About a SKU, or the engine's own bookkeeping (a forwarded copy is counted where the
         // original is stored).
@@ -409,5 +409,81 @@ fn unmerge(views: &mut Views, ev: &Ev) {
                 e.removed_by = Some(ev.id.clone());
             }
         }
+    }
+}
+
+/// Folds a forwarded copy of an order event into the order facts its customer's partition keeps
+/// for conditions (the original is folded into the commerce partition's fragment). A copy of a
+/// cancellation or refund carries no order row: a cancel takes out the order's `total` when the
+/// copy has one, a refund its `amount`.
+pub fn fold_forwarded_order(o: &mut OrderStats, ty: &str, data: &Value, time: i64) {
+    let money = |k: &str| data.get(k).and_then(crate::event::money);
+    match ty {
+        "order.placed" => {
+            let Some((amount, cur)) = money("total") else {
+                return;
+            };
+            o.count += 1;
+            let v = o.value.entry(cur.clone()).or_default();
+            *v = v.saturating_add(amount);
+            let v = o.placed_value.entry(cur.clone()).or_default();
+            *v = v.saturating_add(amount);
+            o.first_at = Some(o.first_at.map_or(time, |t| t.min(time)));
+            if o.last.as_ref().is_none_or(|l| l.at <= time) {
+                o.last = Some(LastOrder {
+                    order_id: data
+                        .get("order_id")
+                        .and_then(Value::as_str)
+                        .unwrap_or_default()
+                        .to_owned(),
+                    at: time,
+                    amount,
+                    currency: cur,
+                });
+            }
+        }
+        "order.cancelled" => {
+            o.cancelled += 1;
+            if let Some((amount, cur)) = money("total") {
+                let v = o.value.entry(cur).or_default();
+                *v = v.saturating_sub(amount);
+            }
+        }
+        "order.refunded" => {
+            if let Some((amount, cur)) = money("amount") {
+                o.refunds += 1;
+                let v = o.refunded.entry(cur.clone()).or_default();
+                *v = v.saturating_add(amount);
+                let v = o.value.entry(cur).or_default();
+                *v = v.saturating_sub(amount);
+            }
+        }
+        _ => {}
+    }
+}
+
+/// Adds `from`'s order facts to `into` (two identities of one person).
+pub fn combine_orders(into: &mut OrderStats, from: &OrderStats) {
+    into.count = into.count.saturating_add(from.count);
+    into.cancelled = into.cancelled.saturating_add(from.cancelled);
+    into.refunds = into.refunds.saturating_add(from.refunds);
+    for (m, f) in [
+        (&mut into.value, &from.value),
+        (&mut into.placed_value, &from.placed_value),
+        (&mut into.refunded, &from.refunded),
+    ] {
+        for (cur, v) in f {
+            let e = m.entry(cur.clone()).or_default();
+            *e = e.saturating_add(*v);
+        }
+    }
+    into.first_at = match (into.first_at, from.first_at) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    };
+    if let Some(l) = &from.last
+        && into.last.as_ref().is_none_or(|m| m.at <= l.at)
+    {
+        into.last = Some(l.clone());
     }
 }

@@ -15,7 +15,7 @@ use crate::event::Ev;
 use crate::model::Idem;
 use crate::views::{Keys, Views};
 
-pub use customer::identity_key;
+pub use customer::{combine_orders, fold_forwarded_order, identity_key, linked};
 pub use inventory::{Shortfall, allocate};
 pub use orders::transition_allowed;
 

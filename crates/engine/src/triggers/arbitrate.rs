@@ -132,7 +132,7 @@ impl Machine<'_> {
         self.schedule_arb(&customer);
     }
 
-    fn schedule_arb(&mut self, customer: &str) {
+    pub(super) fn schedule_arb(&mut self, customer: &str) {
         let partition = self.partition;
         let a = self.views.arb.upsert(customer);
         let next = a.held.iter().map(|h| h.not_before).min();

@@ -84,6 +84,31 @@ pub fn doc_of(ev: &Ev) -> Option<(Doc, bool)> {
     ))
 }
 
+impl Doc {
+    /// A document kept as JSON (`event` in CEL) back as a `Doc` of `customer`.
+    pub fn of_value(value: Value, customer: Option<String>) -> Doc {
+        let s = |k: &str| {
+            value
+                .get(k)
+                .and_then(Value::as_str)
+                .unwrap_or("")
+                .to_owned()
+        };
+        let (ty, id) = (s("type"), s("id"));
+        let order = value
+            .pointer("/data/order_id")
+            .and_then(Value::as_str)
+            .map(str::to_owned);
+        Doc {
+            value,
+            ty,
+            id,
+            customer,
+            order,
+        }
+    }
+}
+
 /// Commerce events that carry a customer and are copied to the customer's partition.
 pub fn is_forwarded_type(ty: &str) -> bool {
     ty.starts_with("order.") || ty.starts_with("return.")
@@ -99,6 +124,8 @@ pub struct Machine<'a> {
     pub emits: &'a mut Vec<Emit>,
     /// Every decision, for metrics and backtest reports.
     pub outcomes: &'a mut Vec<Outcome>,
+    /// Not a backtest: merges move runs between identities (a backtest keeps them apart).
+    pub window_free: bool,
 }
 
 impl Machine<'_> {
@@ -165,12 +192,13 @@ impl Machine<'_> {
         let Some(c) = customer else {
             return Value::Null;
         };
-        let frags = self
-            .views
-            .frag
-            .get(c)
-            .map(|f| vec![(c.to_owned(), f.clone())])
-            .unwrap_or_default();
+        let mut frag = self.views.frag.get(c).cloned();
+        // Order facts from the forwarded copies of the person's orders.
+        if let Some(o) = self.views.person.get(c).and_then(|p| p.orders.as_ref()) {
+            let f = frag.get_or_insert_with(Default::default);
+            crate::project::combine_orders(&mut f.orders, o);
+        }
+        let frags = frag.map(|f| vec![(c.to_owned(), f)]).unwrap_or_default();
         let mut doc = Profile {
             identities: vec![c.to_owned()],
             edges: Vec::new(),
@@ -276,6 +304,15 @@ impl Machine<'_> {
             Some(format!("by {} {}", doc.ty, doc.id)),
         );
         self.views.run.put(&rk, run);
+        if let Some(c) = customer.as_deref()
+            && self
+                .views
+                .person
+                .get(c)
+                .is_none_or(|p| !p.runs.contains(&rk))
+        {
+            self.views.person.upsert(c).runs.insert(rk.clone());
+        }
         self.count(t, customer.as_deref(), "started", &rk);
         for c in &t.cancel_on {
             self.list(&rk, &c.ty, &c.matching, true, doc);
@@ -325,7 +362,7 @@ impl Machine<'_> {
     }
 
     /// A listed run gets the event it waits for.
-    fn arrive(&mut self, rk: &str, doc: &Doc) {
+    pub(super) fn arrive(&mut self, rk: &str, doc: &Doc) {
         let Some(run) = self.views.run.get(rk).cloned() else {
             return;
         };
@@ -387,7 +424,7 @@ impl Machine<'_> {
         }
     }
 
-    fn cancel(&mut self, rk: &str, doc: &Doc) {
+    pub(super) fn cancel(&mut self, rk: &str, doc: &Doc) {
         let Some(run) = self.views.run.get(rk).cloned() else {
             return;
         };
@@ -560,6 +597,29 @@ impl Machine<'_> {
         }
     }
 
+    /// Ends an active run without its trigger's steps (a merge found the person already had
+    /// it).
+    pub(super) fn end_run(&mut self, rk: &str, what: &str, detail: String) {
+        let Some(run) = self.views.run.get(rk).cloned() else {
+            return;
+        };
+        if run.status != Status::Active {
+            return;
+        }
+        self.clear_timer(rk);
+        self.unlist(rk, true);
+        if let Some(r) = self.views.run.get_mut(rk) {
+            r.status = Status::Cancelled;
+            r.phase = Phase::Done;
+            r.updated_at = self.clock;
+            r.log(self.clock, what, Some(run.step), Some(detail));
+        }
+        if let Some(t) = self.reg.version(&run.trigger, &run.version) {
+            self.count(&t, cust(rk), what, rk);
+            self.count(&t, cust(rk), "-active", rk);
+        }
+    }
+
     fn finish(&mut self, rk: &str, t: &Trigger, what: &str) {
         self.clear_timer(rk);
         self.unlist(rk, true);
@@ -582,7 +642,7 @@ impl Machine<'_> {
         }
     }
 
-    fn clear_timer(&mut self, rk: &str) {
+    pub(super) fn clear_timer(&mut self, rk: &str) {
         let old = self.views.run.get_mut(rk).and_then(|r| r.timer.take());
         if let Some(k) = old {
             self.views.due.remove(&k);

@@ -17,6 +17,7 @@ pub mod cel;
 mod compile;
 pub mod def;
 pub mod machine;
+pub mod person;
 pub mod read;
 pub mod rows;
 pub mod window;
@@ -28,6 +29,7 @@ use serde_json::{Value, json};
 
 pub use def::{Problem, Trigger, TriggerSet};
 use machine::{Machine, doc_of, is_forwarded_type};
+pub use person::{HANDOFF, MERGED};
 use rows::Definition;
 
 use crate::event::Ev;
@@ -102,6 +104,31 @@ impl Registry {
             .cloned()
             .chain([FORWARDED.to_owned()])
             .collect();
+        if self.current.triggers.is_empty() {
+            return;
+        }
+        // The person: merges hand runs over, and their notices travel as records.
+        self.relevant.extend(
+            [
+                MERGED,
+                HANDOFF,
+                "customer.identified",
+                "customer.signed_up",
+                "customer.aliased",
+                "customer.unmerged",
+            ]
+            .map(str::to_owned),
+        );
+        // Conditions that read the customer see their order facts: the orders are forwarded.
+        let reads_customer = self
+            .current
+            .triggers
+            .iter()
+            .any(|t| t.when.as_ref().is_some_and(|w| w.uses_customer));
+        if reads_customer {
+            self.relevant
+                .extend(["order.placed", "order.cancelled", "order.refunded"].map(str::to_owned));
+        }
     }
 
     /// Whether records of type `ty` matter to any trigger or aggregate (most do not: they are
@@ -216,6 +243,9 @@ impl Stage {
         if !self.reg.relevant(&ev.ty) {
             return;
         }
+        if self.window.is_none() {
+            person_keys(ev, keys);
+        }
         let Some((doc, here)) = doc_of(ev) else {
             return;
         };
@@ -236,6 +266,9 @@ impl Stage {
         }
         if !here {
             return;
+        }
+        if let Some(c) = &doc.customer {
+            keys.person.insert(c.clone());
         }
         let starts = self.reg.starts(&doc.ty);
         if !starts && !self.reg.watched.contains(&doc.ty) {
@@ -277,6 +310,11 @@ impl Stage {
     /// Returns whether it added any key that is not cached.
     pub fn follow(&self, views: &Views, keys: &mut Keys) -> bool {
         let mut more = Keys::default();
+        for p in &keys.person_runs {
+            if let Some(r) = views.person.get(p) {
+                more.run.extend(r.runs.iter().cloned());
+            }
+        }
         for w in &keys.wait {
             if let Some(l) = views.wait.get(w) {
                 more.run.extend(l.runs.iter().map(|x| x.run.clone()));
@@ -355,6 +393,7 @@ impl Stage {
                 clock: at,
                 emits,
                 outcomes: &mut self.outcomes,
+                window_free: self.window.is_none(),
             };
             m.fire(&first, &target);
         }
@@ -372,9 +411,17 @@ impl Stage {
         if !self.reg.relevant(&ev.ty) {
             return;
         }
-        let Some((doc, here)) = doc_of(ev) else {
+        if self.window.is_none() && self.person(views, ev, partition, emits) {
+            return;
+        }
+        let Some((doc, mut here)) = doc_of(ev) else {
             return;
         };
+        // A backtest leaves merges out (each identity is its own customer there): the copies
+        // live merges sent are not applied twice.
+        if self.window.is_some() && ev.ty == FORWARDED && doc.value.get("via").is_some() {
+            return;
+        }
         // Forwarded only when some trigger starts on the type or waits for it, so a log without
         // such triggers carries no copies.
         if Some(partition) == self.commerce
@@ -404,12 +451,89 @@ impl Stage {
             clock: self.clock,
             emits,
             outcomes: &mut self.outcomes,
+            window_free: self.window.is_none(),
         };
         if let Some(copy) = counts {
             m.aggregate(&doc, copy);
         }
+        if here && let Some(c) = &doc.customer {
+            // A merged identity's events drive its person's runs, in the person's partition.
+            if m.window_free
+                && person::hops(&doc.value) < person::HOPS
+                && let Some(home) = m.home_of(c)
+            {
+                m.forward_to_home(&doc, &home, ev);
+                here = false;
+            } else if ev.ty == FORWARDED && counts == Some(true) {
+                let row = m.views.person.upsert(c);
+                let o = row.orders.get_or_insert_with(Default::default);
+                crate::project::fold_forwarded_order(o, &doc.ty, &doc.value["data"], ev.time);
+            }
+        }
         if here && live {
+            if let Some(c) = &doc.customer {
+                m.remember_for_handoffs(c, &doc);
+            }
             m.on_event(&doc, &origin);
+        }
+    }
+
+    /// The person's records: merge notices and hand-overs, and the notices link and unmerge
+    /// events send. Returns whether the record was one of the engine's (nothing more to do).
+    fn person(
+        &mut self,
+        views: &mut Views,
+        ev: &Ev,
+        partition: u32,
+        emits: &mut Vec<Emit>,
+    ) -> bool {
+        let mut m = Machine {
+            partition,
+            reg: &self.reg,
+            views,
+            clock: self.clock,
+            emits,
+            outcomes: &mut self.outcomes,
+            window_free: true,
+        };
+        match ev.ty.as_str() {
+            MERGED => {
+                m.merged(&ev.data, ev);
+                true
+            }
+            HANDOFF => {
+                m.adopt(&ev.data, ev);
+                true
+            }
+            "customer.unmerged" => {
+                if let Some(x) = ev.str("identity") {
+                    let x = crate::project::identity_key(x);
+                    if let Some(c) = ev.customer().map(crate::project::identity_key) {
+                        m.note(
+                            &c,
+                            "unmerged",
+                            format!("{x} split off by {}", ev.id),
+                            &ev.id,
+                        );
+                    }
+                    m.emits.push(Emit {
+                        id: format!("mrg_{partition}_{}_u", ev.offset),
+                        ty: MERGED.into(),
+                        subject: Some(x.clone()),
+                        time: ev.time,
+                        data: json!({ "identity": x, "home": null, "via": ev.id, "at": self.clock }),
+                    });
+                }
+                true
+            }
+            _ => {
+                if let Some((home, others)) = person::merge_of(ev) {
+                    let inline = ev.subject.as_deref().map(crate::project::identity_key)
+                        == Some(home.clone());
+                    m.link(ev, &home, &others, inline);
+                }
+                false
+            }
         }
     }
 
@@ -454,4 +578,62 @@ pub fn install_event(set: &TriggerSet) -> storeline_event::Event {
         &json!({ "version": set.version, "source": set.source }),
         None,
     )
+}
+
+/// The rows the person's records touch (see [`person`]).
+fn person_keys(ev: &Ev, keys: &mut Keys) {
+    let s = |k: &str| ev.data.get(k).and_then(Value::as_str);
+    match ev.ty.as_str() {
+        MERGED => {
+            if let Some(x) = s("identity") {
+                keys.person.insert(x.to_owned());
+                keys.person_runs.insert(x.to_owned());
+                keys.arb.insert(x.to_owned());
+                keys.jrnl.insert(x.to_owned());
+            }
+        }
+        HANDOFF => {
+            let Some(home) = s("home") else { return };
+            keys.person.insert(home.to_owned());
+            keys.arb.insert(home.to_owned());
+            keys.jrnl.insert(home.to_owned());
+            keys.frag.insert(home.to_owned());
+            keys.wait.insert(format!("c:{home}"));
+            for c in ev
+                .data
+                .get("runs")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+            {
+                let t = c.get("trigger").and_then(Value::as_str).unwrap_or("");
+                let k = c.get("key").and_then(Value::as_str).unwrap_or("");
+                keys.run.insert(rows::run_key(home, t, k));
+                if let Some(v) = c.pointer("/run/version").and_then(Value::as_str) {
+                    keys.tstat.insert(format!("{t}@{v}"));
+                }
+                for l in c
+                    .get("lists")
+                    .and_then(Value::as_array)
+                    .into_iter()
+                    .flatten()
+                {
+                    if let Some(corr) = l.get(0).and_then(Value::as_str) {
+                        keys.wait.insert(corr.to_owned());
+                    }
+                }
+            }
+        }
+        "customer.unmerged" => {
+            if let Some(c) = ev.customer() {
+                keys.jrnl.insert(crate::project::identity_key(c));
+            }
+        }
+        _ => {
+            if let Some((home, _)) = person::merge_of(ev) {
+                keys.person.insert(home.clone());
+                keys.jrnl.insert(home);
+            }
+        }
+    }
 }

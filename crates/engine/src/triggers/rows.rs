@@ -14,6 +14,7 @@
 //!  aggf   {aggregate}␟{key}                     the same over forwarded copies (conditions only)
 //!  tstat  {trigger}@{version}                   counters per outcome
 //!  trigdef current | {trigger}@{version}        the partition's trigger file and every version in use
+//!  person {identity}                            the person an identity belongs to, its runs, merges
 //! ```
 
 use std::collections::BTreeMap;
@@ -32,6 +33,7 @@ pub mod ns {
     pub const AGGF: &str = "aggf";
     pub const TSTAT: &str = "tstat";
     pub const TRIGDEF: &str = "trigdef";
+    pub const PERSON: &str = "person";
 }
 
 pub const SEP: char = '\u{1f}';
@@ -254,3 +256,48 @@ pub struct Definition {
     pub version: String,
     pub source: String,
 }
+
+/// What triggers know of one identity in the partition that owns it: the person (home identity)
+/// it was merged into, the runs it holds, the identities merged into it.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct PersonRow {
+    /// Set when this identity was merged into another: its trigger state went there, and its
+    /// events are forwarded there for triggers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub home: Option<Merge>,
+    /// Keys of the runs this identity holds (so a merge can hand them over).
+    #[serde(default, skip_serializing_if = "std::collections::BTreeSet::is_empty")]
+    pub runs: std::collections::BTreeSet<String>,
+    /// Identities merged into this one (their runs were handed over here).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub merged: Vec<Merge>,
+    /// Merges announced whose hand-over has not arrived yet, with the person's events applied
+    /// meanwhile: they are applied to the runs handed over when they arrive.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub awaiting: Vec<Awaiting>,
+    /// Order facts from the forwarded copies of the person's orders (the originals are folded in
+    /// the commerce partition): what `customer.stats` shows to conditions here.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub orders: Option<crate::model::OrderStats>,
+}
+
+/// One merge: the other identity, when, and the event that said so.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Merge {
+    pub id: String,
+    pub at: i64,
+    pub via: String,
+}
+
+/// A hand-over on its way from `from`, and the person's events applied since `since`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Awaiting {
+    pub from: String,
+    pub since: i64,
+    /// `(clock, event document)` in the order they were applied.
+    #[serde(default)]
+    pub events: Vec<(i64, Value)>,
+}
+
+/// The most events a hand-over that has not arrived keeps (a hand-over takes milliseconds).
+pub const AWAITING_EVENTS: usize = 64;

@@ -1,0 +1,495 @@
+//! The person: identities that identify, sign-up and alias events merge share one trigger state,
+//! kept with the person's *home* identity (the user id the merge names).
+//!
+//! Everything travels through the log, so live, replay and restarts decide alike:
+//!
+//! ```text
+//!  link event (home H, others X…) in its partition
+//!    ├─► H's partition: awaits a hand-over from each X (inline when the event is stored there)
+//!    └─► storeline.merged {identity: X, home: H} ─► X's partition: X's runs, caps and held
+//!          messages leave ─► storeline.handoff ─► H's partition adopts them, then applies the
+//!          person's events it saw since the merge to them
+//!  later events of X (own or forwarded) ─► X's partition forwards them to H for triggers
+//! ```
+//!
+//! A run adopted under a key the person already has a run for: the active one wins (the
+//! earlier started if both are); the other ends as `merged`.
+
+use serde_json::{Value, json};
+
+use super::FORWARDED;
+use super::machine::{Doc, Machine};
+use super::rows::{self, Awaiting, Merge, Phase, Run, Status, Target};
+use crate::event::Ev;
+use crate::project::Emit;
+
+/// A merge notice for the identity that is the record's subject.
+pub const MERGED: &str = "storeline.merged";
+/// An identity's trigger state on its way to the person it was merged into.
+pub const HANDOFF: &str = "storeline.handoff";
+/// How many times one event or hand-over is passed on (merges chain: A into B, B into C).
+pub const HOPS: u64 = 4;
+/// The most runs one hand-over carries (the rest stay, and end by their own timers).
+const RUNS_PER_HANDOFF: usize = 256;
+
+/// The event types whose identities merge into one person for triggers.
+pub fn is_link_type(ty: &str) -> bool {
+    matches!(
+        ty,
+        "customer.identified" | "customer.signed_up" | "customer.aliased"
+    )
+}
+
+/// `(home, others)` of a link event: the home is the first user id it names, else the first
+/// identity.
+pub fn merge_of(ev: &Ev) -> Option<(String, Vec<String>)> {
+    if !is_link_type(&ev.ty) {
+        return None;
+    }
+    let ids = crate::project::linked(ev);
+    if ids.len() < 2 {
+        return None;
+    }
+    let home = ids
+        .iter()
+        .find(|(_, user)| *user)
+        .unwrap_or(&ids[0])
+        .0
+        .clone();
+    let others = ids
+        .into_iter()
+        .map(|(i, _)| i)
+        .filter(|i| *i != home)
+        .collect();
+    Some((home, others))
+}
+
+/// `data.hops` of an engine record.
+pub fn hops(v: &Value) -> u64 {
+    v.get("hops").and_then(Value::as_u64).unwrap_or(0)
+}
+
+/// A run as it travels in a hand-over.
+fn carried(trigger_key: (&str, &str), run: &Run, lists: Vec<(String, String, bool)>) -> Value {
+    json!({ "trigger": trigger_key.0, "key": trigger_key.1, "run": run, "lists": lists })
+}
+
+impl Machine<'_> {
+    /// A link event was applied here: the home awaits the others' hand-overs (when the home
+    /// is this record's subject, so its partition is this one), and each other identity gets
+    /// a merge notice.
+    pub fn link(&mut self, ev: &Ev, home: &str, others: &[String], inline_home: bool) {
+        let p = self.partition;
+        if inline_home {
+            self.await_handoffs(home, others, &ev.id);
+        } else {
+            self.emits.push(Emit {
+                id: format!("mrg_{p}_{}_h", ev.offset),
+                ty: MERGED.into(),
+                subject: Some(home.to_owned()),
+                time: ev.time,
+                data: json!({ "identity": home, "home": home, "members": others, "via": ev.id, "at": self.clock }),
+            });
+        }
+        for (i, x) in others.iter().enumerate() {
+            self.emits.push(Emit {
+                id: format!("mrg_{p}_{}_{i}", ev.offset),
+                ty: MERGED.into(),
+                subject: Some(x.clone()),
+                time: ev.time,
+                data: json!({ "identity": x, "home": home, "via": ev.id, "at": self.clock }),
+            });
+        }
+    }
+
+    fn await_handoffs(&mut self, home: &str, others: &[String], via: &str) {
+        let clock = self.clock;
+        let row = self.views.person.upsert(home);
+        for x in others {
+            if !row.awaiting.iter().any(|a| a.from == *x) {
+                row.awaiting.push(Awaiting {
+                    from: x.clone(),
+                    since: clock,
+                    events: Vec::new(),
+                });
+            }
+            if !row.merged.iter().any(|m| m.id == *x) {
+                row.merged.push(Merge {
+                    id: x.clone(),
+                    at: clock,
+                    via: via.to_owned(),
+                });
+            }
+        }
+    }
+
+    /// A `storeline.merged` notice: as the home, await the members; as a member, hand this
+    /// identity's trigger state to the home (or, without a home, stop forwarding: unmerged).
+    pub fn merged(&mut self, data: &Value, ev: &Ev) {
+        let Some(x) = data.get("identity").and_then(Value::as_str) else {
+            return;
+        };
+        let via = data.get("via").and_then(Value::as_str).unwrap_or(&ev.id);
+        let home = data.get("home").and_then(Value::as_str);
+        if home == Some(x) {
+            let members: Vec<String> = data
+                .get("members")
+                .and_then(Value::as_array)
+                .map(|m| {
+                    m.iter()
+                        .filter_map(Value::as_str)
+                        .map(str::to_owned)
+                        .collect()
+                })
+                .unwrap_or_default();
+            return self.await_handoffs(x, &members, via);
+        }
+        let Some(home) = home else {
+            if let Some(row) = self.views.person.get_mut(x) {
+                row.home = None;
+            }
+            return self.note(x, "unmerged", format!("split off by {via}"), via);
+        };
+        let clock = self.clock;
+        let row = self.views.person.upsert(x);
+        if row.home.as_ref().is_some_and(|h| h.id == home) {
+            return;
+        }
+        row.home = Some(Merge {
+            id: home.to_owned(),
+            at: clock,
+            via: via.to_owned(),
+        });
+        let keys: Vec<String> = row.runs.iter().take(RUNS_PER_HANDOFF).cloned().collect();
+        let orders = row.orders.take();
+        let mut runs = Vec::new();
+        for rk in keys {
+            if let Some(r) = self.views.person.get_mut(x) {
+                r.runs.remove(&rk);
+            }
+            // The run as it stands, timer key included (it carries the due time).
+            let Some(run) = self.views.run.get(&rk).cloned() else {
+                continue;
+            };
+            self.clear_timer(&rk);
+            // The wait rows the run is listed in, with what for.
+            let mut lists = Vec::new();
+            for corr in &run.listed {
+                if let Some(l) = self.views.wait.get_mut(corr) {
+                    for e in l.runs.iter().filter(|e| e.run == rk) {
+                        lists.push((corr.clone(), e.ty.clone(), e.cancel));
+                    }
+                    l.runs.retain(|e| e.run != rk);
+                    if l.runs.is_empty() {
+                        self.views.wait.remove(corr);
+                    }
+                }
+            }
+            let (_, trigger, key) = rows::split_run_key(&rk);
+            runs.push(carried((trigger, key), &run, lists));
+            self.views.run.remove(&rk);
+        }
+        let arb = self.views.arb.get(x).cloned();
+        if let Some(a) = &arb {
+            if let Some(k) = &a.timer {
+                self.views.due.remove(k);
+                self.views.timers.insert(k.clone(), false);
+            }
+            self.views.arb.remove(x);
+        }
+        let p = self.partition;
+        let n = runs.len();
+        self.emits.push(Emit {
+            id: format!("hnd_{p}_{}", ev.offset),
+            ty: HANDOFF.into(),
+            subject: Some(home.to_owned()),
+            time: ev.time,
+            data: json!({
+                "from": x, "home": home, "via": via, "at": clock, "hops": hops(data),
+                "runs": runs, "arb": arb, "orders": orders,
+            }),
+        });
+        self.note(
+            x,
+            "merged",
+            format!("into {home} by {via}; {n} runs handed over"),
+            via,
+        );
+    }
+
+    /// A `storeline.handoff`: adopt the runs, caps and held messages of an identity merged into
+    /// this person, then apply to them the person's events seen since the merge.
+    pub fn adopt(&mut self, data: &Value, ev: &Ev) {
+        let (Some(from), Some(home)) = (
+            data.get("from").and_then(Value::as_str),
+            data.get("home").and_then(Value::as_str),
+        ) else {
+            return;
+        };
+        // Merged on: pass it along to where the person lives now.
+        let onward = self
+            .views
+            .person
+            .get(home)
+            .and_then(|r| r.home.as_ref())
+            .map(|h| h.id.clone());
+        if let Some(next) = onward.filter(|_| hops(data) < HOPS) {
+            let mut d = data.clone();
+            d["home"] = json!(next);
+            d["hops"] = json!(hops(data) + 1);
+            self.emits.push(Emit {
+                id: format!("hnd_{}_{}", self.partition, ev.offset),
+                ty: HANDOFF.into(),
+                subject: Some(next),
+                time: ev.time,
+                data: d,
+            });
+            return;
+        }
+        let via = data.get("via").and_then(Value::as_str).unwrap_or("");
+        let mut adopted = Vec::new();
+        for c in data
+            .get("runs")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
+            if let Some(rk) = self.adopt_run(c, from, home, via) {
+                adopted.push(rk);
+            }
+        }
+        if let Some(a) = data
+            .get("arb")
+            .and_then(|a| serde_json::from_value::<rows::Arb>(a.clone()).ok())
+        {
+            let mine = self.views.arb.upsert(home);
+            mine.sent.extend(a.sent);
+            mine.sent.sort();
+            for mut h in a.held {
+                let (_, t, k) = rows::split_run_key(&h.run);
+                h.run = rows::run_key(home, t, k);
+                mine.held.push(h);
+            }
+            self.schedule_arb(home);
+        }
+        if let Some(o) = data
+            .get("orders")
+            .and_then(|o| serde_json::from_value::<crate::model::OrderStats>(o.clone()).ok())
+        {
+            let row = self.views.person.upsert(home);
+            let mine = row.orders.get_or_insert_with(Default::default);
+            crate::project::combine_orders(mine, &o);
+        }
+        let clock = self.clock;
+        let row = self.views.person.upsert(home);
+        let waited = row
+            .awaiting
+            .iter()
+            .position(|a| a.from == from)
+            .map(|i| row.awaiting.remove(i));
+        if !row.merged.iter().any(|m| m.id == from) {
+            row.merged.push(Merge {
+                id: from.to_owned(),
+                at: clock,
+                via: via.to_owned(),
+            });
+        }
+        // Events of the person applied here while the hand-over was on its way.
+        for (at, value) in waited.map(|w| w.events).unwrap_or_default() {
+            let doc = Doc::of_value(value, Some(home.to_owned()));
+            for rk in &adopted {
+                self.catch_up(rk, &doc, at);
+            }
+        }
+        self.note(
+            home,
+            "merged",
+            format!("{from} merged in by {via}; {} runs adopted", adopted.len()),
+            via,
+        );
+    }
+
+    fn adopt_run(&mut self, c: &Value, from: &str, home: &str, via: &str) -> Option<String> {
+        let trigger = c.get("trigger")?.as_str()?;
+        let key = c.get("key").and_then(Value::as_str).unwrap_or("");
+        let mut run: Run = serde_json::from_value(c.get("run")?.clone()).ok()?;
+        let rk = rows::run_key(home, trigger, key);
+        let due = run
+            .timer
+            .take()
+            .and_then(|k| rows::parse_timer_key(&k).map(|(d, _)| d));
+        let from_corr = format!("c:{from}");
+        let home_corr = format!("c:{home}");
+        run.listed = run
+            .listed
+            .iter()
+            .map(|l| {
+                if *l == from_corr {
+                    home_corr.clone()
+                } else {
+                    l.clone()
+                }
+            })
+            .collect();
+        run.log(
+            self.clock,
+            "handed_over",
+            None,
+            Some(format!("from {from}, merged into {home} by {via}")),
+        );
+        if let Some(mine) = self.views.run.get(&rk).cloned() {
+            let keep_mine = mine.status == Status::Active
+                && (run.status != Status::Active || mine.started_at <= run.started_at);
+            if keep_mine || run.status != Status::Active {
+                // The person already has this journey (or the adopted one is over): the
+                // adopted run ends here; its history stays in the journal.
+                let detail = format!(
+                    "{} run of {from} ({}) ended: {home} has this journey",
+                    run.trigger, run.origin
+                );
+                self.note(home, "merged_run_ended", detail, via);
+                return None;
+            }
+            // The adopted run is active and the person's is not (or started later): the
+            // adopted one takes the key.
+            self.end_run(
+                &rk,
+                "merged",
+                format!("replaced by {from}'s run ({})", run.origin),
+            );
+        }
+        self.views.run.put(&rk, run.clone());
+        self.views.person.upsert(home).runs.insert(rk.clone());
+        for l in c
+            .get("lists")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
+            let (Some(corr), Some(ty), Some(cancel)) = (
+                l.get(0).and_then(Value::as_str),
+                l.get(1).and_then(Value::as_str),
+                l.get(2).and_then(Value::as_bool),
+            ) else {
+                continue;
+            };
+            let corr = if corr == from_corr { &home_corr } else { corr };
+            let w = self.views.wait.upsert(corr);
+            let e = rows::Listing {
+                ty: ty.to_owned(),
+                run: rk.clone(),
+                cancel,
+            };
+            if !w.runs.contains(&e) {
+                w.runs.push(e);
+            }
+        }
+        if let Some(due) = due.filter(|_| run.status == Status::Active) {
+            let k = rows::timer_key(self.partition, due, &Target::Run(rk.clone()));
+            self.views.timers.insert(k.clone(), true);
+            self.views.due.insert(k.clone());
+            if let Some(r) = self.views.run.get_mut(&rk) {
+                r.timer = Some(k);
+            }
+        }
+        Some(rk)
+    }
+
+    /// Applies an event of the person, seen here at `at` before the run arrived, to an
+    /// adopted run: as if it had been here then, unless the run's deadline had passed by then.
+    fn catch_up(&mut self, rk: &str, doc: &Doc, at: i64) {
+        let Some(run) = self.views.run.get(rk) else {
+            return;
+        };
+        if run.status != Status::Active {
+            return;
+        }
+        let overdue = run
+            .timer
+            .as_deref()
+            .and_then(rows::parse_timer_key)
+            .is_some_and(|(due, _)| due <= at);
+        if overdue && matches!(run.phase, Phase::Wait | Phase::Delay | Phase::Debounce) {
+            return;
+        }
+        let mut corrs = Vec::new();
+        if let Some(c) = &doc.customer {
+            corrs.push(format!("c:{c}"));
+        }
+        if let Some(o) = &doc.order {
+            corrs.push(format!("o:{o}"));
+        }
+        for corr in corrs {
+            let listed: Vec<rows::Listing> = match self.views.wait.get(&corr) {
+                Some(l) => l
+                    .runs
+                    .iter()
+                    .filter(|l| l.ty == doc.ty && l.run == rk)
+                    .cloned()
+                    .collect(),
+                None => continue,
+            };
+            for l in listed {
+                if l.cancel {
+                    self.cancel(rk, doc);
+                } else {
+                    self.arrive(rk, doc);
+                }
+            }
+        }
+    }
+
+    /// Keeps an event of the person for the hand-overs it awaits.
+    pub fn remember_for_handoffs(&mut self, customer: &str, doc: &Doc) {
+        let clock = self.clock;
+        if let Some(row) = self.views.person.get_mut(customer) {
+            for a in &mut row.awaiting {
+                if a.events.len() < rows::AWAITING_EVENTS {
+                    a.events.push((clock, doc.value.clone()));
+                }
+            }
+        }
+    }
+
+    /// The person an identity's events go to for triggers, when it was merged into another.
+    pub fn home_of(&self, customer: &str) -> Option<String> {
+        self.views
+            .person
+            .get(customer)
+            .and_then(|r| r.home.as_ref())
+            .map(|h| h.id.clone())
+    }
+
+    /// Sends an event of a merged identity to its person's partition (its triggers run there).
+    pub fn forward_to_home(&mut self, doc: &Doc, home: &str, ev: &Ev) {
+        let mut v = doc.value.clone();
+        let via = v.get("via").cloned();
+        v["via"] = via.unwrap_or_else(|| json!(doc.customer));
+        v["customer"] = json!(home);
+        v["hops"] = json!(hops(&doc.value) + 1);
+        self.emits.push(Emit {
+            id: format!("fwd_{}_{}", self.partition, ev.offset),
+            ty: FORWARDED.into(),
+            subject: Some(home.to_owned()),
+            time: ev.time,
+            data: v,
+        });
+    }
+
+    pub(super) fn note(&mut self, customer: &str, what: &str, detail: String, via: &str) {
+        let clock = self.clock;
+        let j = self.views.jrnl.upsert(customer);
+        if j.entries.len() >= rows::JOURNAL {
+            j.entries.remove(0);
+        }
+        j.entries.push(rows::Decision {
+            at: clock,
+            trigger: String::new(),
+            version: String::new(),
+            what: what.to_owned(),
+            detail: Some(detail),
+            event_id: Some(via.to_owned()).filter(|v| !v.is_empty()),
+        });
+    }
+}
+

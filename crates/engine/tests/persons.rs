@@ -1,0 +1,358 @@
+//! The person across partitions: identities merged by identify and alias events share their
+//! runs, caps, consent and order facts, with records routed as the engine routes them (8
+//! partitions, commerce events in the commerce partition, engine records by subject). Records
+//! the engine causes can be held back and released later, so the hand-over races an order.
+#![allow(clippy::unwrap_used)]
+
+use std::collections::VecDeque;
+
+use serde_json::{Value, json};
+use storeline_engine::ProjectionConfig;
+use storeline_engine::event::Ev;
+use storeline_engine::project;
+use storeline_engine::triggers::{FORWARDED, Registry, Stage, TICK, TriggerSet};
+use storeline_engine::views::Views;
+use storeline_log::partition_for;
+
+const PARTITIONS: u32 = 8;
+const MIN: i64 = 60_000;
+
+fn commerce() -> u32 {
+    partition_for(storeline_event::COMMERCE_KEY.as_bytes(), PARTITIONS)
+}
+
+fn day0() -> i64 {
+    chrono::DateTime::parse_from_rfc3339("2026-03-02T00:00:00Z")
+        .unwrap()
+        .timestamp_millis()
+}
+
+fn stored(id: String, ty: &str, at: i64, subject: Option<String>, data: Value) -> Ev {
+    Ev {
+        id,
+        ty: ty.into(),
+        time: at,
+        received: at,
+        subject,
+        data,
+        anonymous_id: None,
+        command: None,
+        internal: ty.starts_with("storeline."),
+        reserved_source: false,
+        partition: 0,
+        offset: 0,
+    }
+}
+
+struct Part {
+    views: Views,
+    stage: Stage,
+    offset: u64,
+}
+
+struct World {
+    parts: Vec<Part>,
+    queue: VecDeque<(u32, Ev)>,
+    /// Records the engine caused, held back while `hold` is set.
+    held: Vec<(u32, Ev)>,
+    hold: bool,
+    sent: Vec<Value>,
+    now: i64,
+    n: u64,
+}
+
+const FILE: &str = r#"
+[[connector]]
+name = "email"
+type = "smtp"
+
+[[arbitration.cap]]
+channel = "email"
+max = 1
+window = "24h"
+
+[[trigger]]
+name = "abandoned-cart"
+on = "cart.item_added"
+wait = { for = "order.placed", within = "1h" }
+on_timeout = [ { deliver = "email", template = "abandoned_cart" } ]
+
+[[trigger]]
+name = "browse"
+on = "product.viewed"
+delay = "2h"
+then = [ { deliver = "email", template = "browse" } ]
+
+[[trigger]]
+name = "repeat-buyer"
+on = "order.placed"
+when = "customer.stats.orders >= 2"
+then = [ { emit = "customer.repeat_buyer" } ]
+"#;
+
+fn route(ty: &str, subject: Option<&str>) -> u32 {
+    if ty != FORWARDED && storeline_event::is_commerce_type(ty) {
+        commerce()
+    } else {
+        partition_for(subject.unwrap_or("").as_bytes(), PARTITIONS)
+    }
+}
+
+impl World {
+    fn new() -> World {
+        let parts = (0..PARTITIONS)
+            .map(|p| Part {
+                views: Views::new(p),
+                stage: Stage::new(
+                    Registry::new(TriggerSet::parse(FILE).unwrap()),
+                    Some(commerce()),
+                ),
+                offset: 0,
+            })
+            .collect();
+        World {
+            parts,
+            queue: VecDeque::new(),
+            held: Vec::new(),
+            hold: false,
+            sent: Vec::new(),
+            now: day0(),
+            n: 0,
+        }
+    }
+
+    /// An event `min` minutes after day0 (plus `ms`).
+    fn send(&mut self, min: i64, ty: &str, subject: &str, data: Value) {
+        let at = day0() + min * MIN;
+        self.tick(at);
+        self.n += 1;
+        let ev = stored(
+            format!("evt-{}", self.n),
+            ty,
+            at,
+            Some(subject.into()),
+            data,
+        );
+        self.queue.push_back((route(ty, Some(subject)), ev));
+        self.drain();
+    }
+
+    fn tick(&mut self, at: i64) {
+        self.now = self.now.max(at);
+        for p in 0..PARTITIONS {
+            let ev = stored(format!("tick-{at}-{p}"), TICK, at, None, Value::Null);
+            self.queue.push_back((p, ev));
+        }
+        self.drain();
+    }
+
+    fn release(&mut self) {
+        self.hold = false;
+        let held = std::mem::take(&mut self.held);
+        self.queue.extend(held);
+        self.drain();
+    }
+
+    fn drain(&mut self) {
+        while let Some((p, mut ev)) = self.queue.pop_front() {
+            let part = &mut self.parts[p as usize];
+            ev.partition = p;
+            ev.offset = part.offset;
+            part.offset += 1;
+            let clock = part.stage.clock.max(ev.received);
+            let mut emits = Vec::new();
+            part.stage.fire_due(&mut part.views, p, clock, &mut emits);
+            part.stage.clock = clock;
+            project::apply(
+                &mut part.views,
+                &ev,
+                &ProjectionConfig::default(),
+                &mut emits,
+            )
+            .unwrap();
+            part.stage.apply(&mut part.views, &ev, p, &mut emits);
+            part.stage.fire_due(&mut part.views, p, clock, &mut emits);
+            for (_, entry) in std::mem::take(&mut part.views.outbox) {
+                self.sent.push(entry);
+            }
+            part.stage.outcomes.clear();
+            for e in emits {
+                let mut out = stored(e.id, &e.ty, clock, e.subject.clone(), e.data);
+                out.time = e.time;
+                let to = route(&out.ty, e.subject.as_deref());
+                if self.hold {
+                    self.held.push((to, out));
+                } else {
+                    self.queue.push_back((to, out));
+                }
+            }
+        }
+    }
+
+    fn sent_to(&self, template: &str) -> Vec<String> {
+        let mut v: Vec<String> = self
+            .sent
+            .iter()
+            .filter(|d| d["template"] == template)
+            .map(|d| d["customer"].as_str().unwrap_or("").to_owned())
+            .collect();
+        v.sort();
+        v
+    }
+
+    fn order(&mut self, min: i64, id: &str, customer: &str) {
+        self.send(
+            min,
+            "order.placed",
+            customer,
+            json!({ "order_id": id, "customer_id": customer, "currency": "EUR",
+                    "total": { "amount": 1000, "currency": "EUR" },
+                    "lines": [ { "sku": "A", "quantity": 1, "unit_price": 1000 } ] }),
+        );
+    }
+}
+
+fn cart(w: &mut World, min: i64, who: &str) {
+    w.send(
+        min,
+        "cart.item_added",
+        who,
+        json!({ "sku": "A", "quantity": 1 }),
+    );
+}
+
+fn consent(w: &mut World, min: i64, who: &str) {
+    w.send(
+        min,
+        "customer.consent_changed",
+        who,
+        json!({ "channel": "email", "granted": true }),
+    );
+}
+
+fn identify(w: &mut World, min: i64, user: &str, anon: &str) {
+    w.send(
+        min,
+        "customer.identified",
+        user,
+        json!({ "user_id": user, "anonymous_id": anon }),
+    );
+}
+
+#[test]
+fn an_anonymous_cart_is_cancelled_by_the_order_of_the_identified_person() {
+    let mut w = World::new();
+    for i in 0..20 {
+        let (anon, user) = (format!("anon-{i}"), format!("cus-{i}"));
+        cart(&mut w, i, &anon);
+        identify(&mut w, i + 5, &user, &anon);
+        // Consent is the identified profile's; the run started anonymously.
+        consent(&mut w, i + 5, &user);
+        if i % 2 == 0 {
+            w.order(i + 10, &format!("o-{i}"), &user);
+        }
+    }
+    w.tick(day0() + 3 * 60 * MIN);
+    let expected: Vec<String> = (0..20)
+        .filter(|i| i % 2 == 1)
+        .map(|i| format!("cus-{i}"))
+        .collect();
+    let mut expected = expected;
+    expected.sort();
+    assert_eq!(w.sent_to("abandoned_cart"), expected);
+}
+
+#[test]
+fn the_order_that_overtakes_the_hand_over_still_cancels() {
+    let mut w = World::new();
+    for i in 0..20 {
+        let (anon, user) = (format!("anon-{i}"), format!("cus-{i}"));
+        cart(&mut w, i, &anon);
+        consent(&mut w, i, &user);
+        // The merge notice and the forwarded order are both held, then released in that
+        // order: the order reaches the person before the anonymous run does.
+        w.hold = true;
+        identify(&mut w, i + 5, &user, &anon);
+        w.order(i + 6, &format!("o-{i}"), &user);
+        w.release();
+    }
+    w.tick(day0() + 3 * 60 * MIN);
+    assert_eq!(w.sent_to("abandoned_cart"), Vec::<String>::new());
+}
+
+#[test]
+fn an_alias_after_the_cart_and_an_order_by_email_identity() {
+    let mut w = World::new();
+    cart(&mut w, 0, "anon-a");
+    w.send(
+        5,
+        "customer.aliased",
+        "cus-a",
+        json!({ "user_id": "cus-a", "previous_id": "anon-a" }),
+    );
+    w.order(10, "o-a", "cus-a");
+    // The e-mail identity: identified with an address, then an order placed by the address.
+    cart(&mut w, 0, "anon-b");
+    w.send(
+        5,
+        "customer.identified",
+        "cus-b",
+        json!({ "user_id": "cus-b", "anonymous_id": "anon-b", "email": "B@Example.com" }),
+    );
+    cart(&mut w, 6, "cus-b");
+    w.order(10, "o-b", "email:b@example.com");
+    w.tick(day0() + 3 * 60 * MIN);
+    assert_eq!(w.sent_to("abandoned_cart"), Vec::<String>::new());
+}
+
+#[test]
+fn a_cap_holds_across_merged_identities_and_later_anonymous_events_follow_the_person() {
+    let mut w = World::new();
+    consent(&mut w, 0, "cus-c");
+    // Two journeys, one of each identity: the cap (one email a day) counts the person's.
+    w.send(0, "product.viewed", "anon-c", json!({ "sku": "A" }));
+    w.send(1, "product.viewed", "cus-c", json!({ "sku": "A" }));
+    identify(&mut w, 5, "cus-c", "anon-c");
+    w.tick(day0() + 3 * 60 * MIN);
+    // One run per person and trigger: the earlier (anonymous) run wins, one email goes.
+    assert_eq!(w.sent_to("browse"), vec!["cus-c".to_owned()]);
+    // After the merge, a cart under the anonymous id is the person's cart; their order ends it.
+    cart(&mut w, 200, "anon-c");
+    w.order(210, "o-c", "cus-c");
+    w.tick(day0() + 6 * 60 * MIN);
+    assert!(w.sent_to("abandoned_cart").is_empty(), "{:?}", w.sent);
+}
+
+#[test]
+fn after_an_unmerge_the_split_identity_starts_its_own_runs() {
+    let mut w = World::new();
+    identify(&mut w, 0, "cus-u", "anon-u");
+    w.send(
+        1,
+        "customer.unmerged",
+        "cus-u",
+        json!({ "identity": "anon-u" }),
+    );
+    consent(&mut w, 2, "anon-u");
+    cart(&mut w, 2, "anon-u");
+    w.order(3, "o-u", "cus-u");
+    w.tick(day0() + 3 * 60 * MIN);
+    // The cart is anon-u's again: cus-u's order does not end it.
+    assert_eq!(w.sent_to("abandoned_cart"), vec!["anon-u".to_owned()]);
+}
+
+#[test]
+fn conditions_see_the_persons_order_facts() {
+    let mut w = World::new();
+    identify(&mut w, 0, "cus-r", "anon-r");
+    w.order(1, "o-1", "anon-r");
+    w.order(2, "o-2", "cus-r");
+    let emitted = w.parts.iter().any(|p| {
+        p.views
+            .person
+            .get("cus-r")
+            .and_then(|r| r.orders.as_ref())
+            .is_some_and(|o| o.count == 2)
+    });
+    assert!(emitted, "the person's partition counts both orders");
+}
