@@ -151,3 +151,154 @@ async fn anonymous_carts_follow_the_person_to_their_order() {
     let text = j.to_string();
     assert!(text.contains("handed_over"), "{j:#}");
 }
+
+const DEADLINE_FILE: &str = r#"
+[[connector]]
+name = "mail"
+type = "log"
+
+[[trigger]]
+name = "abandoned-cart"
+on = "cart.item_added"
+wait = { for = "order.placed", within = "2s" }
+on_timeout = [ { deliver = "mail", channel = "email", template = "abandoned_cart" } ]
+"#;
+
+fn ms(t: &Value) -> i64 {
+    chrono::DateTime::parse_from_rfc3339(t.as_str().unwrap())
+        .unwrap()
+        .timestamp_millis()
+}
+
+/// Orders placed around the deadline of each shopper's wait, half through `order.place`, half
+/// as plain events: each is decided by the log's `received_at` of the order against the wait's
+/// deadline, although the order is stored in the commerce partition and reaches the shopper's
+/// partition as a forwarded copy.
+#[tokio::test(flavor = "multi_thread")]
+async fn orders_around_the_deadline_are_decided_by_when_they_were_received() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = create_key(dir.path(), "admin");
+    let server = Server::start(dir.path(), &[]);
+    let url = server.url.clone();
+    let client = http();
+    let r = client
+        .put(format!("{url}/v1/triggers"))
+        .bearer_auth(&key)
+        .header("content-type", "application/toml")
+        .body(DEADLINE_FILE)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let r = client
+        .post(format!("{url}/v1/commands/inventory.adjust"))
+        .bearer_auth(&key)
+        .json(&json!({ "sku": "A", "location": "main", "delta": 1000, "reason": "test" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let shoppers = 40;
+    let mut tasks = Vec::new();
+    for i in 0..shoppers {
+        let (url, key) = (url.clone(), key.clone());
+        tasks.push(tokio::spawn(async move {
+            let who = format!("cus-t{i}");
+            send(
+                &url,
+                &key,
+                &[
+                    ev(format!("k-{i}"), "customer.consent_changed", &who, json!({ "channel": "email", "granted": true })),
+                    ev(format!("c-{i}"), "cart.item_added", &who, json!({ "sku": "A", "quantity": 1 })),
+                ],
+            )
+            .await;
+            // From 40 ms before the deadline to 38 ms after it.
+            let delta = 2 * i64::from(i) - 40;
+            tokio::time::sleep(Duration::from_millis((2000 + delta) as u64)).await;
+            let order = format!("o-t{i}");
+            if i % 2 == 0 {
+                let r = http()
+                    .post(format!("{url}/v1/commands/order.place"))
+                    .bearer_auth(&key)
+                    .json(&json!({ "order_id": order, "customer_id": who, "currency": "EUR",
+                        "lines": [ { "sku": "A", "quantity": 1, "unit_price": 1000 } ] }))
+                    .send()
+                    .await
+                    .unwrap();
+                assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+            } else {
+                let data = json!({ "order_id": order, "customer_id": who,
+                    "total": { "amount": 1000, "currency": "EUR" },
+                    "lines": [ { "sku": "A", "quantity": 1, "unit_price": { "amount": 1000, "currency": "EUR" } } ] });
+                send(&url, &key, &[ev(order.clone(), "order.placed", &who, data)]).await;
+            }
+        }));
+        tokio::time::sleep(Duration::from_millis(7)).await;
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    tokio::time::sleep(Duration::from_secs(4)).await;
+
+    // When each order was received.
+    let orders = get(&url, &key, "/v1/events?type=order.placed&limit=1000").await;
+    let received: std::collections::BTreeMap<String, i64> = orders["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            (
+                e["data"]["customer_id"].as_str().unwrap().to_owned(),
+                ms(&e["received_at"]),
+            )
+        })
+        .collect();
+    let d = get(&url, &key, "/v1/deliveries?limit=100").await;
+    let reminded: std::collections::BTreeSet<String> = d["deliveries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["customer"].as_str().unwrap().to_owned())
+        .collect();
+    let (mut wrong, mut close) = (Vec::new(), 0);
+    for i in 0..shoppers {
+        let who = format!("cus-t{i}");
+        // The wait's deadline, as the run says ("waiting for order.placed until …").
+        let j = get(&url, &key, &format!("/v1/customers/{who}/journeys")).await;
+        let run = &j["runs"][0];
+        let waiting = run["history"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|h| h["what"] == "waiting")
+            .unwrap_or_else(|| panic!("{who}: {j:#}"));
+        let until = waiting["detail"]
+            .as_str()
+            .unwrap()
+            .rsplit(' ')
+            .next()
+            .unwrap();
+        let deadline = ms(&json!(until));
+        let order_at = received[&who];
+        let late = order_at >= deadline;
+        if (order_at - deadline).abs() <= 10 {
+            close += 1;
+        }
+        if late != reminded.contains(&who) {
+            wrong.push(format!(
+                "{who}: order {} ms from the deadline, reminded: {}",
+                order_at - deadline,
+                reminded.contains(&who)
+            ));
+        }
+    }
+    eprintln!("{close} of {shoppers} orders within 10 ms of their deadline");
+    // Every partition shows its clock and watermark; nothing is held back once all is applied.
+    let e = get(&url, &key, "/v1/engine").await;
+    for p in e["partitions"].as_array().unwrap() {
+        assert!(p["watermark"].is_string(), "{e:#}");
+        assert_eq!(p["watermark_lag_ms"], 0, "{e:#}");
+    }
+    assert!(wrong.is_empty(), "decided wrongly:\n{}", wrong.join("\n"));
+}

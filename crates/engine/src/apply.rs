@@ -239,6 +239,7 @@ impl<S: StateStore> Applier<S> {
     pub async fn load_triggers(&mut self, commerce: Option<u32>) -> Result<()> {
         let mut defs = Vec::new();
         let mut clock = None;
+        let mut watermark = None;
         let mut after: Option<(String, u32)> = None;
         loop {
             let page = self
@@ -257,6 +258,10 @@ impl<S: StateStore> Applier<S> {
                     clock = std::str::from_utf8(&r.value)
                         .ok()
                         .and_then(|c| c.parse().ok());
+                } else if r.key == rows::WATERMARK_KEY {
+                    watermark = std::str::from_utf8(&r.value)
+                        .ok()
+                        .and_then(|c| c.parse().ok());
                 } else if let Ok(d) = serde_json::from_slice::<rows::Definition>(&r.value) {
                     defs.push((r.key, d));
                 }
@@ -265,6 +270,7 @@ impl<S: StateStore> Applier<S> {
         self.triggers = Stage::new(crate::triggers::Registry::from_rows(defs), commerce);
         // The clock resumes where it stopped.
         self.triggers.clock = clock.unwrap_or(0);
+        self.triggers.watermark = watermark;
         self.triggers.committed();
         Ok(())
     }

@@ -23,6 +23,7 @@ pub mod replay;
 pub mod runner;
 pub mod triggers;
 pub mod views;
+pub mod watermark;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -115,6 +116,7 @@ pub struct Engine<S> {
     commerce: u32,
     applied: Vec<watch::Receiver<u64>>,
     status: Vec<Arc<PartitionStatus>>,
+    marks: Arc<watermark::Marks>,
     commands: mpsc::Sender<CommandRequest>,
     tasks: parking_lot::Mutex<Vec<tokio::task::JoinHandle<()>>>,
 }
@@ -141,6 +143,7 @@ impl<S: StateStore> Engine<S> {
         let mut applied = Vec::new();
         let mut status = Vec::new();
         let mut tasks = Vec::new();
+        let marks = Arc::new(watermark::Marks::new(partitions));
         for p in 0..partitions {
             let committed = offsets.get(&p).copied().unwrap_or(0);
             let (atx, arx) = watch::channel(committed);
@@ -159,8 +162,12 @@ impl<S: StateStore> Engine<S> {
                 recent: HashMap::new(),
                 ticked: None,
                 status: st,
+                marks: marks.clone(),
+                self_tick: None,
             };
             runner.applier.load_triggers(Some(commerce)).await?;
+            let stage = &runner.applier.triggers;
+            marks.publish(p, stage.clock, stage.watermark);
             if p == commerce {
                 runner.expiries = load_expiries(&*store, p).await?;
             }
@@ -173,6 +180,7 @@ impl<S: StateStore> Engine<S> {
             commerce,
             applied,
             status,
+            marks,
             commands: tx,
             tasks: parking_lot::Mutex::new(tasks),
         })
@@ -186,6 +194,13 @@ impl<S: StateStore> Engine<S> {
     /// Each partition writer's status, by partition.
     pub fn status(&self) -> &[Arc<PartitionStatus>] {
         &self.status
+    }
+
+    /// Each partition writer's clock and watermark, by partition.
+    pub fn marks(&self) -> Vec<watermark::Mark> {
+        (0..self.status.len() as u32)
+            .map(|p| self.marks.mark(p))
+            .collect()
     }
 
     /// The committed (applied) offset of each partition: the next record each will apply.

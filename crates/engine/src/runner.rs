@@ -82,6 +82,10 @@ pub struct Runner<L, S, A> {
     pub ticked: Option<i64>,
     /// What operations see of this writer (failing since, quarantine size).
     pub status: Arc<crate::PartitionStatus>,
+    /// Every writer's clock: when this one's timers may fire (see [`crate::watermark`]).
+    pub marks: Arc<crate::watermark::Marks>,
+    /// The clock another writer asked for that a tick of this one's is on its way to.
+    pub self_tick: Option<i64>,
 }
 
 fn now_ms() -> i64 {
@@ -113,6 +117,13 @@ impl<L: EventLog, S: StateStore, A: Appender> Runner<L, S, A> {
                 return;
             }
         };
+        // Timers wait for the watermark from a known position in the log on: a partition that
+        // has never had one gets it with its first record written by this version.
+        while self.applier.triggers.watermark.is_none() && !*shutdown.borrow() {
+            if self.append_tick(Some(0)).await {
+                break;
+            }
+        }
         let mut backoff = Duration::from_millis(50);
         let mut tick = tokio::time::interval(Duration::from_millis(250));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -143,6 +154,11 @@ impl<L: EventLog, S: StateStore, A: Appender> Runner<L, S, A> {
                         backoff = (backoff * 2).min(Duration::from_secs(5));
                     }
                 }
+                // A busy writer's timers need ticks too: its records no longer fire them.
+                if self.ticked != self.applier.triggers.next_due.flatten() {
+                    self.tick().await;
+                }
+                self.serve_need().await;
                 // Commands are taken between batches, so catching up never starves them.
                 if let Some(rx) = self.commands.as_mut()
                     && let Ok(req) = rx.try_recv()
@@ -151,12 +167,15 @@ impl<L: EventLog, S: StateStore, A: Appender> Runner<L, S, A> {
                 }
                 continue;
             }
+            self.serve_need().await;
             let wake = self.timer_wake().await;
+            let marks = self.marks.clone();
             tokio::select! {
                 _ = tail.changed() => {}
                 _ = tokio::time::sleep(wake.unwrap_or(Duration::from_secs(3600))), if wake.is_some() => {
                     self.tick().await;
                 }
+                _ = marks.asked(p) => {}
                 Some(req) = async { match self.commands.as_mut() { Some(rx) => rx.recv().await, None => std::future::pending().await } } => {
                     self.handle_commands(req).await;
                 }
@@ -181,34 +200,89 @@ impl<L: EventLog, S: StateStore, A: Appender> Runner<L, S, A> {
         if self.ticked == Some(due) {
             return None;
         }
-        Some(Duration::from_millis((due - now_ms()).max(0) as u64))
+        let at = due + crate::watermark::SLACK_MS;
+        if self.marks.mark(self.applier.partition).held == Some(due) {
+            // Held back for the watermark: look again soon.
+            return Some(Duration::from_millis(10));
+        }
+        Some(Duration::from_millis((at - now_ms()).max(0) as u64))
     }
 
-    /// Appends a tick so the partition's clock reaches a due timer.
-    async fn tick(&mut self) {
+    /// Another writer waits for this one's clock to pass a time: an idle writer moves it with
+    /// a tick of its own (a busy one moves it with its records).
+    async fn serve_need(&mut self) {
         let p = self.applier.partition;
-        let Some(due) = self.applier.triggers.next_due.flatten() else {
+        let Some(need) = self.marks.need(p) else {
             return;
         };
-        if due > now_ms() {
+        let clock = self.applier.triggers.clock;
+        if clock >= need || self.self_tick.is_some_and(|t| t >= need) || need > now_ms() {
             return;
         }
+        let end = self.log.bounds(p).map(|b| b.end).unwrap_or(0);
+        if self.applier.next < end {
+            return; // its records will move it
+        }
+        if self.append_tick(None).await {
+            self.self_tick = Some(need);
+        }
+    }
+
+    async fn append_tick(&mut self, watermark: Option<i64>) -> bool {
+        let p = self.applier.partition;
         let id = format!("tick_{}", ulid::Ulid::new().to_string().to_lowercase());
+        let data = match watermark {
+            Some(w) => json!({ "watermark": w }),
+            None => json!({}),
+        };
         let ev = build_event(
             id,
             "storeline/engine",
             crate::triggers::TICK,
             None,
             now_ms(),
-            &json!({}),
+            &data,
             None,
         );
         match self.appender.append(vec![ev], Some(p)).await {
-            Ok(_) => self.ticked = Some(due),
+            Ok(_) => true,
             Err(e) => {
                 tracing::warn!(partition = p, error = %e.message, "appending a timer tick failed; retrying");
                 tokio::time::sleep(Duration::from_millis(200)).await;
+                false
             }
+        }
+    }
+
+    /// Appends a tick when a timer is due and every other writer has applied past it: it moves
+    /// the clock and carries the watermark (see [`crate::watermark`]). When a writer is behind,
+    /// asks it to move and leaves the timer held.
+    async fn tick(&mut self) {
+        let p = self.applier.partition;
+        let Some(due) = self.applier.triggers.next_due.flatten() else {
+            self.marks.released(p);
+            return;
+        };
+        let now = now_ms();
+        if due > now - crate::watermark::SLACK_MS || self.ticked == Some(due) {
+            return;
+        }
+        let w = self
+            .marks
+            .available(p)
+            .min(now - crate::watermark::SLACK_MS);
+        if w < due {
+            self.marks.request(p, due);
+            let held = ((now - due).max(0) as f64) / 1000.0;
+            metrics::gauge!("storeline_engine_watermark_lag_seconds", "partition" => p.to_string())
+                .set(held);
+            return;
+        }
+        if self.append_tick(Some(w)).await {
+            self.ticked = Some(due);
+            self.marks.released(p);
+            metrics::gauge!("storeline_engine_watermark_lag_seconds", "partition" => p.to_string())
+                .set(0.0);
         }
     }
 
@@ -264,6 +338,11 @@ impl<L: EventLog, S: StateStore, A: Appender> Runner<L, S, A> {
         metrics::gauge!("storeline_engine_lag_seconds", "partition" => p.to_string())
             .set(((now_ms() - last_ts).max(0) as f64) / 1000.0);
         self.applied.send_replace(self.applier.committed);
+        let stage = &self.applier.triggers;
+        self.marks.publish(p, stage.clock, stage.watermark);
+        if self.self_tick.is_some_and(|t| stage.clock >= t) {
+            self.self_tick = None;
+        }
         Ok(())
     }
 

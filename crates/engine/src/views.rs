@@ -230,6 +230,8 @@ pub struct Views {
     pub trigdef: BTreeMap<String, Definition>,
     /// The partition's trigger clock, to record with the commit.
     pub clock: Option<i64>,
+    /// The partition's watermark, when a tick moved it.
+    pub watermark: Option<i64>,
     /// Trait-index entries to put (`true`) or delete (`false`), last write wins.
     pub traits: BTreeMap<String, bool>,
 }
@@ -259,6 +261,7 @@ impl Views {
             outbox: BTreeMap::new(),
             trigdef: BTreeMap::new(),
             clock: None,
+            watermark: None,
             traits: BTreeMap::new(),
         }
     }
@@ -364,6 +367,13 @@ impl Views {
                 value: Bytes::from(serde_json::to_vec(&entry).map_err(Error::encode)?),
             });
         }
+        if let Some(w) = self.watermark.take() {
+            out.push(Write::Put {
+                ns: trows::ns::TRIGDEF.to_owned(),
+                key: trows::WATERMARK_KEY.to_owned(),
+                value: Bytes::from(w.to_string()),
+            });
+        }
         if let Some(clock) = self.clock.take() {
             out.push(Write::Put {
                 ns: trows::ns::TRIGDEF.to_owned(),
@@ -417,6 +427,7 @@ impl Views {
             && self.outbox.is_empty()
             && self.trigdef.is_empty()
             && self.clock.is_none()
+            && self.watermark.is_none()
             && self.traits.is_empty())
     }
 

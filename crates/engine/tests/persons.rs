@@ -56,6 +56,8 @@ struct World {
     /// Records the engine caused, held back while `hold` is set.
     held: Vec<(u32, Ev)>,
     hold: bool,
+    /// Ticks carry a watermark, as the live writers' do.
+    watermarks: bool,
     sent: Vec<Value>,
     now: i64,
     n: u64,
@@ -115,16 +117,23 @@ impl World {
             queue: VecDeque::new(),
             held: Vec::new(),
             hold: false,
+            watermarks: true,
             sent: Vec::new(),
             now: day0(),
             n: 0,
         }
     }
 
-    /// An event `min` minutes after day0 (plus `ms`).
+    /// An event `min` minutes after day0.
     fn send(&mut self, min: i64, ty: &str, subject: &str, data: Value) {
-        let at = day0() + min * MIN;
-        self.tick(at);
+        self.send_at(day0() + min * MIN, ty, subject, data, true);
+    }
+
+    /// An event at `at` (ms), after a tick of every partition to `at` if `tick`.
+    fn send_at(&mut self, at: i64, ty: &str, subject: &str, data: Value, tick: bool) {
+        if tick {
+            self.tick(at);
+        }
         self.n += 1;
         let ev = stored(
             format!("evt-{}", self.n),
@@ -140,7 +149,14 @@ impl World {
     fn tick(&mut self, at: i64) {
         self.now = self.now.max(at);
         for p in 0..PARTITIONS {
-            let ev = stored(format!("tick-{at}-{p}"), TICK, at, None, Value::Null);
+            // Every partition has applied everything up to `at` here, so the watermark is `at`
+            // (the live writers compute it from each other's clocks).
+            let data = if self.watermarks {
+                json!({ "watermark": at })
+            } else {
+                Value::Null
+            };
+            let ev = stored(format!("tick-{at}-{p}"), TICK, at, None, data);
             self.queue.push_back((p, ev));
         }
         self.drain();
@@ -355,4 +371,52 @@ fn conditions_see_the_persons_order_facts() {
             .is_some_and(|o| o.count == 2)
     });
     assert!(emitted, "the person's partition counts both orders");
+}
+
+/// An order received `offset_ms` from the deadline of a one-hour wait; the copy forwarded to the
+/// customer's partition reaches it only after an event of the customer received after the
+/// deadline (the customer's partition is busier than the commerce one).
+fn deadline_race(offset_ms: i64, watermarks: bool) -> Vec<String> {
+    let mut w = World::new();
+    w.watermarks = watermarks;
+    let who = "cus-d";
+    consent(&mut w, 0, who);
+    cart(&mut w, 1, who);
+    let deadline = day0() + 61 * MIN;
+    let order = json!({ "order_id": "o-d", "customer_id": who,
+        "total": { "amount": 1000, "currency": "EUR" },
+        "lines": [ { "sku": "A", "quantity": 1, "unit_price": 1000 } ] });
+    w.hold = true;
+    w.send_at(deadline + offset_ms, "order.placed", who, order, false);
+    w.hold = false;
+    w.send_at(
+        deadline + 5,
+        "page.viewed",
+        who,
+        json!({ "url": "/" }),
+        false,
+    );
+    w.release();
+    w.tick(deadline + 60 * MIN);
+    w.sent_to("abandoned_cart")
+}
+
+#[test]
+fn an_order_received_before_the_deadline_cancels_even_when_its_copy_arrives_after_it() {
+    for ms in [-2, -1] {
+        assert!(
+            deadline_race(ms, true).is_empty(),
+            "order {ms} ms before the deadline"
+        );
+    }
+    for ms in [0, 1, 2] {
+        assert_eq!(
+            deadline_race(ms, true),
+            vec!["cus-d".to_owned()],
+            "order {ms} ms after the deadline"
+        );
+    }
+    // Without watermarks (logs written before them), the customer's own later event fires the
+    // timer first: the order 2 ms early is too late there. This is what the watermark fixes.
+    assert_eq!(deadline_race(-2, false), vec!["cus-d".to_owned()]);
 }

@@ -458,12 +458,24 @@ pub async fn engine_status(
         .authorize(&headers, Scope::Read, "GET /v1/engine")?;
     let engine = engine(&state)?;
     let applied = engine.applied();
+    let marks = engine.marks();
+    let now = chrono::Utc::now().timestamp_millis();
+    let time = |ms: i64| {
+        chrono::DateTime::from_timestamp_millis(ms).map(|t| storeline_event::format_time(&t))
+    };
     let parts: Vec<Value> = applied
         .iter()
         .enumerate()
         .map(|(p, a)| {
             let end = state.log.bounds(p as u32).map(|b| b.end).unwrap_or(0);
-            json!({ "partition": p, "applied": a, "log_end": end, "lag": end.saturating_sub(*a) })
+            let m = marks.get(p).copied().unwrap_or_default();
+            json!({
+                "partition": p, "applied": a, "log_end": end, "lag": end.saturating_sub(*a),
+                "clock": time(m.clock),
+                "watermark": m.watermark.and_then(time),
+                // How long a due timer has been held back for the watermark (0: none is).
+                "watermark_lag_ms": m.held.map_or(0, |d| (now - d).max(0)),
+            })
         })
         .collect();
     let lag: u64 = parts.iter().filter_map(|p| p["lag"].as_u64()).sum();

@@ -46,6 +46,7 @@ impl Machine<'_> {
                 id: String::new(),
                 customer: customer.map(str::to_owned),
                 order: None,
+                received: self.clock,
             };
             scope.set("agg", to_cel(&self.agg_scope(&doc)));
         }

@@ -30,6 +30,8 @@ pub struct Doc {
     pub id: String,
     pub customer: Option<String>,
     pub order: Option<String>,
+    /// When the log received the event (ms): for a forwarded copy, the original's.
+    pub received: i64,
 }
 
 /// What a stored record is for triggers: `None` for engine records (ticks, trigger files).
@@ -45,6 +47,7 @@ pub fn doc_of(ev: &Ev) -> Option<(Doc, bool)> {
             .pointer("/data/order_id")
             .and_then(Value::as_str)
             .map(str::to_owned);
+        let received = received_at(&v).unwrap_or(ev.received);
         return Some((
             Doc {
                 value: v,
@@ -52,6 +55,7 @@ pub fn doc_of(ev: &Ev) -> Option<(Doc, bool)> {
                 id,
                 customer,
                 order,
+                received,
             },
             true,
         ));
@@ -79,14 +83,23 @@ pub fn doc_of(ev: &Ev) -> Option<(Doc, bool)> {
             id: ev.id.clone(),
             customer,
             order: ev.str("order_id").map(str::to_owned),
+            received: ev.received,
         },
         !forwarded_elsewhere,
     ))
 }
 
+/// The `received_at` a forwarded copy carries (ms), if any.
+pub fn received_at(v: &Value) -> Option<i64> {
+    v.get("received_at")
+        .and_then(Value::as_str)
+        .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+        .map(|t| t.timestamp_millis())
+}
+
 impl Doc {
     /// A document kept as JSON (`event` in CEL) back as a `Doc` of `customer`.
-    pub fn of_value(value: Value, customer: Option<String>) -> Doc {
+    pub fn of_value(value: Value, customer: Option<String>, received: i64) -> Doc {
         let s = |k: &str| {
             value
                 .get(k)
@@ -99,12 +112,14 @@ impl Doc {
             .pointer("/data/order_id")
             .and_then(Value::as_str)
             .map(str::to_owned);
+        let received = received_at(&value).unwrap_or(received);
         Doc {
             value,
             ty,
             id,
             customer,
             order,
+            received,
         }
     }
 }
@@ -223,6 +238,21 @@ impl Machine<'_> {
         if let Some(o) = &doc.order {
             corrs.push(format!("o:{o}"));
         }
+        // A run whose timer fell due at or before this event was received moves on first,
+        // even when the partition has not fired that timer yet (it waits for the watermark).
+        let touched: Vec<String> = corrs
+            .iter()
+            .filter_map(|c| self.views.wait.get(c))
+            .flat_map(|l| {
+                l.runs
+                    .iter()
+                    .filter(|l| l.ty == doc.ty)
+                    .map(|l| l.run.clone())
+            })
+            .collect();
+        for rk in touched {
+            self.fire_overdue(&rk, doc.received);
+        }
         for corr in corrs {
             let listed: Vec<rows::Listing> = match self.views.wait.get(&corr) {
                 Some(l) => l.runs.iter().filter(|l| l.ty == doc.ty).cloned().collect(),
@@ -273,6 +303,7 @@ impl Machine<'_> {
             },
         };
         let rk = rows::run_key(customer.as_deref().unwrap_or(""), &t.name, &key);
+        self.fire_overdue(&rk, doc.received);
         if let Some(r) = self.views.run.get(&rk) {
             if r.status == Status::Active {
                 // A run debouncing on an older version restarts on that version's debounce.
@@ -460,6 +491,32 @@ impl Machine<'_> {
 
     // ------------------------------------------------------------------------------ timers
 
+    /// Fires the run's timer if it is due at or before `at`, at its due time (and any timer
+    /// that sets which is due by `at` too).
+    pub(super) fn fire_overdue(&mut self, rk: &str, at: i64) {
+        for _ in 0..16 {
+            let Some(key) = self
+                .views
+                .run
+                .get(rk)
+                .filter(|r| r.status == Status::Active)
+                .and_then(|r| r.timer.clone())
+            else {
+                return;
+            };
+            let Some((due, target)) = rows::parse_timer_key(&key) else {
+                return;
+            };
+            if due > at {
+                return;
+            }
+            self.views.due.remove(&key);
+            let clock = std::mem::replace(&mut self.clock, due);
+            self.fire(&key, &target);
+            self.clock = clock;
+        }
+    }
+
     /// A due timer fires.
     pub fn fire(&mut self, key: &str, target: &Target) {
         match target {
@@ -572,6 +629,7 @@ impl Machine<'_> {
                             .pointer("/data/order_id")
                             .and_then(Value::as_str)
                             .map(str::to_owned),
+                        received: self.clock,
                     };
                     for ty in &wait.types {
                         self.list(rk, ty, &wait.matching, false, &doc);

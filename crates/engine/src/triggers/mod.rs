@@ -185,6 +185,11 @@ pub struct Stage {
     pub reg: Registry,
     /// The partition's clock: the latest `received_at` applied.
     pub clock: i64,
+    /// How far every partition that can forward into this one had applied, as the last
+    /// watermark tick said. Once a tick has carried one, timers fire only up to it, so an event
+    /// received before a deadline in another partition is here before the timer fires. `None`
+    /// (logs written before watermarks, tests of one partition): timers fire on the clock.
+    pub watermark: Option<i64>,
     /// The partition that owns stock and orders: it forwards customer events.
     pub commerce: Option<u32>,
     /// The earliest pending timer, if known (`None`: look in the store).
@@ -198,6 +203,7 @@ pub struct Stage {
     /// The clock and, if a batch installed a file, the registry as of the last commit: what
     /// [`Stage::rollback`] returns to when a batch is thrown away.
     committed_clock: i64,
+    committed_watermark: Option<i64>,
     committed_reg: Option<Registry>,
 }
 
@@ -206,12 +212,14 @@ impl Stage {
         Stage {
             reg,
             clock: 0,
+            watermark: None,
             commerce,
             next_due: None,
             window: None,
             outcomes: Vec::new(),
             fired: Vec::new(),
             committed_clock: 0,
+            committed_watermark: None,
             committed_reg: None,
         }
     }
@@ -219,12 +227,14 @@ impl Stage {
     /// What was applied is committed: it is the new point to roll back to.
     pub fn committed(&mut self) {
         self.committed_clock = self.clock;
+        self.committed_watermark = self.watermark;
         self.committed_reg = None;
     }
 
     /// A batch was thrown away: back to the clock and file of the last commit.
     pub fn rollback(&mut self) {
         self.clock = self.committed_clock;
+        self.watermark = self.committed_watermark;
         if let Some(reg) = self.committed_reg.take() {
             self.reg = reg;
         }
@@ -371,7 +381,11 @@ impl Stage {
         clock: i64,
         emits: &mut Vec<Emit>,
     ) {
-        let until = self.window.map_or(clock, |(_, to)| clock.min(to));
+        let mut until = self.window.map_or(clock, |(_, to)| clock.min(to));
+        let gated = self.window.is_none() && self.watermark.is_some();
+        if let Some(w) = self.watermark.filter(|_| gated) {
+            until = until.min(w);
+        }
         loop {
             let Some(first) = views.due.first().cloned() else {
                 return;
@@ -385,7 +399,8 @@ impl Stage {
             }
             views.due.remove(&first);
             self.fired.push(due);
-            let at = self.clock.max(due);
+            // Held back by the watermark, a timer still fires at its own time.
+            let at = if gated { due } else { self.clock.max(due) };
             let mut m = Machine {
                 partition,
                 reg: &self.reg,
@@ -402,6 +417,13 @@ impl Stage {
     /// Applies one record: a new trigger file, or an event for aggregates, waits and triggers.
     /// Called after the projections have folded it.
     pub fn apply(&mut self, views: &mut Views, ev: &Ev, partition: u32, emits: &mut Vec<Emit>) {
+        if ev.ty == TICK {
+            if let Some(w) = ev.data.get("watermark").and_then(Value::as_i64) {
+                self.watermark = Some(self.watermark.map_or(w, |m| m.max(w)));
+                views.watermark = self.watermark;
+            }
+            return;
+        }
         if ev.ty == TRIGGERS {
             if self.window.is_none() {
                 self.install(views, ev);
@@ -429,12 +451,14 @@ impl Stage {
             && self.reg.forwards(&ev.ty)
             && let Some(c) = &doc.customer
         {
+            let mut data = doc.value.clone();
+            data["received_at"] = json!(machine::fmt(ev.received));
             emits.push(Emit {
                 id: format!("fwd_{partition}_{}", ev.offset),
                 ty: FORWARDED.into(),
                 subject: Some(c.clone()),
                 time: ev.time,
-                data: doc.value.clone(),
+                data,
             });
         }
         // A backtest leaves out the events live triggers emitted: it makes its own.

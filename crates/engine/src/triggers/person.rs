@@ -19,7 +19,7 @@ use serde_json::{Value, json};
 
 use super::FORWARDED;
 use super::machine::{Doc, Machine};
-use super::rows::{self, Awaiting, Merge, Phase, Run, Status, Target};
+use super::rows::{self, Awaiting, Merge, Run, Status, Target};
 use crate::event::Ev;
 use crate::project::Emit;
 
@@ -296,7 +296,7 @@ impl Machine<'_> {
         }
         // Events of the person applied here while the hand-over was on its way.
         for (at, value) in waited.map(|w| w.events).unwrap_or_default() {
-            let doc = Doc::of_value(value, Some(home.to_owned()));
+            let doc = Doc::of_value(value, Some(home.to_owned()), at);
             for rk in &adopted {
                 self.catch_up(rk, &doc, at);
             }
@@ -404,14 +404,8 @@ impl Machine<'_> {
         if run.status != Status::Active {
             return;
         }
-        let overdue = run
-            .timer
-            .as_deref()
-            .and_then(rows::parse_timer_key)
-            .is_some_and(|(due, _)| due <= at);
-        if overdue && matches!(run.phase, Phase::Wait | Phase::Delay | Phase::Debounce) {
-            return;
-        }
+        // A timer due by the event's time fires first (the run may have moved on).
+        self.fire_overdue(rk, at);
         let mut corrs = Vec::new();
         if let Some(c) = &doc.customer {
             corrs.push(format!("c:{c}"));
@@ -463,6 +457,9 @@ impl Machine<'_> {
     /// Sends an event of a merged identity to its person's partition (its triggers run there).
     pub fn forward_to_home(&mut self, doc: &Doc, home: &str, ev: &Ev) {
         let mut v = doc.value.clone();
+        if v.get("received_at").is_none() {
+            v["received_at"] = json!(super::machine::fmt(doc.received));
+        }
         let via = v.get("via").cloned();
         v["via"] = via.unwrap_or_else(|| json!(doc.customer));
         v["customer"] = json!(home);
@@ -492,4 +489,3 @@ impl Machine<'_> {
         });
     }
 }
-

@@ -40,6 +40,8 @@ pub const SEP: char = '\u{1f}';
 
 /// The `trigdef` row holding the partition's trigger clock (ms, as text).
 pub const CLOCK_KEY: &str = "clock";
+/// The `trigdef` row holding the partition's watermark (ms, as text), once it has one.
+pub const WATERMARK_KEY: &str = "watermark";
 
 /// The most history entries a run keeps (the first ones and the latest).
 pub const HISTORY: usize = 24;
