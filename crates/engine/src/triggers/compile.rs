@@ -140,6 +140,11 @@ impl TriggerSet {
         if !p.list.is_empty() {
             return Err(p.list);
         }
+        // The machine starts an event's triggers in this order, and an immediate message takes
+        // a cap's free place when it is sent: so the higher `priority` goes first, as it does
+        // among held messages released together; equal priorities keep the file's order (a
+        // stable sort).
+        triggers.sort_by_key(|t| std::cmp::Reverse(t.priority));
         Ok(TriggerSet {
             version: String::new(),
             source: String::new(),

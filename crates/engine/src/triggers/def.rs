@@ -129,7 +129,8 @@ pub struct TriggerDef {
     /// At most one run ever per customer and key.
     #[serde(default)]
     pub once: bool,
-    /// Higher goes first when capped messages compete for a window.
+    /// Higher goes first when messages compete for a cap's room: triggers of one event start
+    /// in this order, and held messages released together are tried in it.
     #[serde(default)]
     pub priority: i32,
     /// Transactional messages bypass consent, caps and quiet hours.
@@ -365,6 +366,7 @@ pub struct TriggerSet {
     /// Hash of the source text: equal texts give equal versions.
     pub version: String,
     pub source: String,
+    /// In the order an event starts them: highest `priority` first, then as written.
     pub triggers: Vec<Arc<Trigger>>,
     pub aggregates: Vec<Aggregate>,
     pub arbitration: Arbitration,
