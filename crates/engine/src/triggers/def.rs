@@ -376,7 +376,11 @@ pub struct TriggerSet {
     pub connectors: Vec<toml::Table>,
 }
 
+/// The channels that reach the customer: a message on one needs the customer's consent for it
+/// and counts for caps; a customer who never consented reads as `false` on each.
+pub const CUSTOMER_CHANNELS: [&str; 4] = ["email", "sms", "push", "whatsapp"];
+
 /// Whether messages on `channel` go to the customer (and so need consent and count for caps).
 pub fn is_customer_channel(channel: &str) -> bool {
-    matches!(channel, "email" | "sms" | "push" | "whatsapp")
+    CUSTOMER_CHANNELS.contains(&channel)
 }
