@@ -19,6 +19,7 @@ use storeline_state::{SqliteStore, StateStore};
 #[derive(clap::Subcommand, Debug)]
 pub enum TriggersCommand {
     /// Check a trigger file: every problem, with where it is; exits 1 if there are any.
+    /// Warnings (what installs but is probably not meant) are listed and do not fail it.
     Check {
         file: PathBuf,
         /// Print the result as JSON.
@@ -93,7 +94,7 @@ fn check(file: PathBuf, as_json: bool, data: Option<PathBuf>) -> Result<()> {
             if as_json {
                 println!(
                     "{}",
-                    json!({ "ok": true, "version": version, "triggers": set.triggers.iter().map(|t| json!({ "name": t.name, "version": t.version })).collect::<Vec<_>>(), "aggregates": set.aggregates.len(), "connectors": connectors.iter().map(|c| json!({ "name": c.name, "type": c.kind.name() })).collect::<Vec<_>>() })
+                    json!({ "ok": true, "version": version, "warnings": set.warnings, "triggers": set.triggers.iter().map(|t| json!({ "name": t.name, "version": t.version })).collect::<Vec<_>>(), "aggregates": set.aggregates.len(), "connectors": connectors.iter().map(|c| json!({ "name": c.name, "type": c.kind.name() })).collect::<Vec<_>>() })
                 );
             } else {
                 for t in &set.triggers {
@@ -117,12 +118,17 @@ fn check(file: PathBuf, as_json: bool, data: Option<PathBuf>) -> Result<()> {
                 for c in &connectors {
                     println!("connector {:<26} {}", c.name, c.kind.name());
                 }
+                // Warnings do not refuse the file: it installs as it is.
+                for w in &set.warnings {
+                    eprintln!("{}: warning: {w}", file.display());
+                }
                 eprintln!(
-                    "{}: ok ({} triggers, {} aggregates, {} connectors; file version {})",
+                    "{}: ok ({} triggers, {} aggregates, {} connectors, {} warning(s); file version {})",
                     file.display(),
                     set.triggers.len(),
                     set.aggregates.len(),
                     connectors.len(),
+                    set.warnings.len(),
                     version.as_deref().unwrap_or(
                         "set when stored, once its plain-text secrets are sealed (--data DIR shows it)"
                     )

@@ -56,6 +56,11 @@ fn the_starter_set_compiles_and_has_every_journey() {
     for c in ["email", "sms", "erp", "fraud"] {
         assert!(set.channels.contains_key(c), "no connector {c}");
     }
+    assert!(
+        set.warnings.is_empty(),
+        "the starter set checks without warnings: {:#?}",
+        set.warnings
+    );
     assert_eq!(set.channels["email"], "email");
     assert_eq!(set.channels["sms"], "sms");
     assert_eq!(set.arbitration.quiet, Some((21 * 60, 8 * 60)));

@@ -374,6 +374,9 @@ pub struct TriggerSet {
     pub channels: HashMap<String, String>,
     /// The `[[connector]]` tables as written (the delivery worker checks and builds them).
     pub connectors: Vec<toml::Table>,
+    /// What installs but is probably not meant (a customer's message through a webhook without
+    /// a `channel`), with where it is; never a reason to refuse the file.
+    pub warnings: Vec<Problem>,
 }
 
 /// The channels that reach the customer: a message on one needs the customer's consent for it
