@@ -7,6 +7,7 @@ use clap::Subcommand;
 use serde_json::{Value, json};
 
 use crate::ClientArgs;
+use crate::table::{self, Align};
 
 #[derive(Subcommand)]
 pub enum DeliveriesCommand {
@@ -105,6 +106,63 @@ async fn call(
     Ok(v)
 }
 
+const DELIVERY_COLUMNS: &[(&str, Align)] = &[
+    ("id", Align::Left),
+    ("connector", Align::Left),
+    ("status", Align::Left),
+    ("attempts", Align::Right),
+    ("created", Align::Left),
+    ("customer", Align::Left),
+    ("last error", Align::Left),
+];
+
+/// A `GET /v1/deliveries` entry as a row of [`DELIVERY_COLUMNS`].
+fn delivery_row(d: &Value) -> Vec<String> {
+    [
+        "id",
+        "connector",
+        "status",
+        "attempts",
+        "created_at",
+        "customer",
+        "last_error",
+    ]
+    .iter()
+    .map(|k| match (*k, &d[*k]) {
+        ("last_error", Value::Null) => String::new(),
+        (_, v) => table::cell(v),
+    })
+    .collect()
+}
+
+const CONNECTOR_COLUMNS: &[(&str, Align)] = &[
+    ("name", Align::Left),
+    ("type", Align::Left),
+    ("state", Align::Left),
+    ("circuit", Align::Left),
+    ("in_flight", Align::Right),
+    ("pending", Align::Right),
+    ("delivered", Align::Right),
+    ("dead", Align::Right),
+];
+
+/// A `GET /v1/connectors` entry as a row of [`CONNECTOR_COLUMNS`].
+fn connector_row(c: &Value) -> Vec<String> {
+    [
+        "name",
+        "type",
+        "state",
+        "circuit",
+        "in_flight",
+        "pending",
+        "delivered",
+        "dead",
+    ]
+    .iter()
+    .map(|k| table::cell(&c[*k]))
+    .collect()
+}
+
 pub async fn run(cmd: DeliveriesCommand) -> Result<()> {
     match cmd {
         DeliveriesCommand::List {
@@ -129,12 +187,8 @@ pub async fn run(cmd: DeliveriesCommand) -> Result<()> {
             .collect();
             q.push(("limit", limit.min(1000).to_string()));
             let mut printed = 0;
-            if !json {
-                println!(
-                    "{:<29} {:<12} {:<10} {:>8} {:<24} {:<24} last error",
-                    "id", "connector", "status", "attempts", "created", "customer"
-                );
-            }
+            // The table is printed at the end, its columns as wide as their widest value.
+            let mut rows: Vec<Vec<String>> = Vec::new();
             loop {
                 let page = call(
                     &client,
@@ -147,22 +201,13 @@ pub async fn run(cmd: DeliveriesCommand) -> Result<()> {
                 .await?;
                 for d in page["deliveries"].as_array().into_iter().flatten() {
                     if printed == limit {
-                        return Ok(());
+                        break;
                     }
                     printed += 1;
                     if json {
                         println!("{d}");
                     } else {
-                        println!(
-                            "{:<29} {:<12} {:<10} {:>8} {:<24} {:<24} {}",
-                            d["id"].as_str().unwrap_or(""),
-                            d["connector"].as_str().unwrap_or(""),
-                            d["status"].as_str().unwrap_or(""),
-                            d["attempts"],
-                            d["created_at"].as_str().unwrap_or(""),
-                            d["customer"].as_str().unwrap_or("-"),
-                            d["last_error"].as_str().unwrap_or("")
-                        );
+                        rows.push(delivery_row(d));
                     }
                 }
                 match page["next"].as_str() {
@@ -174,6 +219,7 @@ pub async fn run(cmd: DeliveriesCommand) -> Result<()> {
                 }
             }
             if !json {
+                print!("{}", table::render(DELIVERY_COLUMNS, &rows));
                 eprintln!("{printed} deliveries");
             }
             Ok(())
@@ -243,23 +289,13 @@ pub async fn run_connectors(cmd: ConnectorsCommand) -> Result<()> {
                 None,
             )
             .await?;
-            println!(
-                "{:<16} {:<8} {:<9} {:<10} {:>9} {:>9} {:>10} {:>7}",
-                "name", "type", "state", "circuit", "in_flight", "pending", "delivered", "dead"
-            );
-            for c in v["connectors"].as_array().into_iter().flatten() {
-                println!(
-                    "{:<16} {:<8} {:<9} {:<10} {:>9} {:>9} {:>10} {:>7}",
-                    c["name"].as_str().unwrap_or(""),
-                    c["type"].as_str().unwrap_or("?"),
-                    c["state"].as_str().unwrap_or(""),
-                    c["circuit"].as_str().unwrap_or(""),
-                    c["in_flight"],
-                    c["pending"],
-                    c["delivered"],
-                    c["dead"]
-                );
-            }
+            let rows: Vec<Vec<String>> = v["connectors"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(connector_row)
+                .collect();
+            print!("{}", table::render(CONNECTOR_COLUMNS, &rows));
             Ok(())
         }
         ConnectorsCommand::Enable { name, client } => {
@@ -282,5 +318,48 @@ pub async fn run_connectors(cmd: ConnectorsCommand) -> Result<()> {
             );
             Ok(())
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The columns line up whatever the lengths of ids, connector names and customers.
+    #[test]
+    fn the_deliveries_table_lines_up() {
+        let rows: Vec<Vec<String>> = [
+            json!({ "id": "dlv_0123456789abcdef01234567", "connector": "a-long-connector-name", "status": "dead", "attempts": 12, "created_at": "2026-03-02T10:00:00.000Z", "customer": "cus-1", "last_error": "http 400" }),
+            json!({ "id": "dlv_1", "connector": "sms", "status": "delivered", "attempts": 1, "created_at": "2026-03-02T10:00:01.000Z", "customer": null, "last_error": null }),
+        ]
+        .iter()
+        .map(delivery_row)
+        .collect();
+        let text = table::render(DELIVERY_COLUMNS, &rows);
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 3, "{text}");
+        // Each column starts where the header's does.
+        for (header, values) in [
+            ("connector", ["a-long-connector-name", "sms"]),
+            ("status", ["dead", "delivered"]),
+            (
+                "created",
+                ["2026-03-02T10:00:00.000Z", "2026-03-02T10:00:01.000Z"],
+            ),
+            ("customer", ["cus-1", "-"]),
+        ] {
+            let at = lines[0].find(header).unwrap();
+            assert_eq!(lines[1].rfind(values[0]), Some(at), "{header}:\n{text}");
+            assert_eq!(lines[2].rfind(values[1]), Some(at), "{header}:\n{text}");
+        }
+        // Numbers end under the end of their header.
+        let end = lines[0].find("attempts").unwrap() + "attempts".len();
+        assert_eq!(&lines[1][end - 2..end], "12", "{text}");
+        assert_eq!(&lines[2][end - 1..end], "1", "{text}");
+        assert!(
+            lines[2].ends_with('-'),
+            "no trailing blanks: {:?}",
+            lines[2]
+        );
     }
 }

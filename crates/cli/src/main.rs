@@ -13,6 +13,7 @@ mod bench_triggers;
 mod client;
 mod deliveries_cmd;
 mod replay;
+mod table;
 mod traffic;
 mod triggers_cmd;
 

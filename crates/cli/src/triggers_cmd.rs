@@ -19,6 +19,7 @@ use storeline_state::{SqliteStore, StateStore};
 #[derive(clap::Subcommand, Debug)]
 pub enum TriggersCommand {
     /// Check a trigger file: every problem, with where it is; exits 1 if there are any.
+    /// Warnings (what installs but is probably not meant) are listed and do not fail it.
     Check {
         file: PathBuf,
         /// Print the result as JSON.
@@ -93,7 +94,7 @@ fn check(file: PathBuf, as_json: bool, data: Option<PathBuf>) -> Result<()> {
             if as_json {
                 println!(
                     "{}",
-                    json!({ "ok": true, "version": version, "triggers": set.triggers.iter().map(|t| json!({ "name": t.name, "version": t.version })).collect::<Vec<_>>(), "aggregates": set.aggregates.len(), "connectors": connectors.iter().map(|c| json!({ "name": c.name, "type": c.kind.name() })).collect::<Vec<_>>() })
+                    json!({ "ok": true, "version": version, "warnings": set.warnings, "triggers": set.triggers.iter().map(|t| json!({ "name": t.name, "version": t.version })).collect::<Vec<_>>(), "aggregates": set.aggregates.len(), "connectors": connectors.iter().map(|c| json!({ "name": c.name, "type": c.kind.name() })).collect::<Vec<_>>() })
                 );
             } else {
                 for t in &set.triggers {
@@ -117,12 +118,17 @@ fn check(file: PathBuf, as_json: bool, data: Option<PathBuf>) -> Result<()> {
                 for c in &connectors {
                     println!("connector {:<26} {}", c.name, c.kind.name());
                 }
+                // Warnings do not refuse the file: it installs as it is.
+                for w in &set.warnings {
+                    eprintln!("{}: warning: {w}", file.display());
+                }
                 eprintln!(
-                    "{}: ok ({} triggers, {} aggregates, {} connectors; file version {})",
+                    "{}: ok ({} triggers, {} aggregates, {} connectors, {} warning(s); file version {})",
                     file.display(),
                     set.triggers.len(),
                     set.aggregates.len(),
                     connectors.len(),
+                    set.warnings.len(),
                     version.as_deref().unwrap_or(
                         "set when stored, once its plain-text secrets are sealed (--data DIR shows it)"
                     )
@@ -235,7 +241,115 @@ fn report_json(r: &Report, set: &TriggerSet) -> serde_json::Value {
         "version": set.version, "events": r.events,
         "clock": r.clock.map(|(a, b)| json!({ "from": time(a), "to": time(b) })),
         "counts": r.counts, "samples": samples,
+        "at_end": at_end_json(r),
     })
+}
+
+/// Per trigger, where its messages and runs ended: per connector `sent` and `held`, and the
+/// `suppressed`, `dropped` and `waiting` (runs per phase) figures.
+fn at_end_json(r: &Report) -> serde_json::Value {
+    let mut names: std::collections::BTreeSet<&String> = r.deliveries.keys().collect();
+    names.extend(r.waiting.keys());
+    names.extend(r.counts.keys());
+    let out: serde_json::Map<String, serde_json::Value> = names
+        .into_iter()
+        .map(|t| {
+            let s = states(r, t);
+            (
+                t.clone(),
+                json!({
+                    "connectors": r.deliveries.get(t).cloned().unwrap_or_default(),
+                    "sent": s.sent, "held": s.held, "suppressed": s.suppressed,
+                    "dropped": s.dropped,
+                    "waiting": r.waiting.get(t).cloned().unwrap_or_default(),
+                }),
+            )
+        })
+        .collect();
+    serde_json::Value::Object(out)
+}
+
+/// One trigger's messages by state (all connectors).
+#[derive(Debug, Default, PartialEq)]
+struct States {
+    sent: u64,
+    held: u64,
+    suppressed: u64,
+    dropped: u64,
+    waiting: u64,
+}
+
+fn states(r: &Report, trigger: &str) -> States {
+    let mut s = States::default();
+    for per_state in r
+        .deliveries
+        .get(trigger)
+        .into_iter()
+        .flat_map(|c| c.values())
+    {
+        s.sent += per_state.get("sent").copied().unwrap_or(0);
+        s.held += per_state.get("held").copied().unwrap_or(0);
+    }
+    for (what, n) in r.counts.get(trigger).into_iter().flatten() {
+        if what.starts_with("suppressed") {
+            s.suppressed += n;
+        } else if what.starts_with("dropped") {
+            s.dropped += n;
+        }
+    }
+    s.waiting = r
+        .waiting
+        .get(trigger)
+        .map(|p| p.values().sum())
+        .unwrap_or(0);
+    s
+}
+
+/// The lines under a trigger's counts: its messages per state and connector, and its runs
+/// still going when the log ended.
+fn end_lines(r: &Report, trigger: &str) -> Vec<String> {
+    let s = states(r, trigger);
+    let mut out = Vec::new();
+    let by = |state: &str| -> String {
+        let parts: Vec<String> = r
+            .deliveries
+            .get(trigger)
+            .into_iter()
+            .flatten()
+            .filter_map(|(c, m)| m.get(state).filter(|n| **n > 0).map(|n| format!("{c} {n}")))
+            .collect();
+        if parts.is_empty() {
+            String::new()
+        } else {
+            format!(" ({})", parts.join(", "))
+        }
+    };
+    if s != States::default() {
+        out.push(format!(
+            "  messages: sent {}{}, held at the end {}{}, suppressed {}, dropped {}",
+            s.sent,
+            by("sent"),
+            s.held,
+            by("held"),
+            s.suppressed,
+            s.dropped
+        ));
+    }
+    if s.waiting > 0 {
+        let phases: Vec<String> = r
+            .waiting
+            .get(trigger)
+            .into_iter()
+            .flatten()
+            .map(|(p, n)| format!("{p} {n}"))
+            .collect();
+        out.push(format!(
+            "  runs still going at the end: {} ({})",
+            s.waiting,
+            phases.join(", ")
+        ));
+    }
+    out
 }
 
 fn print_report(r: &Report, set: &TriggerSet, secs: f64) {
@@ -250,6 +364,9 @@ fn print_report(r: &Report, set: &TriggerSet, secs: f64) {
         };
         let line: Vec<String> = c.iter().map(|(k, v)| format!("{k} {v}")).collect();
         println!("\n{}: {}", t.name, line.join(", "));
+        for l in end_lines(r, &t.name) {
+            println!("{l}");
+        }
         for ((name, what), list) in &r.samples {
             if *name != t.name {
                 continue;
@@ -263,5 +380,46 @@ fn print_report(r: &Report, set: &TriggerSet, secs: f64) {
                 );
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeMap;
+
+    #[test]
+    fn the_backtest_report_shows_each_connector_and_state_and_the_runs_still_going() {
+        let mut r = Report::default();
+        let per = |pairs: &[(&str, u64)]| -> BTreeMap<String, u64> {
+            pairs.iter().map(|(k, v)| (k.to_string(), *v)).collect()
+        };
+        r.counts.insert(
+            "cart".into(),
+            per(&[("sent", 5), ("suppressed_consent", 2), ("dropped_cap", 1)]),
+        );
+        r.deliveries.insert(
+            "cart".into(),
+            [
+                ("email".to_string(), per(&[("sent", 3), ("held", 2)])),
+                ("push".to_string(), per(&[("sent", 2)])),
+            ]
+            .into_iter()
+            .collect(),
+        );
+        r.waiting
+            .insert("cart".into(), per(&[("delay", 1), ("wait", 4)]));
+        assert_eq!(
+            end_lines(&r, "cart"),
+            [
+                "  messages: sent 5 (email 3, push 2), held at the end 2 (email 2), suppressed 2, dropped 1",
+                "  runs still going at the end: 5 (delay 1, wait 4)",
+            ]
+        );
+        let j = at_end_json(&r);
+        assert_eq!(j["cart"]["connectors"]["email"]["held"], 2);
+        assert_eq!(j["cart"]["waiting"]["wait"], 4);
+        assert_eq!(j["cart"]["sent"], 5);
+        assert!(end_lines(&r, "other").is_empty());
     }
 }

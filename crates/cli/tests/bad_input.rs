@@ -156,6 +156,7 @@ fn corpus() -> Vec<Case> {
         case("an unmerge body that is an array", "/v1/customers/c/unmerge", r#"["c", null]"#, 400).code("invalid_body"),
         case("an empty trigger file", "/v1/triggers", "", 400).code("empty_body").method("PUT").content_type("application/toml"),
         case("a deliveries page position with NUL", "/v1/deliveries?after=%00", "", 400).code("invalid_query").method("GET"),
+        case("a deliveries page position not from a page (raw, not a cursor)", "/v1/deliveries?after=0000%1F0001767225600000", "", 400).code("invalid_query").method("GET"),
         // Reads.
         case("a customer id with NUL", "/v1/customers/a%00b", "", 404).code("customer_not_found").method("GET"),
         case("an SKU with NUL", "/v1/inventory/a%00b", "", 404).code("sku_not_found").method("GET"),
@@ -164,6 +165,7 @@ fn corpus() -> Vec<Case> {
         case("a min_offset beyond the partitions", "/v1/customers/c?min_offset=999:1", "", 400).code("invalid_query").method("GET"),
         case("an unknown query parameter", "/v1/events?nope=1", "", 400).code("invalid_query").method("GET"),
         case("a quarantine page that is not one", "/v1/quarantine?after=x", "", 400).code("invalid_query").method("GET"),
+        case("a quarantine position not from a page (raw, not a cursor)", "/v1/quarantine?after=00000000000000000001:0", "", 400).code("invalid_query").method("GET"),
     ]
 }
 

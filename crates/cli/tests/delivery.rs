@@ -234,6 +234,34 @@ async fn a_permanent_rejection_is_dead_at_once_and_a_redrive_delivers_it() {
         per_id(&recs).keys().cloned().collect::<BTreeSet<_>>(),
         dead_ids
     );
+
+    // The dead-letter queue a page at a time: each `next` is an opaque cursor that goes into a
+    // URL as it is (no control characters to escape) and gets the rest.
+    let mut paged = BTreeSet::new();
+    let mut after: Option<String> = None;
+    loop {
+        let mut path = "/v1/deliveries?status=dead&limit=1".to_owned();
+        if let Some(a) = &after {
+            path.push_str(&format!("&after={a}"));
+        }
+        let page = node.get(&path).await;
+        for d in page["deliveries"].as_array().unwrap() {
+            assert!(paged.insert(d["id"].as_str().unwrap().to_owned()), "{page}");
+        }
+        match page["next"].as_str() {
+            Some(n) => {
+                assert!(
+                    !n.is_empty()
+                        && n.bytes()
+                            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'),
+                    "a URL-safe cursor: {n:?}"
+                );
+                after = Some(n.to_owned());
+            }
+            None => break,
+        }
+    }
+    assert_eq!(paged, dead_ids);
     let hooks = node.connector("hooks").await;
     assert_eq!(
         (hooks["dead"].as_u64(), hooks["pending"].as_u64()),

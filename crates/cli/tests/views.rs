@@ -1206,7 +1206,9 @@ async fn customer_360_merge_and_unmerge_round_trip_on(backend: &[(&str, &str)]) 
     assert!(strs(&a["identities"]["emails"]).is_empty());
     assert_eq!(a["stats"]["orders"], 0);
     assert_eq!(a["stats"]["page_views"], 2);
-    assert!(a["consent"].get("email").is_none(), "{a}");
+    // The consent was the user's: the anonymous profile has none recorded, and reads false.
+    assert_eq!(a["consent"]["email"], false, "{a}");
+    assert!(a["consent_details"].get("email").is_none(), "{a}");
     assert!(a["traits"].get("plan").is_none(), "{a}");
     assert_eq!(
         a["cart"]["items"][0]["sku"], "SKU-SHOE",

@@ -13,6 +13,7 @@ use storeline_state::StateStore;
 use crate::error::Result;
 use crate::model::{Cart, Consent, Edge, Frag, Links, Order, Stamped, Stock, ns};
 use crate::project::identity_key;
+use crate::triggers::def::CUSTOMER_CHANNELS;
 
 /// The most identities one profile is followed to (a guard against a runaway merge).
 const MAX_IDENTITIES: usize = 1000;
@@ -294,7 +295,7 @@ impl Profile {
                 "unmerged_at": e.removed_at.map(time), "unmerged_by": e.removed_by,
             })).collect::<Vec<_>>(),
             "traits": traits.iter().map(|(k, v)| (k.to_string(), v.value.clone())).collect::<serde_json::Map<_, _>>(),
-            "consent": consent.iter().map(|(k, c)| (k.to_string(), Value::Bool(c.granted))).collect::<serde_json::Map<_, _>>(),
+            "consent": effective_consent(&consent),
             "consent_details": consent.iter().map(|(k, c)| (k.to_string(), json!({ "granted": c.granted, "at": time(c.at), "source": c.source }))).collect::<serde_json::Map<_, _>>(),
             "stats": {
                 "first_seen": if events > 0 { time(first) } else { Value::Null },
@@ -312,6 +313,19 @@ impl Profile {
             "cart": cart_json,
         })
     }
+}
+
+/// Consent per channel as arbitration reads it: every customer channel is `false` until the
+/// customer grants it, and any other channel recorded (`webhook`) shows as recorded.
+fn effective_consent(recorded: &BTreeMap<&str, &Consent>) -> Value {
+    let mut out: serde_json::Map<String, Value> = CUSTOMER_CHANNELS
+        .iter()
+        .map(|ch| (ch.to_string(), Value::Bool(false)))
+        .collect();
+    for (k, c) in recorded {
+        out.insert(k.to_string(), Value::Bool(c.granted));
+    }
+    Value::Object(out)
 }
 
 /// Customers whose trait `name` equals `value` (case-insensitive for text), as identities.
@@ -383,4 +397,62 @@ pub async fn inventory<S: StateStore>(
         "low_stock_threshold": threshold.unwrap_or(default_threshold),
         "locations": locs.iter().map(|(l, (h, r))| json!({ "location": l, "on_hand": h, "reserved": r, "available": h - r })).collect::<Vec<_>>(),
     })))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn profile(consent: &[(&str, bool, i64, Option<&str>)]) -> Profile {
+        let mut f = Frag {
+            events: 1,
+            ..Frag::default()
+        };
+        for (ch, granted, at, source) in consent {
+            f.consent.insert(
+                ch.to_string(),
+                Consent {
+                    granted: *granted,
+                    at: *at,
+                    source: source.map(str::to_owned),
+                },
+            );
+        }
+        Profile {
+            identities: vec!["cus-1".into()],
+            edges: Vec::new(),
+            frags: vec![("cus-1".into(), f)],
+        }
+    }
+
+    #[test]
+    fn a_customer_who_never_consented_reads_false_on_every_customer_channel() {
+        let doc = profile(&[]).to_json(0);
+        assert_eq!(
+            doc["consent"],
+            json!({ "email": false, "sms": false, "push": false, "whatsapp": false })
+        );
+        // Details are what was recorded: nothing.
+        assert_eq!(doc["consent_details"], json!({}));
+    }
+
+    #[test]
+    fn recorded_consent_wins_and_keeps_its_details() {
+        let doc = profile(&[
+            ("email", true, 1_000, Some("checkout")),
+            ("sms", false, 2_000, None),
+            ("webhook", true, 3_000, None),
+        ])
+        .to_json(0);
+        assert_eq!(
+            doc["consent"],
+            json!({ "email": true, "sms": false, "push": false, "whatsapp": false, "webhook": true })
+        );
+        assert_eq!(
+            doc["consent_details"]["email"],
+            json!({ "granted": true, "at": "1970-01-01T00:00:01Z", "source": "checkout" })
+        );
+        assert!(doc["consent_details"].get("push").is_none());
+        assert_eq!(doc["consent_details"].as_object().map(|m| m.len()), Some(3));
+    }
 }

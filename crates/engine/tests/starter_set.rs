@@ -56,6 +56,11 @@ fn the_starter_set_compiles_and_has_every_journey() {
     for c in ["email", "sms", "erp", "fraud"] {
         assert!(set.channels.contains_key(c), "no connector {c}");
     }
+    assert!(
+        set.warnings.is_empty(),
+        "the starter set checks without warnings: {:#?}",
+        set.warnings
+    );
     assert_eq!(set.channels["email"], "email");
     assert_eq!(set.channels["sms"], "sms");
     assert_eq!(set.arbitration.quiet, Some((21 * 60, 8 * 60)));
@@ -699,6 +704,38 @@ fn transactional_messages_ignore_consent_and_quiet_hours() {
         .find(|d| d["template"] == "order_shipped")
         .unwrap();
     assert_eq!(email["data"]["carrier"], Value::Null);
+}
+
+/// The file's comment and docs/triggers.md say what the machine does: transactional messages
+/// skip the caps and do not use them up (three order confirmations leave the 3-email cap free
+/// for the welcome email).
+#[test]
+fn transactional_messages_do_not_count_toward_the_caps_as_the_file_says() {
+    let prose = |text: &str| {
+        text.lines()
+            .map(|l| l.trim().trim_start_matches('#').trim())
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    let file = prose(SOURCE);
+    assert!(
+        file.contains("their messages do not count toward the caps"),
+        "config/triggers.toml says what transactional messages do to the caps"
+    );
+    assert!(!file.contains("but their messages count toward the caps"));
+    let docs = prose(include_str!("../../../docs/triggers.md"));
+    assert!(docs.contains("Transactional messages skip all three and do not use up the caps"));
+
+    let mut w = World::new();
+    let t0 = day0() + 10 * HOUR;
+    for (i, order_id) in ["ord-1", "ord-2", "ord-3"].into_iter().enumerate() {
+        order(&mut w, t0 + i as i64 * MIN, "cus-1", order_id);
+    }
+    assert_eq!(w.sent_by("order-confirmation").len(), 3);
+    w.send(t0 + HOUR, "customer.signed_up", "cus-1", json!({}));
+    consent(&mut w, t0 + HOUR + 2 * MIN, "cus-1");
+    assert_eq!(w.sent_by("welcome-series"), [(662, "welcome".into())]);
+    assert_eq!(w.count("welcome-series", "deferred_cap"), 0);
 }
 
 #[test]

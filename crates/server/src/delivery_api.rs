@@ -329,24 +329,22 @@ pub async fn list(
         .authorize(&headers, Scope::Read, "GET /v1/deliveries")?;
     let q = parse_query(q)?;
     let f = filter_of(&q)?;
-    // A page position comes from a previous page's `next`, which never holds NUL (the store
-    // refuses one as a key).
-    if q.after.as_deref().is_some_and(|a| a.contains('\0')) {
-        return Err(ApiError::bad_request(
-            "invalid_query",
-            "after: must be the `next` of a previous page",
-        ));
-    }
+    // A page position comes from a previous page's `next`, opaque to the client.
+    let after = q
+        .after
+        .as_deref()
+        .map(|a| crate::cursor::decode("after", a))
+        .transpose()?;
     let limit = q.limit.unwrap_or(100).clamp(1, 1000);
     let w = worker(&state)?;
     let (recs, next) = w
         .store
-        .list(&f, q.after.as_deref(), limit)
+        .list(&f, after.as_deref(), limit)
         .await
         .map_err(store_error)?;
     Ok(Json(json!({
         "deliveries": recs.iter().map(summary).collect::<Vec<_>>(),
-        "next": next,
+        "next": next.as_deref().map(crate::cursor::encode),
     }))
     .into_response())
 }

@@ -7,6 +7,7 @@
 
 pub mod auth;
 pub mod config;
+mod cursor;
 mod dedup;
 pub mod delivery_api;
 mod error;

@@ -90,7 +90,7 @@ pub async fn list(
                 json!({ "partition": row.owner, "key": row.key, "error": format!("unreadable entry: {e}") })
             }));
             if entries.len() == limit {
-                next = Some(format!("{}:{}", row.key, row.owner));
+                next = Some(crate::cursor::encode(&format!("{}:{}", row.key, row.owner)));
                 break 'pages;
             }
         }
@@ -108,7 +108,9 @@ pub async fn list(
 }
 
 fn parse_after(a: &str) -> Result<(String, u32), ApiError> {
-    a.split_once(':')
+    let position = crate::cursor::decode("after", a)?;
+    position
+        .split_once(':')
         .and_then(|(k, o)| Some((k.to_owned(), o.parse().ok()?)))
         .filter(|(k, _)| k.len() == 20 && k.bytes().all(|b| b.is_ascii_digit()))
         .ok_or_else(|| {

@@ -242,7 +242,7 @@ pub async fn put_triggers(
     );
     Ok(Json(json!({
         "version": set.version, "applied": applied, "added": added, "replaced": replaced, "removed": removed,
-        "runs_on_old_versions": waiting_old,
+        "runs_on_old_versions": waiting_old, "warnings": set.warnings,
         "note": "runs in flight finish on the version they started with",
     }))
     .into_response())

@@ -2,6 +2,12 @@
 //! `received_at`), into a scratch store, with no side effects: nothing is appended, nothing is
 //! delivered. The same code folds the live engine's batches, so a backtest of the file in force
 //! over the same records counts what the live engine counted.
+//!
+//! Besides the counts, the report says where each message ended, per connector: handed to
+//! delivery (`sent`) or still held by quiet hours or a cap when the log ended (`held`); and the
+//! runs still going then (waiting out a debounce, a delay or a wait). Both are read from the
+//! scratch store at the end (its outbox, `arb` and `run` rows), which only a backtest keeps: the
+//! live outbox is emptied by the delivery worker.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -10,6 +16,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use storeline_log::EventLog;
 use storeline_state::StateStore;
 
+use serde_json::Value;
+
+use super::read::scan_all;
+use super::rows::{Arb, Run, Status, ns};
 use super::{Outcome, Registry, Stage, TriggerSet};
 use crate::apply::Applier;
 use crate::error::{Error, Result};
@@ -25,6 +35,12 @@ pub struct Report {
     pub samples: BTreeMap<(String, String), Vec<Outcome>>,
     /// The virtual clock's first and last value in the window (ms).
     pub clock: Option<(i64, i64)>,
+    /// `trigger → connector → state → messages`: `sent` (handed to delivery) and `held` (held
+    /// by quiet hours or a cap when the log ended). Suppressed and dropped messages are in
+    /// `counts` (`suppressed_consent`, `dropped_*`), per trigger.
+    pub deliveries: BTreeMap<String, BTreeMap<String, BTreeMap<String, u64>>>,
+    /// `trigger → phase → runs` still active when the log ended: `debounce`, `delay`, `wait`.
+    pub waiting: BTreeMap<String, BTreeMap<String, u64>>,
 }
 
 impl Report {
@@ -137,5 +153,55 @@ pub async fn backtest<L: EventLog, S: StateStore>(
         }
     }
     progress(done.load(Ordering::Relaxed));
+    at_the_end(&*store, &mut total).await?;
     Ok(total)
+}
+
+/// Where messages and runs are when the log ended, from the scratch store's rows.
+async fn at_the_end<S: StateStore>(store: &S, report: &mut Report) -> Result<()> {
+    const ALL: usize = usize::MAX;
+    let mut deliveries: BTreeMap<String, BTreeMap<String, BTreeMap<String, u64>>> = BTreeMap::new();
+    let mut add = |entry: &Value, state: &str| {
+        let field = |k: &str| entry[k].as_str().unwrap_or("").to_owned();
+        *deliveries
+            .entry(field("trigger"))
+            .or_default()
+            .entry(field("connector"))
+            .or_default()
+            .entry(state.to_owned())
+            .or_default() += 1;
+    };
+    for (_, _, b) in scan_all(store, ns::OUTBOX, "", ALL).await? {
+        if let Ok(entry) = serde_json::from_slice::<Value>(&b) {
+            add(&entry, "sent");
+        }
+    }
+    for (_, _, b) in scan_all(store, ns::ARB, "", ALL).await? {
+        if let Ok(arb) = serde_json::from_slice::<Arb>(&b) {
+            for h in &arb.held {
+                add(&h.entry, "held");
+            }
+        }
+    }
+    let mut waiting: BTreeMap<String, BTreeMap<String, u64>> = BTreeMap::new();
+    for (_, _, b) in scan_all(store, ns::RUN, "", ALL).await? {
+        let Ok(run) = serde_json::from_slice::<Run>(&b) else {
+            continue;
+        };
+        if run.status != Status::Active {
+            continue;
+        }
+        let phase = serde_json::to_value(run.phase)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_owned))
+            .unwrap_or_default();
+        *waiting
+            .entry(run.trigger)
+            .or_default()
+            .entry(phase)
+            .or_default() += 1;
+    }
+    report.deliveries = deliveries;
+    report.waiting = waiting;
+    Ok(())
 }

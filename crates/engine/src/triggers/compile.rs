@@ -2,6 +2,7 @@
 //! where it is (key path and line), CEL is compiled, durations and local times are parsed. No I/O.
 
 mod lines;
+mod warnings;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -40,12 +41,14 @@ impl TriggerSet {
             lines::add(source, &mut problems);
             problems
         })?;
+        lines::add(source, &mut set.warnings);
         set.source = source.to_owned();
         set.version = crate::hash_hex(source.as_bytes())[..12].to_owned();
         Ok(set)
     }
 
-    /// Compiles parsed definitions (the source is left empty).
+    /// Compiles parsed definitions (the source is left empty); what compiles but is probably
+    /// not meant is in [`TriggerSet::warnings`].
     pub fn compile(file: &File) -> Result<TriggerSet, Vec<Problem>> {
         let mut p = Problems::default();
         let mut channels = HashMap::new();
@@ -140,6 +143,11 @@ impl TriggerSet {
         if !p.list.is_empty() {
             return Err(p.list);
         }
+        // The machine starts an event's triggers in this order, and an immediate message takes
+        // a cap's free place when it is sent: so the higher `priority` goes first, as it does
+        // among held messages released together; equal priorities keep the file's order (a
+        // stable sort).
+        triggers.sort_by_key(|t| std::cmp::Reverse(t.priority));
         Ok(TriggerSet {
             version: String::new(),
             source: String::new(),
@@ -148,6 +156,7 @@ impl TriggerSet {
             arbitration,
             channels,
             connectors: file.connector.clone(),
+            warnings: warnings::of(file),
         })
     }
 

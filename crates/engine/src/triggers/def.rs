@@ -129,7 +129,8 @@ pub struct TriggerDef {
     /// At most one run ever per customer and key.
     #[serde(default)]
     pub once: bool,
-    /// Higher goes first when capped messages compete for a window.
+    /// Higher goes first when messages compete for a cap's room: triggers of one event start
+    /// in this order, and held messages released together are tried in it.
     #[serde(default)]
     pub priority: i32,
     /// Transactional messages bypass consent, caps and quiet hours.
@@ -365,6 +366,7 @@ pub struct TriggerSet {
     /// Hash of the source text: equal texts give equal versions.
     pub version: String,
     pub source: String,
+    /// In the order an event starts them: highest `priority` first, then as written.
     pub triggers: Vec<Arc<Trigger>>,
     pub aggregates: Vec<Aggregate>,
     pub arbitration: Arbitration,
@@ -372,9 +374,16 @@ pub struct TriggerSet {
     pub channels: HashMap<String, String>,
     /// The `[[connector]]` tables as written (the delivery worker checks and builds them).
     pub connectors: Vec<toml::Table>,
+    /// What installs but is probably not meant (a customer's message through a webhook without
+    /// a `channel`), with where it is; never a reason to refuse the file.
+    pub warnings: Vec<Problem>,
 }
+
+/// The channels that reach the customer: a message on one needs the customer's consent for it
+/// and counts for caps; a customer who never consented reads as `false` on each.
+pub const CUSTOMER_CHANNELS: [&str; 4] = ["email", "sms", "push", "whatsapp"];
 
 /// Whether messages on `channel` go to the customer (and so need consent and count for caps).
 pub fn is_customer_channel(channel: &str) -> bool {
-    matches!(channel, "email" | "sms" | "push" | "whatsapp")
+    CUSTOMER_CHANNELS.contains(&channel)
 }

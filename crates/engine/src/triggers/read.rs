@@ -18,7 +18,7 @@ fn time(ms: i64) -> Value {
 }
 
 /// Every row of `ns` under `prefix`, all owners.
-async fn scan_all<S: StateStore>(
+pub(crate) async fn scan_all<S: StateStore>(
     store: &S,
     ns: &str,
     prefix: &str,
