@@ -76,6 +76,10 @@ pub(crate) struct TrafficArgs {
     /// Generator seed.
     #[arg(long, default_value_t = 42)]
     pub(crate) seed: u64,
+    /// Generator: share of browsing visits under an anonymous id that log in to order (as
+    /// `storeline gen --anonymous-share`).
+    #[arg(long, default_value_t = 0.0)]
+    pub(crate) anonymous_share: f64,
 }
 
 const VIEWS_AIM: f64 = 200_000.0;
@@ -116,6 +120,7 @@ pub async fn run(args: EngineArgs) -> Result<()> {
             products: args.traffic.products,
             start,
             currency: "EUR".into(),
+            anonymous_share: args.traffic.anonymous_share,
         },
     )?;
     let mut results: Vec<(Backend, Vec<Figures>)> =

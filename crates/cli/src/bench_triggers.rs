@@ -124,6 +124,7 @@ pub async fn run(args: TriggersArgs) -> Result<()> {
                 products: args.traffic.products,
                 start: "2026-01-01T00:00:00Z".parse()?,
                 currency: "EUR".into(),
+                anonymous_share: args.traffic.anonymous_share,
             },
         )?)
     };

@@ -110,6 +110,10 @@ enum Command {
         start: Option<String>,
         #[arg(long, default_value = "EUR")]
         currency: String,
+        /// Share (0–1) of browsing visits made under an anonymous id that log in just before
+        /// they order (`customer.identified` with `anonymous_id`).
+        #[arg(long, default_value_t = 0.0)]
+        anonymous_share: f64,
         /// Send to this server instead of printing (uses --key / STORELINE_API_KEY).
         #[arg(long)]
         to: Option<String>,
@@ -288,6 +292,7 @@ async fn run(command: Command) -> Result<()> {
             products,
             start,
             currency,
+            anonymous_share,
             to,
             key,
         } => {
@@ -305,6 +310,7 @@ async fn run(command: Command) -> Result<()> {
                 products,
                 start,
                 currency,
+                anonymous_share,
             };
             let events_iter = traffic::Generator::new(cfg).take(events as usize);
             match to {

@@ -46,6 +46,10 @@ pub struct GenConfig {
     /// ISO 4217 code of every amount (the caller validates it, e.g. with
     /// `storeline_event::Currency::parse`); prices follow its minor-unit exponent.
     pub currency: String,
+    /// Of the visits of known customers that start browsing, the share that browse and fill the
+    /// cart under an anonymous id (`anon-…`) and log in (`customer.identified` with the
+    /// anonymous id) just before they order. 0 keeps the stream as it always was.
+    pub anonymous_share: f64,
 }
 
 impl Default for GenConfig {
@@ -57,6 +61,7 @@ impl Default for GenConfig {
             // 2026-01-01T00:00:00Z: a fixed instant, never the wall clock.
             start: DateTime::from_timestamp(1_767_225_600, 0).unwrap_or_default(),
             currency: "EUR".to_owned(),
+            anonymous_share: 0.0,
         }
     }
 }
@@ -302,6 +307,8 @@ struct Journey {
     payment_id: String,
     returned: Vec<Line>,
     return_id: String,
+    /// Browsing under this anonymous id until the customer logs in to order.
+    anon: Option<String>,
 }
 
 /// The endless event stream; take as many events as needed.
@@ -330,6 +337,9 @@ pub struct Generator {
     now: i64,
     emitted: u64,
     ids: u64,
+    anonymous_share: f64,
+    /// The subject of the event being made, when it is not the customer's id.
+    subject: Option<String>,
 }
 
 impl Generator {
@@ -381,6 +391,8 @@ impl Generator {
             now: 0,
             emitted: 0,
             ids: 0,
+            anonymous_share: cfg.anonymous_share.clamp(0.0, 1.0),
+            subject: None,
         };
         g.schedule(0, None);
         g
@@ -506,11 +518,16 @@ impl Generator {
         };
         let browser = (2 + self.exp(6.0) as u32).min(40);
         let budget = if self.chance(P_BOUNCE) { 1 } else { browser };
+        let anon = (self.anonymous_share > 0.0
+            && matches!(step, Step::Browse)
+            && self.chance(self.anonymous_share))
+        .then(|| self.new_id("anon"));
         let journey = Journey {
             customer,
             step,
             consent_source,
             budget,
+            anon,
             ..Journey::default()
         };
         self.schedule(0, Some(Box::new(journey)));
@@ -523,7 +540,19 @@ impl Generator {
         let testing = j.card_testing;
         let fail_p = if testing { 0.97 } else { P_PAYMENT_FAILS };
         let mut next = None;
+        if let Some(anon) = &j.anon
+            && !matches!(j.step, Step::Place)
+        {
+            self.subject = Some(anon.clone());
+        }
         let event = match j.step {
+            Step::Place if j.anon.is_some() => {
+                // Logs in at checkout: the anonymous id joins the customer, then the order.
+                let anon = j.anon.take();
+                next = self.after(Step::Place, SEC, 5 * SEC);
+                let data = json!({ "user_id": customer_id(c), "anonymous_id": anon });
+                ("customer.identified", data)
+            }
             Step::SignUp => {
                 next = self.after(Step::Consent, 3 * SEC, 40 * SEC);
                 let (first, last, email, h) = self.person(c);
@@ -783,8 +812,13 @@ impl Iterator for Generator {
                 continue;
             };
             let customer = journey.customer;
+            self.subject = None;
             if let Some((ty, data)) = self.advance(journey) {
-                return Some(self.envelope(ty, customer, data));
+                let mut e = self.envelope(ty, customer, data);
+                if let Some(s) = self.subject.take() {
+                    e["subject"] = s.into();
+                }
+                return Some(e);
             }
         }
         None

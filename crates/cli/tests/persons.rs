@@ -239,7 +239,36 @@ async fn orders_around_the_deadline_are_decided_by_when_they_were_received() {
     for t in tasks {
         t.await.unwrap();
     }
-    tokio::time::sleep(Duration::from_secs(4)).await;
+    // Until every run is decided and every reminder of a timed-out run is recorded.
+    let journeys = |who: String| {
+        let (url, key) = (url.clone(), key.clone());
+        async move { get(&url, &key, &format!("/v1/customers/{who}/journeys")).await }
+    };
+    let settle = Instant::now() + Duration::from_secs(90);
+    loop {
+        let mut timed_out = 0;
+        let mut open = 0;
+        for i in 0..shoppers {
+            let j = journeys(format!("cus-t{i}")).await;
+            let run = &j["runs"][0];
+            if run["status"] == "active" {
+                open += 1;
+            }
+            if run.to_string().contains("\"timeout\"") {
+                timed_out += 1;
+            }
+        }
+        let d = get(&url, &key, "/v1/deliveries?limit=100").await;
+        let delivered = d["deliveries"].as_array().unwrap().len();
+        if open == 0 && delivered >= timed_out {
+            break;
+        }
+        assert!(
+            Instant::now() < settle,
+            "{open} runs undecided, {delivered} of {timed_out} reminders recorded"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
 
     // When each order was received.
     let orders = get(&url, &key, "/v1/events?type=order.placed&limit=1000").await;
@@ -294,11 +323,155 @@ async fn orders_around_the_deadline_are_decided_by_when_they_were_received() {
         }
     }
     eprintln!("{close} of {shoppers} orders within 10 ms of their deadline");
-    // Every partition shows its clock and watermark; nothing is held back once all is applied.
-    let e = get(&url, &key, "/v1/engine").await;
-    for p in e["partitions"].as_array().unwrap() {
-        assert!(p["watermark"].is_string(), "{e:#}");
-        assert_eq!(p["watermark_lag_ms"], 0, "{e:#}");
+    // Every partition shows its clock and watermark, and nothing stays held back.
+    let until = Instant::now() + Duration::from_secs(20);
+    loop {
+        let e = get(&url, &key, "/v1/engine").await;
+        let parts = e["partitions"].as_array().unwrap();
+        assert!(parts.iter().all(|p| p["watermark"].is_string()), "{e:#}");
+        if parts.iter().all(|p| p["watermark_lag_ms"] == 0) {
+            break;
+        }
+        assert!(Instant::now() < until, "a timer stays held back: {e:#}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
     }
     assert!(wrong.is_empty(), "decided wrongly:\n{}", wrong.join("\n"));
+}
+
+const CRASH_FILE: &str = r#"
+[[connector]]
+name = "mail"
+type = "log"
+
+[[trigger]]
+name = "abandoned-cart"
+on = "cart.item_added"
+wait = { for = "order.placed", within = "4s" }
+on_timeout = [ { deliver = "mail", channel = "email", template = "abandoned_cart" } ]
+"#;
+
+/// Every delivery of the abandoned-cart trigger: `(customer, delivery id)`.
+async fn reminders(url: &str, key: &str) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    let mut after: Option<String> = None;
+    loop {
+        let path = match &after {
+            Some(a) => format!("/v1/deliveries?limit=1000&after={a}"),
+            None => "/v1/deliveries?limit=1000".to_owned(),
+        };
+        let page = get(url, key, &path).await;
+        for d in page["deliveries"].as_array().unwrap() {
+            if d["trigger"] == "abandoned-cart" {
+                out.push((
+                    d["customer"].as_str().unwrap().to_owned(),
+                    d["id"].as_str().unwrap().to_owned(),
+                ));
+            }
+        }
+        match page["next"].as_str() {
+            Some(n) => after = Some(n.to_owned()),
+            None => break,
+        }
+    }
+    out.sort();
+    out
+}
+
+/// Kill -9 twice while merges hand runs over, orders are forwarded and waits end: every shopper
+/// who did not buy gets exactly one reminder, no buyer gets one, and a replay of the log equals
+/// the live state.
+#[tokio::test(flavor = "multi_thread")]
+async fn merges_waits_and_forwarded_orders_survive_kill_9() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    let file = dir.path().join("triggers.toml");
+    std::fs::write(&file, CRASH_FILE).unwrap();
+    let env = [("STORELINE_TRIGGERS__FILE", file.to_str().unwrap())];
+    let key = create_key(&data, "admin");
+    let mut server = Server::start(&data, &env);
+    let shoppers = 300;
+    let started = Instant::now();
+    for chunk in (0..shoppers).collect::<Vec<_>>().chunks(20) {
+        let mut evs = Vec::new();
+        for &i in chunk {
+            let (anon, user) = (format!("anon-{i}"), format!("cus-{i}"));
+            evs.push(ev(
+                format!("c-{i}"),
+                "cart.item_added",
+                &anon,
+                json!({ "sku": "A", "quantity": 1 }),
+            ));
+            evs.push(ev(
+                format!("i-{i}"),
+                "customer.identified",
+                &user,
+                json!({ "user_id": user, "anonymous_id": anon }),
+            ));
+            evs.push(ev(
+                format!("k-{i}"),
+                "customer.consent_changed",
+                &user,
+                json!({ "channel": "email", "granted": true }),
+            ));
+        }
+        send(&server.url, &key, &evs).await;
+        let orders: Vec<Value> = chunk
+            .iter()
+            .filter(|i| *i % 3 == 0)
+            .map(|i| {
+                let user = format!("cus-{i}");
+                ev(format!("o-{i}"), "order.placed", &user, json!({ "order_id": format!("o-{i}"), "customer_id": user,
+                    "total": { "amount": 1000, "currency": "EUR" },
+                    "lines": [ { "sku": "A", "quantity": 1, "unit_price": { "amount": 1000, "currency": "EUR" } } ] }))
+            })
+            .collect();
+        send(&server.url, &key, &orders).await;
+    }
+    // First kill: merges, hand-overs and forwarded orders in flight.
+    server.kill9();
+    server = Server::start(&data, &env);
+    // Second kill: around the deadlines, while timers fire.
+    if let Some(wait) = Duration::from_millis(4100).checked_sub(started.elapsed()) {
+        tokio::time::sleep(wait).await;
+    }
+    server.kill9();
+    server = Server::start(&data, &env);
+
+    let expected: Vec<String> = {
+        let mut v: Vec<String> = (0..shoppers)
+            .filter(|i| i % 3 != 0)
+            .map(|i| format!("cus-{i}"))
+            .collect();
+        v.sort();
+        v
+    };
+    let deadline = Instant::now() + Duration::from_secs(90);
+    while Instant::now() < deadline && reminders(&server.url, &key).await.len() < expected.len() {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    // A little longer: nothing more may come.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let got = reminders(&server.url, &key).await;
+    let customers: Vec<String> = got.iter().map(|(c, _)| c.clone()).collect();
+    let ids: std::collections::BTreeSet<&String> = got.iter().map(|(_, id)| id).collect();
+    assert_eq!(ids.len(), got.len(), "no delivery id twice");
+    assert_eq!(
+        customers, expected,
+        "one reminder per shopper who did not buy, none for buyers"
+    );
+
+    assert_eq!(server.terminate(), Some(0));
+    let out = std::process::Command::new(common::BIN)
+        .args(["replay", "--data"])
+        .arg(&data)
+        .envs(env.iter().copied())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "replay must equal the live state:\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

@@ -117,9 +117,13 @@ impl<L: EventLog, S: StateStore, A: Appender> Runner<L, S, A> {
                 return;
             }
         };
-        // Timers wait for the watermark from a known position in the log on: a partition that
-        // has never had one gets it with its first record written by this version.
-        while self.applier.triggers.watermark.is_none() && !*shutdown.borrow() {
+        // Timers wait for the watermark from a known position in the log on: a partition with
+        // triggers installed by an earlier version gets one with a tick (a file installed by
+        // this version starts it itself).
+        while self.applier.triggers.watermark.is_none()
+            && !self.applier.triggers.reg.is_empty()
+            && !*shutdown.borrow()
+        {
             if self.append_tick(Some(0)).await {
                 break;
             }
@@ -196,8 +200,12 @@ impl<L: EventLog, S: StateStore, A: Appender> Runner<L, S, A> {
                 }
             }
         }
-        let due = self.applier.triggers.next_due.flatten()?;
+        let Some(due) = self.applier.triggers.next_due.flatten() else {
+            self.marks.released(self.applier.partition);
+            return None;
+        };
         if self.ticked == Some(due) {
+            self.marks.released(self.applier.partition);
             return None;
         }
         let at = due + crate::watermark::SLACK_MS;
@@ -265,6 +273,8 @@ impl<L: EventLog, S: StateStore, A: Appender> Runner<L, S, A> {
         };
         let now = now_ms();
         if due > now - crate::watermark::SLACK_MS || self.ticked == Some(due) {
+            // Not due yet, or its tick is on its way: nothing is held back.
+            self.marks.released(p);
             return;
         }
         let w = self

@@ -420,3 +420,20 @@ fn an_order_received_before_the_deadline_cancels_even_when_its_copy_arrives_afte
     // timer first: the order 2 ms early is too late there. This is what the watermark fixes.
     assert_eq!(deadline_race(-2, false), vec!["cus-d".to_owned()]);
 }
+
+#[test]
+fn a_frequency_cap_counts_what_the_anonymous_identity_was_sent() {
+    let mut w = World::new();
+    consent(&mut w, 0, "anon-e");
+    // Two hours later the anonymous visitor gets the browse email (the cap's one for the day).
+    w.send(0, "product.viewed", "anon-e", json!({ "sku": "A" }));
+    identify(&mut w, 180, "cus-e", "anon-e");
+    consent(&mut w, 180, "cus-e");
+    cart(&mut w, 181, "cus-e");
+    w.tick(day0() + 5 * 60 * MIN);
+    assert_eq!(w.sent_to("browse"), vec!["anon-e".to_owned()]);
+    // The person had their email today: the reminder waits for the cap's window.
+    assert!(w.sent_to("abandoned_cart").is_empty(), "{:?}", w.sent);
+    w.tick(day0() + 27 * 60 * MIN);
+    assert_eq!(w.sent_to("abandoned_cart"), vec!["cus-e".to_owned()]);
+}

@@ -143,3 +143,41 @@ fn the_funnel_narrows_and_popularity_is_skewed() {
         "top sku {top} views, median {median}"
     );
 }
+
+#[test]
+fn anonymous_visits_fill_the_cart_under_an_anonymous_id_and_log_in_to_order() {
+    let cfg = GenConfig {
+        anonymous_share: 0.3,
+        ..config(7)
+    };
+    let events: Vec<Value> = Generator::new(cfg).take(30_000).collect();
+    let anon_carts = events
+        .iter()
+        .filter(|e| ty(e) == "cart.item_added")
+        .filter(|e| e["subject"].as_str().unwrap_or("").starts_with("anon-"))
+        .count();
+    assert!(anon_carts > 0, "some carts are anonymous");
+    // Every anonymous id that placed an order logged in first, naming it.
+    let logins: Vec<&Value> = events
+        .iter()
+        .filter(|e| ty(e) == "customer.identified" && e["data"]["anonymous_id"].is_string())
+        .collect();
+    assert!(!logins.is_empty());
+    for l in &logins {
+        assert_eq!(l["subject"], l["data"]["user_id"], "{l}");
+    }
+    // Without the share the stream is the one it always was.
+    let plain: Vec<Value> = Generator::new(config(7)).take(2000).collect();
+    let zero: Vec<Value> = Generator::new(GenConfig {
+        anonymous_share: 0.0,
+        ..config(7)
+    })
+    .take(2000)
+    .collect();
+    assert_eq!(plain, zero);
+    assert!(
+        plain
+            .iter()
+            .all(|e| !e["subject"].as_str().unwrap_or("").starts_with("anon-"))
+    );
+}

@@ -253,7 +253,7 @@ impl Machine<'_> {
             "{:04}{}{:013}{}{seq}{}{id}",
             self.partition,
             rows::SEP,
-            self.clock.max(0),
+            self.clock.max(self.floor).max(0),
             rows::SEP,
             rows::SEP
         );

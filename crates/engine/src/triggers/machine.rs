@@ -135,6 +135,9 @@ pub struct Machine<'a> {
     pub reg: &'a Registry,
     pub views: &'a mut Views,
     pub clock: i64,
+    /// The partition's clock: outbox rows are never written before it (the delivery worker
+    /// takes them in by time), even when a timer fires at its earlier due time.
+    pub floor: i64,
     /// Events to append (emit / set_trait actions).
     pub emits: &'a mut Vec<Emit>,
     /// Every decision, for metrics and backtest reports.
@@ -426,7 +429,7 @@ impl Machine<'_> {
                 self.clock,
                 "arrived",
                 Some(run.step),
-                Some(format!("{} {}", doc.ty, doc.id)),
+                Some(event_detail("", &run, doc)),
             );
         }
         self.count(&t, cust(rk), "arrived", rk);
@@ -482,7 +485,7 @@ impl Machine<'_> {
                 self.clock,
                 "cancelled",
                 Some(run.step),
-                Some(format!("by {} {}", doc.ty, doc.id)),
+                Some(event_detail("by ", &run, doc)),
             );
         }
         self.count(&t, cust(rk), "cancelled", rk);
@@ -829,6 +832,20 @@ impl Machine<'_> {
             .and_then(|s| s.parse().ok())
             .unwrap_or(default)
     }
+}
+
+/// What a run's history says of an event that moved it: the event, the identity it came
+/// through, and the merge that brought the run to the person.
+fn event_detail(prefix: &str, run: &Run, doc: &Doc) -> String {
+    let mut s = format!("{prefix}{} {}", doc.ty, doc.id);
+    let via = doc.value.get("via").and_then(Value::as_str);
+    if let Some(c) = via.or(doc.customer.as_deref()) {
+        s.push_str(&format!(" by {c}"));
+    }
+    if let Some((from, at)) = &run.merged_from {
+        s.push_str(&format!(", merged with {from} at {}", fmt(*at)));
+    }
+    s
 }
 
 pub(super) fn customer_of(rk: &str) -> &str {

@@ -406,6 +406,7 @@ impl Stage {
                 reg: &self.reg,
                 views,
                 clock: at,
+                floor: self.clock,
                 emits,
                 outcomes: &mut self.outcomes,
                 window_free: self.window.is_none(),
@@ -473,6 +474,7 @@ impl Stage {
             reg: &self.reg,
             views,
             clock: self.clock,
+            floor: self.clock,
             emits,
             outcomes: &mut self.outcomes,
             window_free: self.window.is_none(),
@@ -516,6 +518,7 @@ impl Stage {
             reg: &self.reg,
             views,
             clock: self.clock,
+            floor: self.clock,
             emits,
             outcomes: &mut self.outcomes,
             window_free: true,
@@ -539,6 +542,10 @@ impl Stage {
                             format!("{x} split off by {}", ev.id),
                             &ev.id,
                         );
+                        // A later login merges it again.
+                        if let Some(row) = m.views.person.get_mut(&c) {
+                            row.merged.retain(|g| g.id != x);
+                        }
                     }
                     m.emits.push(Emit {
                         id: format!("mrg_{partition}_{}_u", ev.offset),
@@ -582,6 +589,10 @@ impl Stage {
                     self.committed_reg = Some(self.reg.clone());
                 }
                 self.reg.install(set);
+                if self.watermark.is_none() && ev.data.get("watermarks") == Some(&json!(true)) {
+                    self.watermark = Some(0);
+                    views.watermark = Some(0);
+                }
             }
             Err(p) => {
                 tracing::error!(problems = ?p, "a trigger file in the log does not compile; the previous one stays");
@@ -599,7 +610,9 @@ pub fn install_event(set: &TriggerSet) -> storeline_event::Event {
         TRIGGERS,
         None,
         chrono::Utc::now().timestamp_millis(),
-        &json!({ "version": set.version, "source": set.source }),
+        // `watermarks`: written by a version whose timers wait for the watermark (see
+        // `Stage::watermark`); a partition that installs it starts waiting from here.
+        &json!({ "version": set.version, "source": set.source, "watermarks": true }),
         None,
     )
 }
@@ -651,6 +664,7 @@ fn person_keys(ev: &Ev, keys: &mut Keys) {
         "customer.unmerged" => {
             if let Some(c) = ev.customer() {
                 keys.jrnl.insert(crate::project::identity_key(c));
+                keys.person.insert(crate::project::identity_key(c));
             }
         }
         _ => {

@@ -80,18 +80,30 @@ impl Machine<'_> {
     /// a merge notice.
     pub fn link(&mut self, ev: &Ev, home: &str, others: &[String], inline_home: bool) {
         let p = self.partition;
+        // Identities merged into the home before (a repeated login) move nothing again; only the
+        // home's partition knows, so only there are they left out.
+        let fresh: Vec<(usize, String)> = others
+            .iter()
+            .enumerate()
+            .filter(|(_, x)| !(inline_home && self.is_merged(home, x)))
+            .map(|(i, x)| (i, x.clone()))
+            .collect();
+        if fresh.is_empty() {
+            return;
+        }
+        let members: Vec<String> = fresh.iter().map(|(_, x)| x.clone()).collect();
         if inline_home {
-            self.await_handoffs(home, others, &ev.id);
+            self.await_handoffs(home, &members, &ev.id);
         } else {
             self.emits.push(Emit {
                 id: format!("mrg_{p}_{}_h", ev.offset),
                 ty: MERGED.into(),
                 subject: Some(home.to_owned()),
                 time: ev.time,
-                data: json!({ "identity": home, "home": home, "members": others, "via": ev.id, "at": self.clock }),
+                data: json!({ "identity": home, "home": home, "members": members, "via": ev.id, "at": self.clock }),
             });
         }
-        for (i, x) in others.iter().enumerate() {
+        for (i, x) in fresh {
             self.emits.push(Emit {
                 id: format!("mrg_{p}_{}_{i}", ev.offset),
                 ty: MERGED.into(),
@@ -110,7 +122,6 @@ impl Machine<'_> {
                 row.awaiting.push(Awaiting {
                     from: x.clone(),
                     since: clock,
-                    events: Vec::new(),
                 });
             }
             if !row.merged.iter().any(|m| m.id == *x) {
@@ -121,6 +132,22 @@ impl Machine<'_> {
                 });
             }
         }
+        if row.awaiting.len() > rows::PERSON_MERGES {
+            let extra = row.awaiting.len() - rows::PERSON_MERGES;
+            row.awaiting.drain(..extra);
+        }
+        if row.merged.len() > rows::PERSON_MERGES {
+            let extra = row.merged.len() - rows::PERSON_MERGES;
+            row.merged.drain(..extra);
+        }
+    }
+
+    /// Whether `x` is merged into `home` already (a repeated login announces nothing).
+    pub fn is_merged(&self, home: &str, x: &str) -> bool {
+        self.views
+            .person
+            .get(home)
+            .is_some_and(|r| r.merged.iter().any(|m| m.id == x))
     }
 
     /// A `storeline.merged` notice: as the home, await the members; as a member, hand this
@@ -268,6 +295,8 @@ impl Machine<'_> {
             for mut h in a.held {
                 let (_, t, k) = rows::split_run_key(&h.run);
                 h.run = rows::run_key(home, t, k);
+                // The message is the person's now (consent, caps and quiet hours too).
+                h.entry["customer"] = json!(home);
                 mine.held.push(h);
             }
             self.schedule_arb(home);
@@ -282,20 +311,35 @@ impl Machine<'_> {
         }
         let clock = self.clock;
         let row = self.views.person.upsert(home);
-        let waited = row
+        let since = row
             .awaiting
             .iter()
             .position(|a| a.from == from)
-            .map(|i| row.awaiting.remove(i));
+            .map(|i| row.awaiting.remove(i).since);
+        let meanwhile: Vec<(i64, Value)> = match since {
+            Some(since) => row
+                .meanwhile
+                .iter()
+                .filter(|(at, _)| *at >= since)
+                .cloned()
+                .collect(),
+            None => Vec::new(),
+        };
+        if row.awaiting.is_empty() {
+            row.meanwhile.clear();
+        }
         if !row.merged.iter().any(|m| m.id == from) {
             row.merged.push(Merge {
                 id: from.to_owned(),
                 at: clock,
                 via: via.to_owned(),
             });
+            if row.merged.len() > rows::PERSON_MERGES {
+                row.merged.remove(0);
+            }
         }
         // Events of the person applied here while the hand-over was on its way.
-        for (at, value) in waited.map(|w| w.events).unwrap_or_default() {
+        for (at, value) in meanwhile {
             let doc = Doc::of_value(value, Some(home.to_owned()), at);
             for rk in &adopted {
                 self.catch_up(rk, &doc, at);
@@ -331,6 +375,9 @@ impl Machine<'_> {
                 }
             })
             .collect();
+        if run.merged_from.is_none() {
+            run.merged_from = Some((from.to_owned(), self.clock));
+        }
         run.log(
             self.clock,
             "handed_over",
@@ -347,6 +394,13 @@ impl Machine<'_> {
                     "{} run of {from} ({}) ended: {home} has this journey",
                     run.trigger, run.origin
                 );
+                if run.status == Status::Active
+                    && let Some(t) = self.reg.version(&run.trigger, &run.version)
+                {
+                    // It was counted active where it started.
+                    self.count(&t, Some(home), "merged", &rk);
+                    self.count(&t, Some(home), "-active", &rk);
+                }
                 self.note(home, "merged_run_ended", detail, via);
                 return None;
             }
@@ -436,12 +490,11 @@ impl Machine<'_> {
     /// Keeps an event of the person for the hand-overs it awaits.
     pub fn remember_for_handoffs(&mut self, customer: &str, doc: &Doc) {
         let clock = self.clock;
-        if let Some(row) = self.views.person.get_mut(customer) {
-            for a in &mut row.awaiting {
-                if a.events.len() < rows::AWAITING_EVENTS {
-                    a.events.push((clock, doc.value.clone()));
-                }
-            }
+        if let Some(row) = self.views.person.get_mut(customer)
+            && !row.awaiting.is_empty()
+            && row.meanwhile.len() < rows::AWAITING_EVENTS
+        {
+            row.meanwhile.push((clock, doc.value.clone()));
         }
     }
 

@@ -138,6 +138,10 @@ pub struct Run {
     /// `wait` rows this run is listed in.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub listed: Vec<String>,
+    /// The identity that started it and when it was merged into this person (a run handed
+    /// over by a merge).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub merged_from: Option<(String, i64)>,
     /// How many times a debounce restarted it.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub restarts: u32,
@@ -273,10 +277,14 @@ pub struct PersonRow {
     /// Identities merged into this one (their runs were handed over here).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub merged: Vec<Merge>,
-    /// Merges announced whose hand-over has not arrived yet, with the person's events applied
-    /// meanwhile: they are applied to the runs handed over when they arrive.
+    /// Merges announced whose hand-over has not arrived yet.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub awaiting: Vec<Awaiting>,
+    /// The person's events applied while a hand-over was awaited, `(clock, event document)` in
+    /// order (at most [`AWAITING_EVENTS`]): a hand-over applies those after its merge to the
+    /// runs it brings.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub meanwhile: Vec<(i64, Value)>,
     /// Order facts from the forwarded copies of the person's orders (the originals are folded in
     /// the commerce partition): what `customer.stats` shows to conditions here.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -291,15 +299,14 @@ pub struct Merge {
     pub via: String,
 }
 
-/// A hand-over on its way from `from`, and the person's events applied since `since`.
+/// A hand-over on its way from `from`, announced at `since`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Awaiting {
     pub from: String,
     pub since: i64,
-    /// `(clock, event document)` in the order they were applied.
-    #[serde(default)]
-    pub events: Vec<(i64, Value)>,
 }
 
-/// The most events a hand-over that has not arrived keeps (a hand-over takes milliseconds).
+/// The most events kept for hand-overs on their way (a hand-over takes milliseconds).
 pub const AWAITING_EVENTS: usize = 64;
+/// The most hand-overs awaited and merges remembered per person (the oldest go first).
+pub const PERSON_MERGES: usize = 256;
