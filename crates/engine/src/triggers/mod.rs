@@ -16,6 +16,7 @@ pub mod backtest;
 pub mod cel;
 mod compile;
 pub mod def;
+pub mod doc;
 pub mod machine;
 pub mod person;
 pub mod read;
