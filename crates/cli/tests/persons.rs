@@ -25,27 +25,11 @@ on_timeout = [ { deliver = "mail", channel = "email", template = "abandoned_cart
 "#;
 
 async fn get(url: &str, key: &str, path: &str) -> Value {
-    let r = http()
-        .get(format!("{url}{path}"))
-        .bearer_auth(key)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200, "GET {path}");
-    r.json().await.unwrap()
+    common::get_json(url, key, path).await
 }
 
 async fn send(url: &str, key: &str, events: &[Value]) {
-    let body: Vec<String> = events.iter().map(Value::to_string).collect();
-    let r = http()
-        .post(format!("{url}/v1/events"))
-        .bearer_auth(key)
-        .header("content-type", "application/x-ndjson")
-        .body(body.join("\n"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+    common::send_ndjson(url, key, events).await;
 }
 
 fn ev(id: String, ty: &str, subject: &str, data: Value) -> Value {

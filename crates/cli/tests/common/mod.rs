@@ -181,3 +181,29 @@ impl Drop for Postgres {
             .output();
     }
 }
+
+/// `GET path` with the key; asserts 200 and returns the JSON body.
+pub async fn get_json(url: &str, key: &str, path: &str) -> serde_json::Value {
+    let r = http()
+        .get(format!("{url}{path}"))
+        .bearer_auth(key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "GET {path}");
+    r.json().await.unwrap()
+}
+
+/// Posts `events` as one NDJSON request; asserts 200.
+pub async fn send_ndjson(url: &str, key: &str, events: &[serde_json::Value]) {
+    let body: Vec<String> = events.iter().map(|e| e.to_string()).collect();
+    let r = http()
+        .post(format!("{url}/v1/events"))
+        .bearer_auth(key)
+        .header("content-type", "application/x-ndjson")
+        .body(body.join("\n"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+}

@@ -366,24 +366,9 @@ impl Machine<'_> {
             .cancel_on
             .iter()
             .any(|c| c.ty == doc.ty && self.matches(&c.matching, &run, doc));
-        if !matched {
-            return;
+        if matched {
+            self.end_run(rk, "cancelled", event_detail("by ", &run, doc));
         }
-        self.clear_timer(rk);
-        self.unlist(rk, true);
-        if let Some(r) = self.views.run.get_mut(rk) {
-            r.status = Status::Cancelled;
-            r.phase = Phase::Done;
-            r.updated_at = self.clock;
-            r.log(
-                self.clock,
-                "cancelled",
-                Some(run.step),
-                Some(event_detail("by ", &run, doc)),
-            );
-        }
-        self.count(&t, cust(rk), "cancelled", rk);
-        self.count(&t, cust(rk), "-active", rk);
     }
 
     // ------------------------------------------------------------------------------ timers
@@ -552,8 +537,8 @@ impl Machine<'_> {
         }
     }
 
-    /// Ends an active run without its trigger's steps (a merge found the person already had
-    /// it).
+    /// Ends an active run without its trigger's steps: `cancel_on` matched, or a merge found the
+    /// person already had it.
     pub(super) fn end_run(&mut self, rk: &str, what: &str, detail: String) {
         let Some(run) = self.views.run.get(rk).cloned() else {
             return;

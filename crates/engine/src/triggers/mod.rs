@@ -470,16 +470,7 @@ impl Stage {
         let origin = format!("{partition}:{}", ev.offset);
         let live = self.live(self.clock);
         let counts = self.counts(ev, partition);
-        let mut m = Machine {
-            partition,
-            reg: &self.reg,
-            views,
-            clock: self.clock,
-            floor: self.clock,
-            emits,
-            outcomes: &mut self.outcomes,
-            window_free: self.window.is_none(),
-        };
+        let mut m = self.machine(views, partition, emits);
         if let Some(copy) = counts {
             m.aggregate(&doc, copy);
         }
@@ -505,6 +496,25 @@ impl Stage {
         }
     }
 
+    /// The machine over this partition's rows at its clock.
+    fn machine<'a>(
+        &'a mut self,
+        views: &'a mut Views,
+        partition: u32,
+        emits: &'a mut Vec<Emit>,
+    ) -> Machine<'a> {
+        Machine {
+            partition,
+            reg: &self.reg,
+            views,
+            clock: self.clock,
+            floor: self.clock,
+            emits,
+            outcomes: &mut self.outcomes,
+            window_free: self.window.is_none(),
+        }
+    }
+
     /// The person's records: merge notices and hand-overs, and the notices link and unmerge
     /// events send. Returns whether the record was one of the engine's (nothing more to do).
     fn person(
@@ -514,16 +524,7 @@ impl Stage {
         partition: u32,
         emits: &mut Vec<Emit>,
     ) -> bool {
-        let mut m = Machine {
-            partition,
-            reg: &self.reg,
-            views,
-            clock: self.clock,
-            floor: self.clock,
-            emits,
-            outcomes: &mut self.outcomes,
-            window_free: true,
-        };
+        let mut m = self.machine(views, partition, emits);
         match ev.ty.as_str() {
             MERGED => {
                 m.merged(&ev.data, ev);
@@ -553,7 +554,7 @@ impl Stage {
                         ty: MERGED.into(),
                         subject: Some(x.clone()),
                         time: ev.time,
-                        data: json!({ "identity": x, "home": null, "via": ev.id, "at": self.clock }),
+                        data: json!({ "identity": x, "home": null, "via": ev.id, "at": m.clock }),
                     });
                 }
                 true
