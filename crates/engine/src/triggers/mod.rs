@@ -489,7 +489,10 @@ impl Stage {
             }
         }
         if here && live {
-            if let Some(c) = &doc.customer {
+            // Only what an adopted run could wait for or be cancelled by is kept.
+            if let Some(c) = &doc.customer
+                && m.reg.watched.contains(&doc.ty)
+            {
                 m.remember_for_handoffs(c, &doc);
             }
             m.on_event(&doc, &origin);
