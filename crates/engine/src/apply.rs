@@ -397,6 +397,33 @@ impl<S: StateStore> Applier<S> {
                 None => false,
             };
         }
+        // A merge hands over every run of an identity: list them by key prefix.
+        for id in &keys.person_runs {
+            let prefix = format!("{id}{}", rows::SEP);
+            let mut after: Option<(String, u32)> = None;
+            loop {
+                let page = self
+                    .store
+                    .scan(
+                        rows::ns::RUN,
+                        &prefix,
+                        after.as_ref().map(|(k, o)| (k.as_str(), *o)),
+                        512,
+                    )
+                    .await?;
+                let Some(last) = page.last() else { break };
+                after = Some((last.key.clone(), last.owner));
+                let n = page.len();
+                keys.run.extend(
+                    page.into_iter()
+                        .filter(|r| r.owner == self.partition)
+                        .map(|r| r.key),
+                );
+                if n < 512 {
+                    break;
+                }
+            }
+        }
         self.views.load(&*self.store, &keys).await?;
         // An unmerge changes both ends of each edge: load the other ends too.
         if evs.iter().any(|e| e.ty == "customer.unmerged") {

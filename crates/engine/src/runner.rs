@@ -329,6 +329,10 @@ impl<L: EventLog, S: StateStore, A: Appender> Runner<L, S, A> {
             self.applier.reset();
             return Err(e);
         }
+        // What this batch forwards is in the other partitions' logs now: they may count on this
+        // clock before the commit (applied again after a failed commit, the batch forwards the
+        // same records, which are deduplicated).
+        self.marks.publish(p, self.applier.triggers.clock, None);
         self.applier.commit().await?;
         self.report_quarantined();
         report_outcomes(std::mem::take(&mut self.applier.triggers.outcomes));

@@ -88,6 +88,18 @@ impl<T: Serialize + DeserializeOwned + Default> Table<T> {
         }
     }
 
+    /// The keys of the rows cached under `prefix` that exist (new ones included).
+    pub fn keys_with_prefix(&self, prefix: &str) -> Vec<String> {
+        let mut out: Vec<String> = self
+            .rows
+            .iter()
+            .filter(|(k, v)| v.is_some() && k.starts_with(prefix))
+            .map(|(k, _)| k.clone())
+            .collect();
+        out.sort();
+        out
+    }
+
     fn is_cached(&self, key: &str) -> bool {
         self.rows.contains_key(key)
     }
@@ -169,7 +181,7 @@ pub struct Keys {
     pub tstat: BTreeSet<String>,
     pub quarix: BTreeSet<String>,
     pub person: BTreeSet<String>,
-    /// Identities whose runs are all loaded (the person rows list them): a merge hands them over.
+    /// Identities whose runs are all loaded (listed by key prefix): a merge hands them over.
     pub person_runs: BTreeSet<String>,
 }
 

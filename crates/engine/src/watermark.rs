@@ -57,11 +57,14 @@ impl Marks {
         }
     }
 
-    /// After a commit: partition `p` has applied up to `clock`.
+    /// Partition `p` has applied up to `clock` and appended what that forwards; with its
+    /// watermark when known (after a commit).
     pub fn publish(&self, p: u32, clock: i64, watermark: Option<i64>) {
         let i = p as usize;
         self.clocks[i].fetch_max(clock, Ordering::AcqRel);
-        self.watermarks[i].store(watermark.unwrap_or(NONE), Ordering::Release);
+        if let Some(w) = watermark {
+            self.watermarks[i].store(w, Ordering::Release);
+        }
     }
 
     /// The watermark partition `p` may fire its timers up to: the least clock of the others,

@@ -232,15 +232,6 @@ impl Machine<'_> {
             Some(format!("by {} {}", doc.ty, doc.id)),
         );
         self.views.run.put(&rk, run);
-        if let Some(c) = customer.as_deref()
-            && self
-                .views
-                .person
-                .get(c)
-                .is_none_or(|p| !p.runs.contains(&rk))
-        {
-            self.views.person.upsert(c).runs.insert(rk.clone());
-        }
         self.count(t, customer.as_deref(), "started", &rk);
         for c in &t.cancel_on {
             self.list(&rk, &c.ty, &c.matching, true, doc);

@@ -321,11 +321,6 @@ impl Stage {
     /// Returns whether it added any key that is not cached.
     pub fn follow(&self, views: &Views, keys: &mut Keys) -> bool {
         let mut more = Keys::default();
-        for p in &keys.person_runs {
-            if let Some(r) = views.person.get(p) {
-                more.run.extend(r.runs.iter().cloned());
-            }
-        }
         for w in &keys.wait {
             if let Some(l) = views.wait.get(w) {
                 more.run.extend(l.runs.iter().map(|x| x.run.clone()));

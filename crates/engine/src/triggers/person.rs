@@ -187,13 +187,18 @@ impl Machine<'_> {
             at: clock,
             via: via.to_owned(),
         });
-        let keys: Vec<String> = row.runs.iter().take(RUNS_PER_HANDOFF).cloned().collect();
         let orders = row.orders.take();
+        // Every run of the identity is loaded (the batch listed them by prefix).
+        let prefix = format!("{x}{}", rows::SEP);
+        let keys: Vec<String> = self
+            .views
+            .run
+            .keys_with_prefix(&prefix)
+            .into_iter()
+            .take(RUNS_PER_HANDOFF)
+            .collect();
         let mut runs = Vec::new();
         for rk in keys {
-            if let Some(r) = self.views.person.get_mut(x) {
-                r.runs.remove(&rk);
-            }
             // The run as it stands, timer key included (it carries the due time).
             let Some(run) = self.views.run.get(&rk).cloned() else {
                 continue;
@@ -413,7 +418,6 @@ impl Machine<'_> {
             );
         }
         self.views.run.put(&rk, run.clone());
-        self.views.person.upsert(home).runs.insert(rk.clone());
         for l in c
             .get("lists")
             .and_then(Value::as_array)

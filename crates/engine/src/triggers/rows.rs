@@ -271,9 +271,6 @@ pub struct PersonRow {
     /// events are forwarded there for triggers.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub home: Option<Merge>,
-    /// Keys of the runs this identity holds (so a merge can hand them over).
-    #[serde(default, skip_serializing_if = "std::collections::BTreeSet::is_empty")]
-    pub runs: std::collections::BTreeSet<String>,
     /// Identities merged into this one (their runs were handed over here).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub merged: Vec<Merge>,
