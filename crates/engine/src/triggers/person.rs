@@ -231,6 +231,10 @@ impl Machine<'_> {
         }
         let p = self.partition;
         let n = runs.len();
+        if runs.is_empty() && arb.is_none() && orders.is_none() {
+            // Nothing to hand over (most e-mail identities): the home stops awaiting it by time.
+            return self.note(x, "merged", format!("into {home} by {via}"), via);
+        }
         self.emits.push(Emit {
             id: format!("hnd_{p}_{}", ev.offset),
             ty: HANDOFF.into(),
@@ -494,10 +498,26 @@ impl Machine<'_> {
     /// Keeps an event of the person for the hand-overs it awaits.
     pub fn remember_for_handoffs(&mut self, customer: &str, doc: &Doc) {
         let clock = self.clock;
-        if let Some(row) = self.views.person.get_mut(customer)
-            && !row.awaiting.is_empty()
-            && row.meanwhile.len() < rows::AWAITING_EVENTS
+        let Some(row) = self.views.person.get_mut(customer) else {
+            return;
+        };
+        if row.awaiting.is_empty() {
+            return;
+        }
+        // A hand-over takes milliseconds; one that did not come (the identity held nothing)
+        // is not awaited for ever.
+        if row
+            .awaiting
+            .iter()
+            .any(|a| a.since < clock - rows::AWAIT_MS)
         {
+            row.awaiting.retain(|a| a.since >= clock - rows::AWAIT_MS);
+            if row.awaiting.is_empty() {
+                row.meanwhile.clear();
+                return;
+            }
+        }
+        if row.meanwhile.len() < rows::AWAITING_EVENTS {
             row.meanwhile.push((clock, doc.value.clone()));
         }
     }

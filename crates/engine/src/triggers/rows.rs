@@ -305,5 +305,8 @@ pub struct Awaiting {
 
 /// The most events kept for hand-overs on their way (a hand-over takes milliseconds).
 pub const AWAITING_EVENTS: usize = 64;
+/// How long a person awaits a hand-over (ms of the partition clock): an identity that holds
+/// nothing sends none.
+pub const AWAIT_MS: i64 = 10 * 60_000;
 /// The most hand-overs awaited and merges remembered per person (the oldest go first).
 pub const PERSON_MERGES: usize = 256;
