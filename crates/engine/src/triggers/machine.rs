@@ -128,45 +128,48 @@ impl Machine<'_> {
 
     /// Runs waiting for `doc` or cancelled by it, then the triggers it starts.
     pub fn on_event(&mut self, doc: &Doc, origin: &str) {
-        let mut corrs = Vec::new();
-        if let Some(c) = &doc.customer {
-            corrs.push(format!("c:{c}"));
-        }
-        if let Some(o) = &doc.order {
-            corrs.push(format!("o:{o}"));
-        }
         // A run whose timer fell due at or before this event was received moves on first,
         // even when the partition has not fired that timer yet (it waits for the watermark).
-        let touched: Vec<String> = corrs
-            .iter()
-            .filter_map(|c| self.views.wait.get(c))
-            .flat_map(|l| {
-                l.runs
-                    .iter()
-                    .filter(|l| l.ty == doc.ty)
-                    .map(|l| l.run.clone())
-            })
+        let touched: Vec<String> = self
+            .listings(doc, None)
+            .into_iter()
+            .map(|l| l.run)
             .collect();
         for rk in touched {
             self.fire_overdue(&rk, doc.received);
         }
-        for corr in corrs {
-            let listed: Vec<rows::Listing> = match self.views.wait.get(&corr) {
-                Some(l) => l.runs.iter().filter(|l| l.ty == doc.ty).cloned().collect(),
-                None => continue,
-            };
-            for l in listed {
-                if l.cancel {
-                    self.cancel(&l.run, doc);
-                } else {
-                    self.arrive(&l.run, doc);
-                }
-            }
-        }
+        self.deliver_listed(doc, None);
         let reg = self.reg;
         for t in &reg.current.triggers {
             if t.on.contains(&doc.ty) {
                 self.start(t, doc, origin);
+            }
+        }
+    }
+
+    /// The runs listed under `doc`'s customer and order for its type (only `run` if given).
+    fn listings(&self, doc: &Doc, run: Option<&str>) -> Vec<rows::Listing> {
+        let corrs = [
+            doc.customer.as_ref().map(|c| format!("c:{c}")),
+            doc.order.as_ref().map(|o| format!("o:{o}")),
+        ];
+        corrs
+            .iter()
+            .flatten()
+            .filter_map(|c| self.views.wait.get(c))
+            .flat_map(|l| l.runs.iter())
+            .filter(|l| l.ty == doc.ty && run.is_none_or(|r| l.run == r))
+            .cloned()
+            .collect()
+    }
+
+    /// Each run listed for `doc` (only `run` if given) is cancelled by it or gets it.
+    pub(super) fn deliver_listed(&mut self, doc: &Doc, run: Option<&str>) {
+        for l in self.listings(doc, run) {
+            if l.cancel {
+                self.cancel(&l.run, doc);
+            } else {
+                self.arrive(&l.run, doc);
             }
         }
     }
@@ -657,18 +660,24 @@ impl Machine<'_> {
     ) {
         self.count(t, customer, what, "");
         let Some(c) = customer else { return };
-        let j = self.views.jrnl.upsert(c);
-        if j.entries.len() >= rows::JOURNAL {
-            j.entries.remove(0);
-        }
-        j.entries.push(Decision {
+        let entry = Decision {
             at: self.clock,
             trigger: t.name.clone(),
             version: t.version.clone(),
             what: what.to_owned(),
             detail,
             event_id: Some(doc.id.clone()),
-        });
+        };
+        self.journal(c, entry);
+    }
+
+    /// Adds a decision to the customer's journal, which keeps the latest [`rows::JOURNAL`].
+    pub(super) fn journal(&mut self, customer: &str, entry: Decision) {
+        let j = self.views.jrnl.upsert(customer);
+        if j.entries.len() >= rows::JOURNAL {
+            j.entries.remove(0);
+        }
+        j.entries.push(entry);
     }
 
     pub(super) fn count(&mut self, t: &Trigger, customer: Option<&str>, what: &str, run: &str) {

@@ -468,31 +468,7 @@ impl Machine<'_> {
         }
         // A timer due by the event's time fires first (the run may have moved on).
         self.fire_overdue(rk, at);
-        let mut corrs = Vec::new();
-        if let Some(c) = &doc.customer {
-            corrs.push(format!("c:{c}"));
-        }
-        if let Some(o) = &doc.order {
-            corrs.push(format!("o:{o}"));
-        }
-        for corr in corrs {
-            let listed: Vec<rows::Listing> = match self.views.wait.get(&corr) {
-                Some(l) => l
-                    .runs
-                    .iter()
-                    .filter(|l| l.ty == doc.ty && l.run == rk)
-                    .cloned()
-                    .collect(),
-                None => continue,
-            };
-            for l in listed {
-                if l.cancel {
-                    self.cancel(rk, doc);
-                } else {
-                    self.arrive(rk, doc);
-                }
-            }
-        }
+        self.deliver_listed(doc, Some(rk));
     }
 
     /// Keeps an event of the person for the hand-overs it awaits.
@@ -551,18 +527,14 @@ impl Machine<'_> {
     }
 
     pub(super) fn note(&mut self, customer: &str, what: &str, detail: String, via: &str) {
-        let clock = self.clock;
-        let j = self.views.jrnl.upsert(customer);
-        if j.entries.len() >= rows::JOURNAL {
-            j.entries.remove(0);
-        }
-        j.entries.push(rows::Decision {
-            at: clock,
+        let entry = rows::Decision {
+            at: self.clock,
             trigger: String::new(),
             version: String::new(),
             what: what.to_owned(),
             detail: Some(detail),
             event_id: Some(via.to_owned()).filter(|v| !v.is_empty()),
-        });
+        };
+        self.journal(customer, entry);
     }
 }
