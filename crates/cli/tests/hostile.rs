@@ -96,6 +96,8 @@ const RESERVED: &[&str] = &[
     "storeline.tick",
     "storeline.quarantined",
     "storeline.quarantine_cleared",
+    "storeline.merged",
+    "storeline.handoff",
     "storeline.anything_else",
     "connector.disabled",
     "connector.enabled",
