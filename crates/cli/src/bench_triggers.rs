@@ -501,6 +501,14 @@ fn print_details(runs: &[Run], phase_secs: &[(String, f64)], total: f64) {
                 .collect::<Vec<_>>()
                 .join(", ")
         );
+        println!(
+            "engine records (last run): {}",
+            p.caused_by_type
+                .iter()
+                .map(|(k, v)| format!("{k} {v}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
     }
     println!(
         "\nphase wall times: {}; total {:.0} s",

@@ -74,11 +74,14 @@ impl Filing {
 
 impl<S: StateStore> Applier<S> {
     pub fn new(partition: u32, store: Arc<S>, cfg: ProjectionConfig, committed: u64) -> Self {
+        let mut views = Views::new(partition);
+        // Applied from its first record: every run it starts carries the person mark.
+        views.runs_marked = committed == 0;
         Applier {
             partition,
             store,
             cfg,
-            views: Views::new(partition),
+            views,
             next: committed,
             committed,
             triggers: Stage::new(crate::triggers::Registry::default(), None),
@@ -240,6 +243,7 @@ impl<S: StateStore> Applier<S> {
         let mut defs = Vec::new();
         let mut clock = None;
         let mut watermark = None;
+        let mut runs_marked = self.next == 0;
         let mut after: Option<(String, u32)> = None;
         loop {
             let page = self
@@ -258,6 +262,8 @@ impl<S: StateStore> Applier<S> {
                     clock = std::str::from_utf8(&r.value)
                         .ok()
                         .and_then(|c| c.parse().ok());
+                } else if r.key == rows::RUNS_MARKED_KEY {
+                    runs_marked = true;
                 } else if r.key == rows::WATERMARK_KEY {
                     watermark = std::str::from_utf8(&r.value)
                         .ok()
@@ -271,6 +277,7 @@ impl<S: StateStore> Applier<S> {
         // The clock resumes where it stopped.
         self.triggers.clock = clock.unwrap_or(0);
         self.triggers.watermark = watermark;
+        self.triggers.runs_marked = runs_marked;
         self.triggers.committed();
         Ok(())
     }
@@ -295,6 +302,36 @@ impl<S: StateStore> Applier<S> {
     /// Timers due at or before `horizon`, in due order (at most [`TIMERS_PER_BATCH`]).
     /// Also returns the earliest due time after the horizon: `Some(None)` if there is none,
     /// `None` if the load stopped at its limit before finding out.
+    /// The keys of this partition's runs of identity `id`.
+    async fn runs_of(&self, id: String) -> Result<Vec<String>> {
+        let prefix = format!("{id}{}", rows::SEP);
+        let mut out = Vec::new();
+        let mut after: Option<(String, u32)> = None;
+        loop {
+            let page = self
+                .store
+                .scan(
+                    rows::ns::RUN,
+                    &prefix,
+                    after.as_ref().map(|(k, o)| (k.as_str(), *o)),
+                    512,
+                )
+                .await?;
+            let Some(last) = page.last() else { break };
+            after = Some((last.key.clone(), last.owner));
+            let n = page.len();
+            out.extend(
+                page.into_iter()
+                    .filter(|r| r.owner == self.partition)
+                    .map(|r| r.key),
+            );
+            if n < 512 {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
     async fn due_timers(&self, horizon: i64) -> Result<(Vec<String>, Option<Option<i64>>)> {
         let prefix = rows::timer_prefix(self.partition);
         let mut out: Vec<String> = Vec::new();
@@ -397,34 +434,23 @@ impl<S: StateStore> Applier<S> {
                 None => false,
             };
         }
-        // A merge hands over every run of an identity: list them by key prefix.
-        for id in &keys.person_runs {
-            let prefix = format!("{id}{}", rows::SEP);
-            let mut after: Option<(String, u32)> = None;
-            loop {
-                let page = self
-                    .store
-                    .scan(
-                        rows::ns::RUN,
-                        &prefix,
-                        after.as_ref().map(|(k, o)| (k.as_str(), *o)),
-                        512,
-                    )
-                    .await?;
-                let Some(last) = page.last() else { break };
-                after = Some((last.key.clone(), last.owner));
-                let n = page.len();
-                keys.run.extend(
-                    page.into_iter()
-                        .filter(|r| r.owner == self.partition)
-                        .map(|r| r.key),
-                );
-                if n < 512 {
-                    break;
-                }
-            }
-        }
         self.views.load(&*self.store, &keys).await?;
+        // A merge hands over every run of an identity: list them by key prefix (only for an
+        // identity marked as having runs, when the partition keeps the mark).
+        let marked = self.triggers.runs_marked;
+        let scans = keys
+            .person_runs
+            .iter()
+            .filter(|id| !marked || self.views.person.get(id).is_some_and(|r| r.runs))
+            .map(|id| self.runs_of(id.clone()));
+        let mut runs = Keys::default();
+        for found in futures::future::try_join_all(scans).await? {
+            runs.run.extend(found);
+        }
+        if !runs.run.is_empty() {
+            self.views.load(&*self.store, &runs).await?;
+            keys.extend(runs);
+        }
         // An unmerge changes both ends of each edge: load the other ends too.
         if evs.iter().any(|e| e.ty == "customer.unmerged") {
             let more = Keys {

@@ -244,6 +244,8 @@ pub struct Views {
     pub clock: Option<i64>,
     /// The partition's watermark, when a tick moved it.
     pub watermark: Option<i64>,
+    /// Write the [`trows::RUNS_MARKED_KEY`] row with the next commit.
+    pub runs_marked: bool,
     /// Trait-index entries to put (`true`) or delete (`false`), last write wins.
     pub traits: BTreeMap<String, bool>,
 }
@@ -274,6 +276,7 @@ impl Views {
             trigdef: BTreeMap::new(),
             clock: None,
             watermark: None,
+            runs_marked: false,
             traits: BTreeMap::new(),
         }
     }
@@ -379,6 +382,13 @@ impl Views {
                 value: Bytes::from(serde_json::to_vec(&entry).map_err(Error::encode)?),
             });
         }
+        if std::mem::take(&mut self.runs_marked) {
+            out.push(Write::Put {
+                ns: trows::ns::TRIGDEF.to_owned(),
+                key: trows::RUNS_MARKED_KEY.to_owned(),
+                value: Bytes::from_static(b"1"),
+            });
+        }
         if let Some(w) = self.watermark.take() {
             out.push(Write::Put {
                 ns: trows::ns::TRIGDEF.to_owned(),
@@ -440,6 +450,7 @@ impl Views {
             && self.trigdef.is_empty()
             && self.clock.is_none()
             && self.watermark.is_none()
+            && !self.runs_marked
             && self.traits.is_empty())
     }
 

@@ -59,6 +59,8 @@ struct World {
     /// Ticks carry a watermark, as the live writers' do.
     watermarks: bool,
     sent: Vec<Value>,
+    /// `(type, subject)` of every record the engine emitted.
+    emitted: Vec<(String, Option<String>)>,
     now: i64,
     n: u64,
 }
@@ -90,6 +92,12 @@ name = "repeat-buyer"
 on = "order.placed"
 when = "customer.stats.orders >= 2"
 then = [ { emit = "customer.repeat_buyer" } ]
+
+[[trigger]]
+name = "gold-order"
+on = "order.placed"
+when = "has(customer.traits.tier) && customer.traits.tier == 'gold' && customer.stats.product_views >= 2"
+then = [ { emit = "customer.gold_order" } ]
 "#;
 
 fn route(ty: &str, subject: Option<&str>) -> u32 {
@@ -119,6 +127,7 @@ impl World {
             hold: false,
             watermarks: true,
             sent: Vec::new(),
+            emitted: Vec::new(),
             now: day0(),
             n: 0,
         }
@@ -193,6 +202,7 @@ impl World {
             }
             part.stage.outcomes.clear();
             for e in emits {
+                self.emitted.push((e.ty.clone(), e.subject.clone()));
                 let mut out = stored(e.id, &e.ty, clock, e.subject.clone(), e.data);
                 out.time = e.time;
                 let to = route(&out.ty, e.subject.as_deref());
@@ -371,6 +381,47 @@ fn conditions_see_the_persons_order_facts() {
             .is_some_and(|o| o.count == 2)
     });
     assert!(emitted, "the person's partition counts both orders");
+}
+
+#[test]
+fn conditions_see_what_the_anonymous_identity_did_before_the_merge() {
+    let mut w = World::new();
+    for who in ["anon-g", "anon-h"] {
+        w.send(
+            0,
+            "customer.updated",
+            who,
+            json!({ "traits": { "tier": "gold" } }),
+        );
+        for min in [1, 2] {
+            w.send(min, "product.viewed", who, json!({ "sku": "A" }));
+        }
+    }
+    // anon-g logs in as cus-g and orders; anon-h's visitor orders as cus-h without logging in.
+    identify(&mut w, 3, "cus-g", "anon-g");
+    w.order(4, "o-g", "cus-g");
+    w.order(4, "o-h", "cus-h");
+    let gold: Vec<&Option<String>> = w
+        .emitted
+        .iter()
+        .filter(|(ty, _)| ty == "customer.gold_order")
+        .map(|(_, subject)| subject)
+        .collect();
+    assert_eq!(
+        gold,
+        [&Some("cus-g".to_owned())],
+        "only the merged person's order is gold"
+    );
+    // The person's one `customer` names both identities.
+    let home = route("customer.identified", Some("cus-g"));
+    let row = w.parts[home as usize].views.person.get("cus-g").unwrap();
+    assert_eq!(
+        row.frags
+            .iter()
+            .map(|(id, _)| id.as_str())
+            .collect::<Vec<_>>(),
+        ["anon-g"]
+    );
 }
 
 /// An order received `offset_ms` from the deadline of a one-hour wait; the copy forwarded to the

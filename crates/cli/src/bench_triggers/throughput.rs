@@ -27,6 +27,8 @@ pub struct Pass {
     pub ingest_rate: f64,
     /// Events the engine appended itself (forwarded copies, emitted events).
     pub caused: u64,
+    /// The engine's own records by type (`emitted` for events its triggers emitted).
+    pub caused_by_type: std::collections::BTreeMap<String, u64>,
     /// Trigger counters summed over triggers: started, delivered, …
     pub counters: Vec<(String, i64)>,
     /// Pending timer rows at the end.
@@ -39,6 +41,35 @@ fn log_end(log: &impl EventLog) -> u64 {
         .filter_map(|p| log.bounds(p).ok())
         .map(|b| b.end)
         .sum()
+}
+
+/// The engine's own records in `log`, by type: what it appended besides the generated traffic
+/// (read after the clock stopped).
+async fn caused_types(log: &impl EventLog) -> Result<std::collections::BTreeMap<String, u64>> {
+    let mut out = std::collections::BTreeMap::new();
+    for p in 0..PARTITIONS {
+        let end = log.bounds(p)?.end;
+        let mut at = log.bounds(p)?.start;
+        while at < end {
+            let records = log.read(p, at, 10_000).await?;
+            let Some(last) = records.last() else { break };
+            at = last.offset + 1;
+            for r in records {
+                let Ok(ev) = storeline_engine::event::Ev::parse(&r.value, p, r.offset) else {
+                    continue;
+                };
+                let ty = if ev.internal && !ev.ty.starts_with("storeline.") {
+                    "emitted".to_owned()
+                } else if ev.ty.starts_with("storeline.") {
+                    ev.ty
+                } else {
+                    continue;
+                };
+                *out.entry(ty).or_default() += 1;
+            }
+        }
+    }
+    Ok(out)
 }
 
 /// One pass: a fresh log and store, `set` installed (if any), then `prep` appended as fast as
@@ -63,6 +94,7 @@ pub async fn pass(ctx: &Ctx, prep: &Prepared, set: Option<&TriggerSet>) -> Resul
     let breakdown = rig.breakdown();
     let caused = log_end(&*rig.log).saturating_sub(base + prep.total);
     rig.stop_engine().await;
+    let caused_by_type = caused_types(&*rig.log).await?;
     let mut counters = Vec::new();
     let mut timers = 0;
     if set.is_some() {
@@ -85,6 +117,7 @@ pub async fn pass(ctx: &Ctx, prep: &Prepared, set: Option<&TriggerSet>) -> Resul
         rate: prep.total as f64 / secs,
         ingest_rate: prep.total as f64 / ingest_secs.unwrap_or(secs),
         caused,
+        caused_by_type,
         counters,
         timers,
         breakdown,

@@ -105,14 +105,19 @@ impl Machine<'_> {
             return Value::Null;
         };
         let mut frag = self.views.frag.get(c).cloned();
+        let person = self.views.person.get(c);
         // Order facts from the forwarded copies of the person's orders.
-        if let Some(o) = self.views.person.get(c).and_then(|p| p.orders.as_ref()) {
+        if let Some(o) = person.and_then(|p| p.orders.as_ref()) {
             let f = frag.get_or_insert_with(Default::default);
             crate::project::combine_orders(&mut f.orders, o);
         }
-        let frags = frag.map(|f| vec![(c.to_owned(), f)]).unwrap_or_default();
+        let mut frags: Vec<_> = frag.map(|f| (c.to_owned(), f)).into_iter().collect();
+        // The identities merged into the person, as they stood when they merged.
+        frags.extend(person.into_iter().flat_map(|p| p.frags.iter().cloned()));
+        let mut identities = vec![c.to_owned()];
+        identities.extend(frags.iter().map(|(id, _)| id.clone()).filter(|id| id != c));
         let mut doc = Profile {
-            identities: vec![c.to_owned()],
+            identities,
             edges: Vec::new(),
             frags,
         }
@@ -235,6 +240,9 @@ impl Machine<'_> {
             Some(format!("by {} {}", doc.ty, doc.id)),
         );
         self.views.run.put(&rk, run);
+        if let Some(c) = &customer {
+            self.mark_runs(c);
+        }
         self.count(t, customer.as_deref(), "started", &rk);
         for c in &t.cancel_on {
             self.list(&rk, &c.ty, &c.matching, true, doc);

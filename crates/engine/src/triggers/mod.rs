@@ -197,6 +197,10 @@ pub struct Stage {
     pub next_due: Option<Option<i64>>,
     /// Backtest: evaluate only records whose clock is in this range; the file never changes.
     pub window: Option<(i64, i64)>,
+    /// Whether every run in the store was started while `person.runs` was kept, so an identity
+    /// without the mark has no runs (see [`rows::RUNS_MARKED_KEY`]). True for a partition
+    /// applied from its first record.
+    pub runs_marked: bool,
     /// Decisions since the caller last took them.
     pub outcomes: Vec<Outcome>,
     /// Due times of the timers fired since the caller last took them (for lateness).
@@ -217,6 +221,7 @@ impl Stage {
             commerce,
             next_due: None,
             window: None,
+            runs_marked: true,
             outcomes: Vec::new(),
             fired: Vec::new(),
             committed_clock: 0,
@@ -545,6 +550,7 @@ impl Stage {
                         // A later login merges it again.
                         if let Some(row) = m.views.person.get_mut(&c) {
                             row.merged.retain(|g| g.id != x);
+                            row.frags.retain(|(id, _)| *id != x);
                         }
                     }
                     m.emits.push(Emit {
@@ -626,6 +632,7 @@ fn person_keys(ev: &Ev, keys: &mut Keys) {
                 keys.person.insert(x.to_owned());
                 keys.person_runs.insert(x.to_owned());
                 keys.arb.insert(x.to_owned());
+                keys.frag.insert(x.to_owned());
                 keys.jrnl.insert(x.to_owned());
             }
         }

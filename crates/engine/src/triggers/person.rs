@@ -229,11 +229,18 @@ impl Machine<'_> {
             }
             self.views.arb.remove(x);
         }
+        // What the identity's events said about it, for the person's one `customer` (where
+        // it was seen lately is left behind).
+        let frag = self.views.frag.get(x).cloned().map(|mut f| {
+            f.recent.clear();
+            f
+        });
         let p = self.partition;
         let n = runs.len();
-        if runs.is_empty() && arb.is_none() && orders.is_none() {
-            // Nothing to hand over (most e-mail identities): the home stops awaiting it by time.
-            return self.note(x, "merged", format!("into {home} by {via}"), via);
+        if runs.is_empty() && arb.is_none() && orders.is_none() && frag.is_none() {
+            // Nothing to hand over (most e-mail identities): no record, no journal entry (the
+            // profile's merges say it); the home stops awaiting it by time.
+            return;
         }
         self.emits.push(Emit {
             id: format!("hnd_{p}_{}", ev.offset),
@@ -242,7 +249,7 @@ impl Machine<'_> {
             time: ev.time,
             data: json!({
                 "from": x, "home": home, "via": via, "at": clock, "hops": hops(data),
-                "runs": runs, "arb": arb, "orders": orders,
+                "runs": runs, "arb": arb, "orders": orders, "frag": frag,
             }),
         });
         self.note(
@@ -320,6 +327,16 @@ impl Machine<'_> {
         }
         let clock = self.clock;
         let row = self.views.person.upsert(home);
+        if let Some(f) = data
+            .get("frag")
+            .and_then(|f| serde_json::from_value::<crate::model::Frag>(f.clone()).ok())
+        {
+            row.frags.retain(|(id, _)| id != from);
+            row.frags.push((from.to_owned(), f));
+            if row.frags.len() > rows::PERSON_FRAGS {
+                row.frags.remove(0);
+            }
+        }
         let since = row
             .awaiting
             .iter()
@@ -422,6 +439,7 @@ impl Machine<'_> {
             );
         }
         self.views.run.put(&rk, run.clone());
+        self.mark_runs(home);
         for l in c
             .get("lists")
             .and_then(Value::as_array)
@@ -471,15 +489,28 @@ impl Machine<'_> {
         self.deliver_listed(doc, Some(rk));
     }
 
+    /// Marks `customer` as having runs here, so a merge looks for them (see
+    /// `rows::RUNS_MARKED_KEY`).
+    pub fn mark_runs(&mut self, customer: &str) {
+        if !self.views.person.get(customer).is_some_and(|r| r.runs) {
+            self.views.person.upsert(customer).runs = true;
+        }
+    }
+
     /// Keeps an event of the person for the hand-overs it awaits.
     pub fn remember_for_handoffs(&mut self, customer: &str, doc: &Doc) {
         let clock = self.clock;
+        if self
+            .views
+            .person
+            .get(customer)
+            .is_none_or(|r| r.awaiting.is_empty())
+        {
+            return;
+        }
         let Some(row) = self.views.person.get_mut(customer) else {
             return;
         };
-        if row.awaiting.is_empty() {
-            return;
-        }
         // A hand-over takes milliseconds; one that did not come (the identity held nothing)
         // is not awaited for ever.
         if row

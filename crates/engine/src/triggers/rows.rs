@@ -42,6 +42,10 @@ pub const SEP: char = '\u{1f}';
 pub const CLOCK_KEY: &str = "clock";
 /// The `trigdef` row holding the partition's watermark (ms, as text), once it has one.
 pub const WATERMARK_KEY: &str = "watermark";
+/// The `trigdef` row saying every run of the partition was started while [`PersonRow::runs`]
+/// was kept (a partition applied from its first record): a merge looks for an identity's runs
+/// only when its row says it has some. Without it (a store written before), it always looks.
+pub const RUNS_MARKED_KEY: &str = "runs_marked";
 
 /// The most history entries a run keeps (the first ones and the latest).
 pub const HISTORY: usize = 24;
@@ -267,6 +271,10 @@ pub struct Definition {
 /// it was merged into, the runs it holds, the identities merged into it.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct PersonRow {
+    /// Whether a run was ever started for this identity in this partition (see
+    /// [`RUNS_MARKED_KEY`]).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub runs: bool,
     /// Set when this identity was merged into another: its trigger state went there, and its
     /// events are forwarded there for triggers.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -286,6 +294,11 @@ pub struct PersonRow {
     /// the commerce partition): what `customer.stats` shows to conditions here.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub orders: Option<crate::model::OrderStats>,
+    /// The customer fragments of identities merged into this one, as they stood at the merge
+    /// (at most [`PERSON_FRAGS`], the latest kept): with this partition's own fragment they
+    /// are the one `customer` that conditions, templates and consent read.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub frags: Vec<(String, crate::model::Frag)>,
 }
 
 /// One merge: the other identity, when, and the event that said so.
@@ -310,3 +323,5 @@ pub const AWAITING_EVENTS: usize = 64;
 pub const AWAIT_MS: i64 = 10 * 60_000;
 /// The most hand-overs awaited and merges remembered per person (the oldest go first).
 pub const PERSON_MERGES: usize = 256;
+/// The most merged identities' fragments a person keeps for its merged `customer`.
+pub const PERSON_FRAGS: usize = 16;
