@@ -493,21 +493,19 @@ fn print_details(runs: &[Run], phase_secs: &[(String, f64)], total: f64) {
     if let Some(p) = &last.with
         && !p.counters.is_empty()
     {
-        println!(
-            "\nstarter set decisions (last run, all triggers): {}",
-            p.counters
-                .iter()
+        let listed = |pairs: &mut dyn Iterator<Item = (&String, i64)>| {
+            pairs
                 .map(|(k, v)| format!("{k} {v}"))
                 .collect::<Vec<_>>()
                 .join(", ")
+        };
+        println!(
+            "\nstarter set decisions (last run, all triggers): {}",
+            listed(&mut p.counters.iter().map(|(k, v)| (k, *v)))
         );
         println!(
             "engine records (last run): {}",
-            p.caused_by_type
-                .iter()
-                .map(|(k, v)| format!("{k} {v}"))
-                .collect::<Vec<_>>()
-                .join(", ")
+            listed(&mut p.caused_by_type.iter().map(|(k, v)| (k, *v as i64)))
         );
     }
     println!(

@@ -299,39 +299,22 @@ impl<S: StateStore> Applier<S> {
             .map(|(due, _)| due))
     }
 
-    /// Timers due at or before `horizon`, in due order (at most [`TIMERS_PER_BATCH`]).
-    /// Also returns the earliest due time after the horizon: `Some(None)` if there is none,
-    /// `None` if the load stopped at its limit before finding out.
     /// The keys of this partition's runs of identity `id`.
     async fn runs_of(&self, id: String) -> Result<Vec<String>> {
         let prefix = format!("{id}{}", rows::SEP);
-        let mut out = Vec::new();
-        let mut after: Option<(String, u32)> = None;
-        loop {
-            let page = self
-                .store
-                .scan(
-                    rows::ns::RUN,
-                    &prefix,
-                    after.as_ref().map(|(k, o)| (k.as_str(), *o)),
-                    512,
-                )
+        let rows =
+            crate::triggers::read::scan_all(&*self.store, rows::ns::RUN, &prefix, usize::MAX)
                 .await?;
-            let Some(last) = page.last() else { break };
-            after = Some((last.key.clone(), last.owner));
-            let n = page.len();
-            out.extend(
-                page.into_iter()
-                    .filter(|r| r.owner == self.partition)
-                    .map(|r| r.key),
-            );
-            if n < 512 {
-                break;
-            }
-        }
-        Ok(out)
+        Ok(rows
+            .into_iter()
+            .filter(|(_, owner, _)| *owner == self.partition)
+            .map(|(key, _, _)| key)
+            .collect())
     }
 
+    /// Timers due at or before `horizon`, in due order (at most [`TIMERS_PER_BATCH`]).
+    /// Also returns the earliest due time after the horizon: `Some(None)` if there is none,
+    /// `None` if the load stopped at its limit before finding out.
     async fn due_timers(&self, horizon: i64) -> Result<(Vec<String>, Option<Option<i64>>)> {
         let prefix = rows::timer_prefix(self.partition);
         let mut out: Vec<String> = Vec::new();
