@@ -326,13 +326,15 @@ fn end_lines(r: &Report, trigger: &str) -> Vec<String> {
     };
     if s != States::default() {
         out.push(format!(
-            "  messages: sent {}{}, held at the end {}{}, suppressed {}, dropped {}",
+            "  messages: sent {}{}, held at the end {}{}, suppressed {}{}, dropped {}{}",
             s.sent,
             by("sent"),
             s.held,
             by("held"),
             s.suppressed,
-            s.dropped
+            by("suppressed"),
+            s.dropped,
+            by("dropped")
         ));
     }
     if s.waiting > 0 {
@@ -401,8 +403,11 @@ mod tests {
         r.deliveries.insert(
             "cart".into(),
             [
-                ("email".to_string(), per(&[("sent", 3), ("held", 2)])),
-                ("push".to_string(), per(&[("sent", 2)])),
+                (
+                    "email".to_string(),
+                    per(&[("sent", 3), ("held", 2), ("suppressed", 2)]),
+                ),
+                ("push".to_string(), per(&[("sent", 2), ("dropped", 1)])),
             ]
             .into_iter()
             .collect(),
@@ -412,7 +417,7 @@ mod tests {
         assert_eq!(
             end_lines(&r, "cart"),
             [
-                "  messages: sent 5 (email 3, push 2), held at the end 2 (email 2), suppressed 2, dropped 1",
+                "  messages: sent 5 (email 3, push 2), held at the end 2 (email 2), suppressed 2 (email 2), dropped 1 (push 1)",
                 "  runs still going at the end: 5 (delay 1, wait 4)",
             ]
         );

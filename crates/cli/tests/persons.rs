@@ -134,6 +134,22 @@ async fn anonymous_carts_follow_the_person_to_their_order() {
     let j = get(&url, &key, "/v1/customers/anon-1/journeys").await;
     let text = j.to_string();
     assert!(text.contains("handed_over"), "{j:#}");
+
+    // A backtest of the same file over the log merges as live did: it counts what live counted
+    // (no reminder for a buyer).
+    let live = common::comparable(&get(&url, &key, "/v1/triggers").await["stats"]);
+    let mut server = server;
+    assert_eq!(server.terminate(), Some(0));
+    let file = dir.path().join("backtest.toml");
+    std::fs::write(&file, FILE).unwrap();
+    let report = common::backtest(dir.path(), &file);
+    let counts = common::comparable(&report["counts"]);
+    eprintln!("live: {live:?}\nbacktest: {counts:?}");
+    assert_eq!(counts["abandoned-cart"]["sent"], expected.len() as u64);
+    assert_eq!(
+        counts, live,
+        "the backtest counts what the live engine counted"
+    );
 }
 
 const DEADLINE_FILE: &str = r#"

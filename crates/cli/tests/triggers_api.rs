@@ -353,24 +353,6 @@ fn triggers_check_and_config_check_name_an_expression_over_the_limits() {
     }
 }
 
-/// Counters per trigger without the bookkeeping ones a backtest does not report.
-fn comparable(counts: &Value) -> BTreeMap<String, BTreeMap<String, u64>> {
-    let mut out: BTreeMap<String, BTreeMap<String, u64>> = BTreeMap::new();
-    for (id, c) in counts.as_object().unwrap() {
-        let name = id.split('@').next().unwrap().to_owned();
-        for (k, v) in c.as_object().unwrap() {
-            if k == "active" || k == "waiting" || v.as_i64() == Some(0) {
-                continue;
-            }
-            *out.entry(name.clone())
-                .or_default()
-                .entry(k.clone())
-                .or_default() += v.as_u64().unwrap();
-        }
-    }
-    out
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn a_backtest_of_the_starter_set_counts_what_the_live_engine_counted() {
     let dir = tempfile::tempdir().unwrap();
@@ -401,7 +383,7 @@ async fn a_backtest_of_the_starter_set_counts_what_the_live_engine_counted() {
     }
     settle(&url, &key).await;
     let live = get(&url, &key, "/v1/triggers").await;
-    let live = comparable(&live["stats"]);
+    let live = common::comparable(&live["stats"]);
     assert!(
         live.values()
             .map(|c| c.get("started").copied().unwrap_or(0))
@@ -411,20 +393,7 @@ async fn a_backtest_of_the_starter_set_counts_what_the_live_engine_counted() {
     );
     assert_eq!(server.terminate(), Some(0));
 
-    let out = Command::new(BIN)
-        .args(["triggers", "backtest"])
-        .arg(&file)
-        .arg("--data")
-        .arg(dir.path())
-        .arg("--json")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let report = common::backtest(dir.path(), std::path::Path::new(&file));
     let backtest: BTreeMap<String, BTreeMap<String, u64>> =
         serde_json::from_value(report["counts"].clone()).unwrap();
     eprintln!("live counts: {live:?}");

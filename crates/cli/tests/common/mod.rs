@@ -207,3 +207,43 @@ pub async fn send_ndjson(url: &str, key: &str, events: &[serde_json::Value]) {
         .unwrap();
     assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
 }
+
+/// Counters per trigger (`GET /v1/triggers` stats) without the bookkeeping ones a backtest
+/// does not report: what a backtest's `counts` must equal.
+pub fn comparable(
+    counts: &serde_json::Value,
+) -> std::collections::BTreeMap<String, std::collections::BTreeMap<String, u64>> {
+    let mut out: std::collections::BTreeMap<String, std::collections::BTreeMap<String, u64>> =
+        std::collections::BTreeMap::new();
+    for (id, c) in counts.as_object().unwrap() {
+        let name = id.split('@').next().unwrap().to_owned();
+        for (k, v) in c.as_object().unwrap() {
+            if k == "active" || k == "waiting" || v.as_i64() == Some(0) {
+                continue;
+            }
+            *out.entry(name.clone())
+                .or_default()
+                .entry(k.clone())
+                .or_default() += v.as_u64().unwrap();
+        }
+    }
+    out
+}
+
+/// `storeline triggers backtest FILE --data DATA --json` (the server stopped); its report.
+pub fn backtest(data: &Path, file: &Path) -> serde_json::Value {
+    let out = Command::new(BIN)
+        .args(["triggers", "backtest"])
+        .arg(file)
+        .arg("--data")
+        .arg(data)
+        .arg("--json")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}

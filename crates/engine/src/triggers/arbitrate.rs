@@ -36,7 +36,13 @@ impl Machine<'_> {
                 Some(step),
                 Some(format!("no consent for {channel}")),
             );
-            self.count(t, Some(&customer), "suppressed_consent", rk);
+            self.count_message(
+                t,
+                Some(&customer),
+                "suppressed_consent",
+                rk,
+                entry.get("connector"),
+            );
             return;
         }
         let arb = &self.reg.current.arbitration;
@@ -103,7 +109,13 @@ impl Machine<'_> {
                 Some(step),
                 Some(format!("{reason}; the trigger says drop")),
             );
-            self.count(t, Some(&customer), &format!("dropped_{reason}"), rk);
+            self.count_message(
+                t,
+                Some(&customer),
+                &format!("dropped_{reason}"),
+                rk,
+                entry.get("connector"),
+            );
             return;
         }
         self.log_run(
@@ -206,7 +218,13 @@ impl Machine<'_> {
                         h.entry["id"]
                     )),
                 );
-                self.count(&t, cust(&h.run), "dropped_cancelled", &h.run);
+                self.count_message(
+                    &t,
+                    cust(&h.run),
+                    "dropped_cancelled",
+                    &h.run,
+                    h.entry.get("connector"),
+                );
                 continue;
             }
             self.log_run(

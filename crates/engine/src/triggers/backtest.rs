@@ -9,20 +9,23 @@
 //! scratch store at the end (its outbox, `arb` and `run` rows), which only a backtest keeps: the
 //! live outbox is emptied by the delivery worker.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use storeline_log::EventLog;
+use bytes::Bytes;
+use storeline_log::{EventLog, StoredRecord};
 use storeline_state::StateStore;
 
 use serde_json::Value;
 
 use super::read::scan_all;
 use super::rows::{Arb, Run, Status, ns};
-use super::{Outcome, Registry, Stage, TriggerSet};
+use super::{BACKTEST, FORWARDED, HANDOFF, MERGED, Outcome, Registry, Stage, TriggerSet, person};
 use crate::apply::Applier;
 use crate::error::{Error, Result};
+use crate::event::build_event;
+use crate::project::Emit;
 use crate::project::ProjectionConfig;
 
 /// What a backtest found.
@@ -35,9 +38,9 @@ pub struct Report {
     pub samples: BTreeMap<(String, String), Vec<Outcome>>,
     /// The virtual clock's first and last value in the window (ms).
     pub clock: Option<(i64, i64)>,
-    /// `trigger → connector → state → messages`: `sent` (handed to delivery) and `held` (held
-    /// by quiet hours or a cap when the log ended). Suppressed and dropped messages are in
-    /// `counts` (`suppressed_consent`, `dropped_*`), per trigger.
+    /// `trigger → connector → state → messages`: `sent` (handed to delivery), `held` (held
+    /// by quiet hours or a cap when the log ended), `suppressed` (no consent) and `dropped`
+    /// (capped or quiet with `drop`, or cancelled while held; `counts` has the reasons).
     pub deliveries: BTreeMap<String, BTreeMap<String, BTreeMap<String, u64>>>,
     /// `trigger → phase → runs` still active when the log ended: `debounce`, `delay`, `wait`.
     pub waiting: BTreeMap<String, BTreeMap<String, u64>>,
@@ -48,6 +51,17 @@ impl Report {
         for o in outcomes {
             if o.what == "waiting" {
                 continue;
+            }
+            if let Some(c) = &o.connector {
+                let state = o.what.split('_').next().unwrap_or_default().to_owned();
+                *self
+                    .deliveries
+                    .entry(o.trigger.clone())
+                    .or_default()
+                    .entry(c.clone())
+                    .or_default()
+                    .entry(state)
+                    .or_default() += 1;
             }
             *self
                 .counts
@@ -66,9 +80,143 @@ impl Report {
     }
 }
 
+/// The most records one partition applies in one round.
+const ROUND_RECORDS: usize = 16_384;
+/// Once the log has merged identities, a round covers at most this much of the clock: the
+/// merge notices, hand-overs and forwarded events a round makes reach their partition at the
+/// start of the next one, so they arrive at most this late (live, a few milliseconds).
+const MERGE_ROUND_MS: i64 = 1_000;
+/// Rounds after the log's end that pass on what is still on its way (chains are bounded by
+/// `person::HOPS`, so this is never reached).
+const DRAIN_ROUNDS: usize = 64;
+
+/// One partition of the backtest: its writer, what it read ahead from the log, and the
+/// person's records other partitions routed to it.
+struct Lane<S> {
+    a: Applier<S>,
+    /// Log records read but not yet taken into a round (their log offsets).
+    ahead: VecDeque<StoredRecord>,
+    /// The next log offset to read, and the log's end.
+    read: u64,
+    end: u64,
+    /// Records routed here by the last round, in the order they were made.
+    inbox: Vec<StoredRecord>,
+    /// Log records taken (what the report counts as events).
+    taken: u64,
+    /// How many partitions the log has (where routed records go).
+    partitions: u32,
+    report: Report,
+    first_clock: Option<i64>,
+}
+
+impl<S: StateStore> Lane<S> {
+    /// Applies the inbox, then the read-ahead records received at or before `until`. The
+    /// applier numbers what it applies itself (routed records have no log offset), so the
+    /// records are renumbered from its next offset. Returns the records to route.
+    async fn round(
+        mut self,
+        until: i64,
+        samples: usize,
+        window: (i64, i64),
+        done: &AtomicU64,
+    ) -> Result<(Self, Vec<(u32, StoredRecord)>)> {
+        let mut queue: VecDeque<StoredRecord> = std::mem::take(&mut self.inbox).into();
+        let mut from_log = 0;
+        while self.ahead.front().is_some_and(|r| r.timestamp <= until) {
+            if let Some(r) = self.ahead.pop_front() {
+                queue.push_back(r);
+                from_log += 1;
+            }
+        }
+        self.taken += from_log;
+        done.fetch_add(from_log, Ordering::Relaxed);
+        for (i, r) in queue.iter_mut().enumerate() {
+            r.offset = self.a.next + i as u64;
+        }
+        let mut out = Vec::new();
+        while !queue.is_empty() {
+            let n = self.a.batch_limit(32_768).min(queue.len());
+            let batch: Vec<StoredRecord> = queue.iter().take(n).cloned().collect();
+            let emits = match self.a.apply(&batch).await {
+                Ok((emits, _)) => match self.a.commit().await {
+                    Ok(_) => emits,
+                    Err(e) => return Err(e),
+                },
+                Err(e) => {
+                    if self.a.recover(&e) {
+                        continue;
+                    }
+                    return Err(e);
+                }
+            };
+            self.a.quarantined.clear();
+            while queue.front().is_some_and(|r| r.offset < self.a.next) {
+                queue.pop_front();
+            }
+            out.extend(routed(emits, self.a.triggers.clock, self.partitions));
+            self.report
+                .add(std::mem::take(&mut self.a.triggers.outcomes), samples);
+            if self.a.triggers.clock >= window.0 && self.first_clock.is_none() {
+                self.first_clock = Some(self.a.triggers.clock);
+            }
+        }
+        Ok((self, out))
+    }
+}
+/// The person's records a round made, as the log records the live engine would have appended
+/// (marked [`BACKTEST`], received at the partition's clock), with the partition each goes to.
+/// Everything else a backtest makes (emitted events, forwarded commerce copies, which the log
+/// holds already) goes nowhere.
+fn routed(emits: Vec<Emit>, clock: i64, partitions: u32) -> Vec<(u32, StoredRecord)> {
+    let received = chrono::DateTime::from_timestamp_millis(clock).unwrap_or_default();
+    emits
+        .into_iter()
+        .filter(|e| {
+            e.ty == MERGED || e.ty == HANDOFF || (e.ty == FORWARDED && e.data.get("via").is_some())
+        })
+        .map(|mut e| {
+            e.data[BACKTEST] = Value::Bool(true);
+            let ev = build_event(
+                e.id,
+                "storeline/engine",
+                &e.ty,
+                e.subject,
+                e.time,
+                &e.data,
+                None,
+            );
+            let p = storeline_log::partition_for(ev.route_key().as_bytes(), partitions);
+            let record = StoredRecord {
+                offset: 0,
+                timestamp: clock,
+                key: Bytes::from(ev.route_key().to_owned()),
+                value: Bytes::from(ev.to_stored_json(received)),
+            };
+            (p, record)
+        })
+        .collect()
+}
+
+/// Whether a stored record merges or splits identities (from then on, rounds are short).
+fn links(record: &StoredRecord) -> bool {
+    #[derive(serde::Deserialize)]
+    struct Type<'a> {
+        #[serde(rename = "type", borrow)]
+        ty: std::borrow::Cow<'a, str>,
+    }
+    serde_json::from_slice::<Type<'_>>(&record.value)
+        .is_ok_and(|t| person::is_link_type(&t.ty) || t.ty == "customer.unmerged")
+}
+
 /// Runs `set` over every partition of `log` up to its current end, evaluating triggers for
 /// records whose clock is in `[from, to]` (projections and aggregates see everything before, so
 /// customers and windows are warm). `store` must be empty.
+///
+/// Partitions apply in rounds, in parallel, each up to the same point of the clock. Merges
+/// move runs between partitions as live: the merge notices, hand-overs and forwarded events a
+/// round makes are applied by their partition first thing in the next round. Until the log's
+/// first merge a round is up to [`ROUND_RECORDS`] per partition; from then on it also covers at
+/// most [`MERGE_ROUND_MS`] of the clock.
 pub async fn backtest<L: EventLog, S: StateStore>(
     log: Arc<L>,
     store: Arc<S>,
@@ -79,80 +227,131 @@ pub async fn backtest<L: EventLog, S: StateStore>(
     progress: &(dyn Fn(u64) + Sync),
 ) -> Result<Report> {
     let done = Arc::new(AtomicU64::new(0));
+    let partitions = log.partitions();
     let commerce =
-        storeline_log::partition_for(storeline_event::COMMERCE_KEY.as_bytes(), log.partitions());
-    let mut tasks = tokio::task::JoinSet::new();
-    for p in 0..log.partitions() {
-        let end = log.bounds(p)?.end;
-        let (log, store, cfg, done) = (log.clone(), store.clone(), cfg.clone(), done.clone());
+        storeline_log::partition_for(storeline_event::COMMERCE_KEY.as_bytes(), partitions);
+    let mut lanes = Vec::new();
+    for p in 0..partitions {
         let set = TriggerSet::parse(source).map_err(|e| Error::Emit(format!("{e:?}")))?;
-        tasks.spawn(async move {
-            let mut a = Applier::new(p, store, cfg, 0);
-            a.triggers = Stage::new(Registry::new(set), Some(commerce));
-            a.triggers.window = Some(window);
-            let mut report = Report::default();
-            let mut first_clock = None;
-            while a.next < end {
-                let records = log
-                    .read(
-                        p,
-                        a.next,
-                        a.batch_limit(32_768).min((end - a.next) as usize),
-                    )
-                    .await?;
-                if records.is_empty() {
-                    break;
-                }
-                let before = a.next;
-                if let Err(e) = crate::replay::apply_and_commit(&mut a, &records).await {
-                    if a.recover(&e) {
-                        continue;
-                    }
-                    return Err(e);
-                }
-                a.quarantined.clear();
-                done.fetch_add(a.next - before, Ordering::Relaxed);
-                report.add(std::mem::take(&mut a.triggers.outcomes), samples);
-                if a.triggers.clock >= window.0 && first_clock.is_none() {
-                    first_clock = Some(a.triggers.clock);
-                }
-            }
-            report.events = a.next;
-            report.clock = first_clock.map(|f| (f.max(window.0), a.triggers.clock.min(window.1)));
-            Ok::<Report, Error>(report)
+        let mut a = Applier::new(p, store.clone(), cfg.clone(), 0);
+        a.triggers = Stage::new(Registry::new(set), Some(commerce));
+        a.triggers.window = Some(window);
+        let bounds = log.bounds(p)?;
+        lanes.push(Lane {
+            a,
+            ahead: VecDeque::new(),
+            read: bounds.start,
+            end: bounds.end,
+            inbox: Vec::new(),
+            taken: 0,
+            partitions,
+            report: Report::default(),
+            first_clock: None,
         });
     }
-    let mut total = Report::default();
+    let mut merging = false;
+    let mut drained = 0;
     let mut tick = tokio::time::interval(std::time::Duration::from_millis(100));
     loop {
-        tokio::select! {
-            joined = tasks.join_next() => match joined {
-                None => break,
-                Some(Ok(r)) => {
-                    let r = r?;
-                    total.events += r.events;
-                    for (t, m) in r.counts {
-                        let e = total.counts.entry(t).or_default();
-                        for (k, v) in m {
-                            *e.entry(k).or_default() += v;
-                        }
+        // Read ahead, and find how far this round goes.
+        for lane in &mut lanes {
+            while lane.ahead.len() < ROUND_RECORDS && lane.read < lane.end {
+                let want = (ROUND_RECORDS - lane.ahead.len()).min((lane.end - lane.read) as usize);
+                let records = log.read(lane.a.partition, lane.read, want).await?;
+                let Some(last) = records.last() else { break };
+                lane.read = last.offset + 1;
+                merging = merging || records.iter().any(links);
+                lane.ahead.extend(records);
+            }
+        }
+        let first = lanes
+            .iter()
+            .filter_map(|l| l.ahead.front().map(|r| r.timestamp))
+            .min();
+        let first = match first {
+            Some(first) => first,
+            // The log is read: pass on what is still on its way.
+            None if lanes.iter().any(|l| !l.inbox.is_empty()) && drained < DRAIN_ROUNDS => {
+                drained += 1;
+                i64::MAX
+            }
+            None => break,
+        };
+        let mut until = lanes
+            .iter()
+            .filter(|l| l.read < l.end)
+            .filter_map(|l| l.ahead.back().map(|r| r.timestamp))
+            .min()
+            .unwrap_or(i64::MAX);
+        if merging {
+            until = until.min(first.saturating_add(MERGE_ROUND_MS));
+        }
+        let mut tasks = tokio::task::JoinSet::new();
+        for lane in lanes.drain(..) {
+            let done = done.clone();
+            tasks.spawn(async move { lane.round(until, samples, window, &done).await });
+        }
+        let mut out = Vec::new();
+        loop {
+            tokio::select! {
+                joined = tasks.join_next() => match joined {
+                    None => break,
+                    Some(Ok(r)) => {
+                        let (lane, routed) = r?;
+                        out.push((lane.a.partition, routed));
+                        lanes.push(lane);
                     }
-                    for (k, v) in r.samples {
-                        let e = total.samples.entry(k).or_default();
-                        e.extend(v);
-                        e.truncate(samples);
-                    }
-                    total.clock = match (total.clock, r.clock) {
-                        (Some(a), Some(b)) => Some((a.0.min(b.0), a.1.max(b.1))),
-                        (a, b) => a.or(b),
-                    };
+                    Some(Err(e)) => return Err(Error::Emit(format!("a backtest task failed: {e}"))),
+                },
+                _ = tick.tick() => progress(done.load(Ordering::Relaxed)),
+            }
+        }
+        // Routed in partition order, each partition's in the order it made them: the same on
+        // every run.
+        lanes.sort_by_key(|l| l.a.partition);
+        out.sort_by_key(|(p, _)| *p);
+        for (_, routed) in out {
+            for (to, record) in routed {
+                merging = true;
+                if let Some(lane) = lanes.get_mut(to as usize) {
+                    lane.inbox.push(record);
                 }
-                Some(Err(e)) => return Err(Error::Emit(format!("a backtest task failed: {e}"))),
-            },
-            _ = tick.tick() => progress(done.load(Ordering::Relaxed)),
+            }
         }
     }
     progress(done.load(Ordering::Relaxed));
+    let mut total = Report::default();
+    for lane in lanes {
+        let mut r = lane.report;
+        total.events += lane.taken;
+        for (t, m) in r.counts {
+            let e = total.counts.entry(t).or_default();
+            for (k, v) in m {
+                *e.entry(k).or_default() += v;
+            }
+        }
+        for (t, m) in r.deliveries {
+            let e = total.deliveries.entry(t).or_default();
+            for (c, states) in m {
+                let e = e.entry(c).or_default();
+                for (k, v) in states {
+                    *e.entry(k).or_default() += v;
+                }
+            }
+        }
+        for (k, v) in std::mem::take(&mut r.samples) {
+            let e = total.samples.entry(k).or_default();
+            e.extend(v);
+            e.truncate(samples);
+        }
+        let clock = lane
+            .first_clock
+            .map(|f| (f.max(window.0), lane.a.triggers.clock.min(window.1)));
+        total.clock = match (total.clock, clock) {
+            (Some(a), Some(b)) => Some((a.0.min(b.0), a.1.max(b.1))),
+            (a, b) => a.or(b),
+        };
+    }
     at_the_end(&*store, &mut total).await?;
     Ok(total)
 }
@@ -160,7 +359,7 @@ pub async fn backtest<L: EventLog, S: StateStore>(
 /// Where messages and runs are when the log ended, from the scratch store's rows.
 async fn at_the_end<S: StateStore>(store: &S, report: &mut Report) -> Result<()> {
     const ALL: usize = usize::MAX;
-    let mut deliveries: BTreeMap<String, BTreeMap<String, BTreeMap<String, u64>>> = BTreeMap::new();
+    let deliveries = &mut report.deliveries;
     let mut add = |entry: &Value, state: &str| {
         let field = |k: &str| entry[k].as_str().unwrap_or("").to_owned();
         *deliveries
@@ -201,7 +400,6 @@ async fn at_the_end<S: StateStore>(store: &S, report: &mut Report) -> Result<()>
             .entry(phase)
             .or_default() += 1;
     }
-    report.deliveries = deliveries;
     report.waiting = waiting;
     Ok(())
 }

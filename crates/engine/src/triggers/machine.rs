@@ -36,8 +36,6 @@ pub struct Machine<'a> {
     pub emits: &'a mut Vec<Emit>,
     /// Every decision, for metrics and backtest reports.
     pub outcomes: &'a mut Vec<Outcome>,
-    /// Not a backtest: merges move runs between identities (a backtest keeps them apart).
-    pub window_free: bool,
 }
 
 impl Machine<'_> {
@@ -689,6 +687,18 @@ impl Machine<'_> {
     }
 
     pub(super) fn count(&mut self, t: &Trigger, customer: Option<&str>, what: &str, run: &str) {
+        self.count_message(t, customer, what, run, None);
+    }
+
+    /// [`count`](Self::count) for a message, naming its connector.
+    pub(super) fn count_message(
+        &mut self,
+        t: &Trigger,
+        customer: Option<&str>,
+        what: &str,
+        run: &str,
+        connector: Option<&Value>,
+    ) {
         let s = self.views.tstat.upsert(&t.id());
         if let Some(w) = what.strip_prefix('-') {
             s.add(w, -1);
@@ -706,6 +716,7 @@ impl Machine<'_> {
             customer: customer.map(str::to_owned),
             run: run.to_owned(),
             at: self.clock,
+            connector: connector.and_then(Value::as_str).map(str::to_owned),
         });
     }
 

@@ -43,6 +43,8 @@ pub const FORWARDED: &str = "storeline.forwarded";
 pub const TICK: &str = "storeline.tick";
 /// A new trigger file, from the config or `PUT /v1/triggers`.
 pub const TRIGGERS: &str = "storeline.triggers";
+/// The `data` field that marks the person's records a backtest routed itself.
+pub const BACKTEST: &str = "backtest";
 
 /// One decision, for metrics and backtest reports.
 #[derive(Debug, Clone)]
@@ -52,6 +54,8 @@ pub struct Outcome {
     pub customer: Option<String>,
     pub run: String,
     pub at: i64,
+    /// The connector of a message that was suppressed or dropped.
+    pub connector: Option<String>,
 }
 
 /// Every trigger version a partition may still need, and the current file.
@@ -254,14 +258,22 @@ impl Stage {
             .is_none_or(|(from, to)| clock >= from && clock <= to)
     }
 
+    /// A backtest makes its own merge notices, hand-overs and forwarded copies (marked
+    /// [`BACKTEST`]): the ones the live engine wrote are left out, or they would count twice.
+    fn skips(&self, ev: &Ev) -> bool {
+        self.window.is_some()
+            && (ev.ty == MERGED
+                || ev.ty == HANDOFF
+                || (ev.ty == FORWARDED && ev.data.get("via").is_some()))
+            && ev.data.get(BACKTEST) != Some(&Value::Bool(true))
+    }
+
     /// The rows `ev` may touch, known from the event alone.
     pub fn keys(&self, ev: &Ev, partition: u32, keys: &mut Keys) {
-        if !self.reg.relevant(&ev.ty) {
+        if !self.reg.relevant(&ev.ty) || self.skips(ev) {
             return;
         }
-        if self.window.is_none() {
-            person_keys(ev, keys);
-        }
+        person_keys(ev, keys);
         let Some((doc, here)) = doc_of(ev) else {
             return;
         };
@@ -410,7 +422,6 @@ impl Stage {
                 floor: self.clock,
                 emits,
                 outcomes: &mut self.outcomes,
-                window_free: self.window.is_none(),
             };
             m.fire(&first, &target);
         }
@@ -432,20 +443,15 @@ impl Stage {
             }
             return;
         }
-        if !self.reg.relevant(&ev.ty) {
+        if !self.reg.relevant(&ev.ty) || self.skips(ev) {
             return;
         }
-        if self.window.is_none() && self.person(views, ev, partition, emits) {
+        if self.person(views, ev, partition, emits) {
             return;
         }
         let Some((doc, mut here)) = doc_of(ev) else {
             return;
         };
-        // A backtest leaves merges out (each identity is its own customer there): the copies
-        // live merges sent are not applied twice.
-        if self.window.is_some() && ev.ty == FORWARDED && doc.value.get("via").is_some() {
-            return;
-        }
         // Forwarded only when some trigger starts on the type or waits for it, so a log without
         // such triggers carries no copies.
         if Some(partition) == self.commerce
@@ -476,8 +482,7 @@ impl Stage {
         }
         if here && let Some(c) = &doc.customer {
             // A merged identity's events drive its person's runs, in the person's partition.
-            if m.window_free
-                && person::hops(&doc.value) < person::HOPS
+            if person::hops(&doc.value) < person::HOPS
                 && let Some(home) = m.home_of(c)
             {
                 m.forward_to_home(&doc, &home, ev);
@@ -514,7 +519,6 @@ impl Stage {
             floor: self.clock,
             emits,
             outcomes: &mut self.outcomes,
-            window_free: self.window.is_none(),
         }
     }
 
