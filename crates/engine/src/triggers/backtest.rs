@@ -8,6 +8,10 @@
 //! runs still going then (waiting out a debounce, a delay or a wait). Both are read from the
 //! scratch store at the end (its outbox, `arb` and `run` rows), which only a backtest keeps: the
 //! live outbox is emptied by the delivery worker.
+//!
+//! Merges move runs as live: the partitions apply the log in rounds, and the merge notices,
+//! hand-overs and forwarded events one makes are routed to their partitions between rounds
+//! (see [`backtest`]).
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
@@ -24,9 +28,10 @@ use super::rows::{Arb, Run, Status, ns};
 use super::{BACKTEST, FORWARDED, HANDOFF, MERGED, Outcome, Registry, Stage, TriggerSet, person};
 use crate::apply::Applier;
 use crate::error::{Error, Result};
-use crate::event::build_event;
+use crate::event::{Ev, build_event};
 use crate::project::Emit;
 use crate::project::ProjectionConfig;
+use crate::project::identity_key;
 
 /// What a backtest found.
 #[derive(Debug, Default)]
@@ -82,12 +87,15 @@ impl Report {
 
 /// The most records one partition applies in one round.
 const ROUND_RECORDS: usize = 16_384;
-/// Once the log has merged identities, a round covers at most this much of the clock: the
-/// merge notices, hand-overs and forwarded events a round makes reach their partition at the
-/// start of the next one, so they arrive at most this late (live, a few milliseconds).
+/// A round that holds a record which sends something to another partition (a link, an event of
+/// a merged identity) ends at most this much of the clock after it: the merge notices,
+/// hand-overs and forwarded events a round makes are applied by their partition before the
+/// next round, so they arrive at most this late (live, a few milliseconds).
 const MERGE_ROUND_MS: i64 = 1_000;
-/// Rounds after the log's end that pass on what is still on its way (chains are bounded by
-/// `person::HOPS`, so this is never reached).
+/// A round of fewer records is applied partition after partition on one task.
+const SMALL_ROUND: usize = 2_048;
+/// The most rounds that pass on what other rounds sent, before the log goes on (chains are
+/// bounded by `person::HOPS`, so this is never reached).
 const DRAIN_ROUNDS: usize = 64;
 
 /// One partition of the backtest: its writer, what it read ahead from the log, and the
@@ -114,12 +122,12 @@ impl<S: StateStore> Lane<S> {
     /// applier numbers what it applies itself (routed records have no log offset), so the
     /// records are renumbered from its next offset. Returns the records to route.
     async fn round(
-        mut self,
+        &mut self,
         until: i64,
         samples: usize,
         window: (i64, i64),
         done: &AtomicU64,
-    ) -> Result<(Self, Vec<(u32, StoredRecord)>)> {
+    ) -> Result<Vec<(u32, StoredRecord)>> {
         let mut queue: VecDeque<StoredRecord> = std::mem::take(&mut self.inbox).into();
         let mut from_log = 0;
         while self.ahead.front().is_some_and(|r| r.timestamp <= until) {
@@ -160,7 +168,7 @@ impl<S: StateStore> Lane<S> {
                 self.first_clock = Some(self.a.triggers.clock);
             }
         }
-        Ok((self, out))
+        Ok(out)
     }
 }
 /// The person's records a round made, as the log records the live engine would have appended
@@ -197,15 +205,146 @@ fn routed(emits: Vec<Emit>, clock: i64, partitions: u32) -> Vec<(u32, StoredReco
         .collect()
 }
 
-/// Whether a stored record merges or splits identities (from then on, rounds are short).
-fn links(record: &StoredRecord) -> bool {
-    #[derive(serde::Deserialize)]
-    struct Type<'a> {
-        #[serde(rename = "type", borrow)]
-        ty: std::borrow::Cow<'a, str>,
+/// The identities merged into another so far, as the log says in the clock's order: their
+/// events are forwarded to the person, so a round that holds one is kept short. It may hold
+/// more than the engine has merged (a link of a type no trigger cares for): a round is then
+/// shorter than it needs to be, never longer.
+#[derive(Default)]
+struct Merges {
+    members: std::collections::HashSet<String>,
+}
+
+impl Merges {
+    /// Whether applying `record` can send something to another partition; learns the merges
+    /// and splits it makes.
+    fn routes(&mut self, record: &StoredRecord) -> bool {
+        // Until the first merge, only a link can route: read its type alone.
+        if self.members.is_empty() {
+            #[derive(serde::Deserialize)]
+            struct Type<'a> {
+                #[serde(rename = "type", borrow)]
+                ty: std::borrow::Cow<'a, str>,
+            }
+            let link = serde_json::from_slice::<Type<'_>>(&record.value)
+                .is_ok_and(|t| person::is_link_type(&t.ty) || t.ty == "customer.unmerged");
+            if !link {
+                return false;
+            }
+        }
+        let Ok(ev) = Ev::parse(&record.value, 0, record.offset) else {
+            return false;
+        };
+        if let Some((_, others)) = person::merge_of(&ev) {
+            self.members.extend(others);
+            return true;
+        }
+        if ev.ty == "customer.unmerged" {
+            if let Some(x) = ev.str("identity") {
+                self.members.remove(&identity_key(x));
+            }
+            return true;
+        }
+        let named = [
+            ev.subject.as_deref(),
+            ev.str("customer_id"),
+            ev.str("customer"),
+        ];
+        named
+            .into_iter()
+            .flatten()
+            .any(|c| self.members.contains(&identity_key(c)))
     }
-    serde_json::from_slice::<Type<'_>>(&record.value)
-        .is_ok_and(|t| person::is_link_type(&t.ty) || t.ty == "customer.unmerged")
+}
+
+/// Where this round ends: at `cap` (as far as every partition has read ahead), or
+/// [`MERGE_ROUND_MS`] after the first record that sends something to another partition, so
+/// what it sends is at most that late. Walks the round's records in the clock's order,
+/// learning merges as it goes.
+fn round_end<S>(lanes: &[Lane<S>], mut cap: i64, merges: &mut Merges) -> i64 {
+    let mut at = vec![0usize; lanes.len()];
+    let mut routed = false;
+    loop {
+        let next = lanes
+            .iter()
+            .enumerate()
+            .filter_map(|(i, l)| l.ahead.get(at[i]).map(|r| (r.timestamp, i)))
+            .min();
+        let Some((ts, i)) = next.filter(|(ts, _)| *ts <= cap) else {
+            return cap;
+        };
+        at[i] += 1;
+        if merges.routes(&lanes[i].ahead[at[i] - 1]) && !routed {
+            routed = true;
+            cap = cap.min(ts.saturating_add(MERGE_ROUND_MS));
+        }
+    }
+}
+
+/// What every round of one backtest shares.
+struct Ctx<'a> {
+    samples: usize,
+    window: (i64, i64),
+    done: &'a AtomicU64,
+    progress: &'a (dyn Fn(u64) + Sync),
+}
+
+/// One round: every partition with something to apply applies its inbox and its read-ahead
+/// records up to `until`; what they send to other partitions lands in those inboxes, in
+/// partition order and, per partition, in the order it was made (the same on every run).
+async fn run_round<S: StateStore>(
+    lanes: &mut Vec<Lane<S>>,
+    until: i64,
+    ctx: &Ctx<'_>,
+    tick: &mut tokio::time::Interval,
+) -> Result<()> {
+    let work =
+        |l: &Lane<S>| l.inbox.len() + l.ahead.iter().take_while(|r| r.timestamp <= until).count();
+    let records: usize = lanes.iter().map(work).sum();
+    let (samples, window) = (ctx.samples, ctx.window);
+    let mut out = Vec::new();
+    if records < SMALL_ROUND {
+        // A task per partition costs more than it saves here.
+        for lane in lanes.iter_mut() {
+            if work(lane) > 0 {
+                let routed = lane.round(until, samples, window, ctx.done).await?;
+                out.push((lane.a.partition, routed));
+            }
+        }
+    } else {
+        let mut tasks = tokio::task::JoinSet::new();
+        for mut lane in lanes.drain(..) {
+            let done = AtomicU64::new(0);
+            tasks.spawn(async move {
+                let routed = lane.round(until, samples, window, &done).await?;
+                Ok::<_, Error>((lane, routed, done.load(Ordering::Relaxed)))
+            });
+        }
+        loop {
+            tokio::select! {
+                joined = tasks.join_next() => match joined {
+                    None => break,
+                    Some(Ok(r)) => {
+                        let (lane, routed, n) = r?;
+                        ctx.done.fetch_add(n, Ordering::Relaxed);
+                        out.push((lane.a.partition, routed));
+                        lanes.push(lane);
+                    }
+                    Some(Err(e)) => return Err(Error::Emit(format!("a backtest task failed: {e}"))),
+                },
+                _ = tick.tick() => (ctx.progress)(ctx.done.load(Ordering::Relaxed)),
+            }
+        }
+        lanes.sort_by_key(|l| l.a.partition);
+    }
+    out.sort_by_key(|(p, _)| *p);
+    for (_, routed) in out {
+        for (to, record) in routed {
+            if let Some(lane) = lanes.get_mut(to as usize) {
+                lane.inbox.push(record);
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Runs `set` over every partition of `log` up to its current end, evaluating triggers for
@@ -216,7 +355,8 @@ fn links(record: &StoredRecord) -> bool {
 /// move runs between partitions as live: the merge notices, hand-overs and forwarded events a
 /// round makes are applied by their partition first thing in the next round. Until the log's
 /// first merge a round is up to [`ROUND_RECORDS`] per partition; from then on it also covers at
-/// most [`MERGE_ROUND_MS`] of the clock.
+/// most [`MERGE_ROUND_MS`] of the clock after the first record that sends something to another
+/// partition, or after its start when such records wait.
 pub async fn backtest<L: EventLog, S: StateStore>(
     log: Arc<L>,
     store: Arc<S>,
@@ -249,10 +389,22 @@ pub async fn backtest<L: EventLog, S: StateStore>(
             first_clock: None,
         });
     }
-    let mut merging = false;
-    let mut drained = 0;
+    let mut merges = Merges::default();
     let mut tick = tokio::time::interval(std::time::Duration::from_millis(100));
+    let ctx = Ctx {
+        samples,
+        window,
+        done: &done,
+        progress,
+    };
     loop {
+        // What the last round sent to other partitions is applied there first, and what that
+        // sends on, before the log goes on.
+        let mut hops = 0;
+        while lanes.iter().any(|l| !l.inbox.is_empty()) && hops < DRAIN_ROUNDS {
+            hops += 1;
+            run_round(&mut lanes, i64::MIN, &ctx, &mut tick).await?;
+        }
         // Read ahead, and find how far this round goes.
         for lane in &mut lanes {
             while lane.ahead.len() < ROUND_RECORDS && lane.read < lane.end {
@@ -260,64 +412,20 @@ pub async fn backtest<L: EventLog, S: StateStore>(
                 let records = log.read(lane.a.partition, lane.read, want).await?;
                 let Some(last) = records.last() else { break };
                 lane.read = last.offset + 1;
-                merging = merging || records.iter().any(links);
                 lane.ahead.extend(records);
             }
         }
-        let first = lanes
-            .iter()
-            .filter_map(|l| l.ahead.front().map(|r| r.timestamp))
-            .min();
-        let first = match first {
-            Some(first) => first,
-            // The log is read: pass on what is still on its way.
-            None if lanes.iter().any(|l| !l.inbox.is_empty()) && drained < DRAIN_ROUNDS => {
-                drained += 1;
-                i64::MAX
-            }
-            None => break,
-        };
-        let mut until = lanes
+        if lanes.iter().all(|l| l.ahead.is_empty()) {
+            break;
+        }
+        let cap = lanes
             .iter()
             .filter(|l| l.read < l.end)
             .filter_map(|l| l.ahead.back().map(|r| r.timestamp))
             .min()
             .unwrap_or(i64::MAX);
-        if merging {
-            until = until.min(first.saturating_add(MERGE_ROUND_MS));
-        }
-        let mut tasks = tokio::task::JoinSet::new();
-        for lane in lanes.drain(..) {
-            let done = done.clone();
-            tasks.spawn(async move { lane.round(until, samples, window, &done).await });
-        }
-        let mut out = Vec::new();
-        loop {
-            tokio::select! {
-                joined = tasks.join_next() => match joined {
-                    None => break,
-                    Some(Ok(r)) => {
-                        let (lane, routed) = r?;
-                        out.push((lane.a.partition, routed));
-                        lanes.push(lane);
-                    }
-                    Some(Err(e)) => return Err(Error::Emit(format!("a backtest task failed: {e}"))),
-                },
-                _ = tick.tick() => progress(done.load(Ordering::Relaxed)),
-            }
-        }
-        // Routed in partition order, each partition's in the order it made them: the same on
-        // every run.
-        lanes.sort_by_key(|l| l.a.partition);
-        out.sort_by_key(|(p, _)| *p);
-        for (_, routed) in out {
-            for (to, record) in routed {
-                merging = true;
-                if let Some(lane) = lanes.get_mut(to as usize) {
-                    lane.inbox.push(record);
-                }
-            }
-        }
+        let until = round_end(&lanes, cap, &mut merges);
+        run_round(&mut lanes, until, &ctx, &mut tick).await?;
     }
     progress(done.load(Ordering::Relaxed));
     let mut total = Report::default();
