@@ -145,17 +145,16 @@ impl<S: StateStore> Lane<S> {
         while !queue.is_empty() {
             let n = self.a.batch_limit(32_768).min(queue.len());
             let batch: Vec<StoredRecord> = queue.iter().take(n).cloned().collect();
-            let emits = match self.a.apply(&batch).await {
-                Ok((emits, _)) => match self.a.commit().await {
-                    Ok(_) => emits,
-                    Err(e) => return Err(e),
-                },
-                Err(e) => {
-                    if self.a.recover(&e) {
-                        continue;
-                    }
-                    return Err(e);
-                }
+            let applied = async {
+                let (emits, _) = self.a.apply(&batch).await?;
+                self.a.commit().await?;
+                Ok::<_, Error>(emits)
+            };
+            let emits = match applied.await {
+                Ok(emits) => emits,
+                // A record that can never be applied is quarantined, as live.
+                Err(e) if self.a.recover(&e) => continue,
+                Err(e) => return Err(e),
             };
             self.a.quarantined.clear();
             while queue.front().is_some_and(|r| r.offset < self.a.next) {
@@ -171,6 +170,7 @@ impl<S: StateStore> Lane<S> {
         Ok(out)
     }
 }
+
 /// The person's records a round made, as the log records the live engine would have appended
 /// (marked [`BACKTEST`], received at the partition's clock), with the partition each goes to.
 /// Everything else a backtest makes (emitted events, forwarded commerce copies, which the log
