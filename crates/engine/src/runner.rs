@@ -393,20 +393,7 @@ impl<L: EventLog, S: StateStore, A: Appender> Runner<L, S, A> {
     }
 
     async fn append_emits(&self, emits: Vec<Emit>) -> Result<()> {
-        let events: Vec<Event> = emits
-            .into_iter()
-            .map(|e| {
-                build_event(
-                    e.id,
-                    "storeline/engine",
-                    &e.ty,
-                    e.subject,
-                    e.time,
-                    &e.data,
-                    None,
-                )
-            })
-            .collect();
+        let events: Vec<Event> = emits.into_iter().map(Emit::into_event).collect();
         self.appender.append(events, None).await.map_err(|e| {
             let what = format!("{} ({})", e.message, e.code);
             // A refusal (4xx) will be the same next time; a full disk or a stopped writer heals.

@@ -195,109 +195,101 @@ fn engine_record(id: &str, ty: &str, subject: &str, time: i64, data: Value) -> R
     r
 }
 
-#[test]
-fn a_backtest_moves_an_anonymous_cart_to_the_person_who_then_orders() {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(async {
-        let dir = tempfile::tempdir().unwrap();
-        let log = Arc::new(MemoryLog::new(8));
-        let t0 = 1_772_409_600_000; // 2026-03-02 00:00 UTC
-        let s = 1_000;
-        let mut n = 0;
-        for i in 0..6 {
-            let (anon, user) = (format!("anon-{i}"), format!("cus-{i}"));
-            let at = t0 + i * 60 * s;
-            n += 1;
-            let c = record(
-                n,
-                "cart.item_added",
-                &anon,
-                at,
-                json!({ "sku": "A", "quantity": 1 }),
-            );
-            put(&log, c, false).await;
-            // Identified 10 s later: the run is the person's from then on.
-            n += 1;
-            let link = json!({ "user_id": user, "anonymous_id": anon });
-            put(
-                &log,
-                record(n, "customer.identified", &user, at + 10 * s, link),
-                false,
-            )
-            .await;
-            n += 1;
-            let consent = json!({ "channel": "email", "granted": true });
-            put(
-                &log,
-                record(n, "customer.consent_changed", &user, at + 11 * s, consent),
-                false,
-            )
-            .await;
-            // What live wrote under another file: left out (the backtest makes its own).
-            let stale = json!({ "identity": anon, "home": user, "via": "x", "at": at });
-            let stale = engine_record(
-                &format!("mrg_x_{i}"),
-                "storeline.merged",
-                &anon,
-                at + 12 * s,
-                stale,
-            );
-            put(&log, stale, false).await;
-            if i % 2 == 0 {
-                // The buyers order 20 s after the cart, stored in the commerce partition; the
-                // customer's partition holds the forwarded copy.
-                n += 1;
-                let at = at + 20 * s;
-                let order = json!({ "order_id": format!("o-{i}"), "customer_id": user,
-                    "total": { "amount": 1000, "currency": "EUR" } });
-                let placed = record(n, "order.placed", &user, at, order.clone());
-                let doc: Value = serde_json::from_slice(&placed.value).unwrap();
-                put(&log, placed, true).await;
-                let copy = json!({
-                    "id": doc["id"], "type": "order.placed", "time": doc["time"],
-                    "subject": user, "customer": user, "data": order,
-                    "received_at": doc["received_at"],
-                });
-                let copy =
-                    engine_record(&format!("fwd_{i}"), "storeline.forwarded", &user, at, copy);
-                put(&log, copy, false).await;
-            }
-        }
-        // Two hours later the waits are over.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_backtest_moves_an_anonymous_cart_to_the_person_who_then_orders() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = Arc::new(MemoryLog::new(8));
+    let t0 = 1_772_409_600_000; // 2026-03-02 00:00 UTC
+    let s = 1_000;
+    let mut n = 0;
+    for i in 0..6 {
+        let (anon, user) = (format!("anon-{i}"), format!("cus-{i}"));
+        let at = t0 + i * 60 * s;
         n += 1;
-        let late = record(n, "product.viewed", "someone", t0 + 3 * 3600 * s, json!({}));
-        for p in 0..8 {
-            log.append(p, vec![late.clone()]).await.unwrap();
-        }
-        let store = Arc::new(SqliteStore::open(&dir.path().join("bt.db")).await.unwrap());
-        let report = backtest(
-            log,
-            store,
-            PERSON_FILE,
-            &ProjectionConfig::default(),
-            (i64::MIN, i64::MAX),
-            10,
-            &|_| {},
-        )
-        .await
-        .unwrap();
-        let counts = &report.counts["abandoned-cart"];
-        assert_eq!(counts.get("sent"), Some(&3), "{counts:?}");
-        assert_eq!(counts.get("arrived"), Some(&3), "{counts:?}");
-        let mut reminded: Vec<String> = report.samples
-            [&("abandoned-cart".to_owned(), "sent".to_owned())]
-            .iter()
-            .map(|o| o.customer.clone().unwrap_or_default())
-            .collect();
-        reminded.sort();
-        assert_eq!(
-            reminded,
-            ["cus-1", "cus-3", "cus-5"],
-            "the person gets the reminder"
+        let c = record(
+            n,
+            "cart.item_added",
+            &anon,
+            at,
+            json!({ "sku": "A", "quantity": 1 }),
         );
-    });
+        put(&log, c, false).await;
+        // Identified 10 s later: the run is the person's from then on.
+        n += 1;
+        let link = json!({ "user_id": user, "anonymous_id": anon });
+        put(
+            &log,
+            record(n, "customer.identified", &user, at + 10 * s, link),
+            false,
+        )
+        .await;
+        n += 1;
+        let consent = json!({ "channel": "email", "granted": true });
+        put(
+            &log,
+            record(n, "customer.consent_changed", &user, at + 11 * s, consent),
+            false,
+        )
+        .await;
+        // What live wrote under another file: left out (the backtest makes its own).
+        let stale = json!({ "identity": anon, "home": user, "via": "x", "at": at });
+        let stale = engine_record(
+            &format!("mrg_x_{i}"),
+            "storeline.merged",
+            &anon,
+            at + 12 * s,
+            stale,
+        );
+        put(&log, stale, false).await;
+        if i % 2 == 0 {
+            // The buyers order 20 s after the cart, stored in the commerce partition; the
+            // customer's partition holds the forwarded copy.
+            n += 1;
+            let at = at + 20 * s;
+            let order = json!({ "order_id": format!("o-{i}"), "customer_id": user,
+                    "total": { "amount": 1000, "currency": "EUR" } });
+            let placed = record(n, "order.placed", &user, at, order.clone());
+            let doc: Value = serde_json::from_slice(&placed.value).unwrap();
+            put(&log, placed, true).await;
+            let copy = json!({
+                "id": doc["id"], "type": "order.placed", "time": doc["time"],
+                "subject": user, "customer": user, "data": order,
+                "received_at": doc["received_at"],
+            });
+            let copy = engine_record(&format!("fwd_{i}"), "storeline.forwarded", &user, at, copy);
+            put(&log, copy, false).await;
+        }
+    }
+    // Two hours later the waits are over.
+    n += 1;
+    let late = record(n, "product.viewed", "someone", t0 + 3 * 3600 * s, json!({}));
+    for p in 0..8 {
+        log.append(p, vec![late.clone()]).await.unwrap();
+    }
+    let store = Arc::new(SqliteStore::open(&dir.path().join("bt.db")).await.unwrap());
+    let report = backtest(
+        log,
+        store,
+        PERSON_FILE,
+        &ProjectionConfig::default(),
+        (i64::MIN, i64::MAX),
+        10,
+        &|_| {},
+    )
+    .await
+    .unwrap();
+    let counts = &report.counts["abandoned-cart"];
+    assert_eq!(counts.get("sent"), Some(&3), "{counts:?}");
+    assert_eq!(counts.get("arrived"), Some(&3), "{counts:?}");
+    let mut reminded: Vec<String> = report.samples
+        [&("abandoned-cart".to_owned(), "sent".to_owned())]
+        .iter()
+        .map(|o| o.customer.clone().unwrap_or_default())
+        .collect();
+    reminded.sort();
+    assert_eq!(
+        reminded,
+        ["cus-1", "cus-3", "cus-5"],
+        "the person gets the reminder"
+    );
 }

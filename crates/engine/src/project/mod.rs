@@ -49,6 +49,21 @@ pub struct Emit {
     pub data: Value,
 }
 
+impl Emit {
+    /// The record the engine appends for it.
+    pub fn into_event(self) -> storeline_event::Event {
+        crate::event::build_event(
+            self.id,
+            "storeline/engine",
+            &self.ty,
+            self.subject,
+            self.time,
+            &self.data,
+            None,
+        )
+    }
+}
+
 /// Lists the rows `ev` will touch, so they can be loaded before [`apply`].
 pub fn keys(ev: &Ev, cfg: &ProjectionConfig, keys: &mut Keys) {
     customer::keys(ev, keys);

@@ -28,7 +28,7 @@ use super::rows::{Arb, Run, Status, ns};
 use super::{BACKTEST, FORWARDED, HANDOFF, MERGED, Outcome, Registry, Stage, TriggerSet, person};
 use crate::apply::Applier;
 use crate::error::{Error, Result};
-use crate::event::{Ev, build_event};
+use crate::event::Ev;
 use crate::project::Emit;
 use crate::project::ProjectionConfig;
 use crate::project::identity_key;
@@ -184,15 +184,7 @@ fn routed(emits: Vec<Emit>, clock: i64, partitions: u32) -> Vec<(u32, StoredReco
         })
         .map(|mut e| {
             e.data[BACKTEST] = Value::Bool(true);
-            let ev = build_event(
-                e.id,
-                "storeline/engine",
-                &e.ty,
-                e.subject,
-                e.time,
-                &e.data,
-                None,
-            );
+            let ev = e.into_event();
             let p = storeline_log::partition_for(ev.route_key().as_bytes(), partitions);
             let record = StoredRecord {
                 offset: 0,
