@@ -25,7 +25,7 @@ use serde_json::Value;
 
 use super::read::scan_all;
 use super::rows::{Arb, Run, Status, ns};
-use super::{BACKTEST, FORWARDED, HANDOFF, MERGED, Outcome, Registry, Stage, TriggerSet, person};
+use super::{BACKTEST, Outcome, Registry, Stage, TriggerSet, moves_the_person, person};
 use crate::apply::Applier;
 use crate::error::{Error, Result};
 use crate::event::Ev;
@@ -179,9 +179,7 @@ fn routed(emits: Vec<Emit>, clock: i64, partitions: u32) -> Vec<(u32, StoredReco
     let received = chrono::DateTime::from_timestamp_millis(clock).unwrap_or_default();
     emits
         .into_iter()
-        .filter(|e| {
-            e.ty == MERGED || e.ty == HANDOFF || (e.ty == FORWARDED && e.data.get("via").is_some())
-        })
+        .filter(|e| moves_the_person(&e.ty, &e.data))
         .map(|mut e| {
             e.data[BACKTEST] = Value::Bool(true);
             let ev = e.into_event();

@@ -46,6 +46,12 @@ pub const TRIGGERS: &str = "storeline.triggers";
 /// The `data` field that marks the person's records a backtest routed itself.
 pub const BACKTEST: &str = "backtest";
 
+/// Whether a record of type `ty` with `data` is one the person model sends between partitions:
+/// a merge notice, a hand-over, or an event a merged identity's partition forwarded (`via`).
+pub fn moves_the_person(ty: &str, data: &Value) -> bool {
+    ty == MERGED || ty == HANDOFF || (ty == FORWARDED && data.get("via").is_some())
+}
+
 /// One decision, for metrics and backtest reports.
 #[derive(Debug, Clone)]
 pub struct Outcome {
@@ -262,9 +268,7 @@ impl Stage {
     /// [`BACKTEST`]): the ones the live engine wrote are left out, or they would count twice.
     fn skips(&self, ev: &Ev) -> bool {
         self.window.is_some()
-            && (ev.ty == MERGED
-                || ev.ty == HANDOFF
-                || (ev.ty == FORWARDED && ev.data.get("via").is_some()))
+            && moves_the_person(&ev.ty, &ev.data)
             && ev.data.get(BACKTEST) != Some(&Value::Bool(true))
     }
 
