@@ -21,6 +21,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
+use storeline_event::outbox::OutboxEntry;
 use storeline_state::{Commit, StateStore, Store, Write};
 
 use crate::{Delivery, Error, Result};
@@ -108,43 +109,18 @@ pub struct Record {
 }
 
 impl Record {
-    /// A new pending delivery from an engine outbox entry (its JSON), parsed straight into
-    /// the record; `None` when it is not one (no id).
-    pub fn from_outbox(partition: u32, seq: &str, entry: &[u8], now: i64) -> Option<Record> {
-        #[derive(Deserialize)]
-        struct Entry {
-            id: Option<String>,
-            #[serde(default)]
-            connector: String,
-            #[serde(default)]
-            channel: String,
-            #[serde(default)]
-            template: Option<String>,
-            #[serde(default)]
-            customer: Option<String>,
-            #[serde(default)]
-            trigger: String,
-            #[serde(default)]
-            run: String,
-            #[serde(default)]
-            event: Value,
-            #[serde(default)]
-            arrived: Option<Value>,
-            #[serde(default)]
-            data: Option<Map<String, Value>>,
-            #[serde(default)]
-            created_at: Option<i64>,
-        }
-        let e: Entry = serde_json::from_slice(entry).ok()?;
-        let id = e.id?;
-        let order = e
-            .event
-            .pointer("/data/order_id")
-            .and_then(Value::as_str)
-            .map(str::to_owned);
-        Some(Record {
-            key: e.customer.clone().or(order).unwrap_or_else(|| id.clone()),
-            id,
+    /// A new pending delivery from an engine outbox row (the entry's JSON under the key
+    /// `seq`), or what is wrong with the row.
+    pub fn from_outbox(
+        partition: u32,
+        seq: &str,
+        row: &[u8],
+        now: i64,
+    ) -> std::result::Result<Record, String> {
+        let e = OutboxEntry::parse(row)?;
+        Ok(Record {
+            key: e.delivery_key(),
+            id: e.id,
             connector: e.connector,
             channel: e.channel,
             template: e.template,
@@ -152,9 +128,9 @@ impl Record {
             trigger: e.trigger,
             run: e.run,
             event: e.event,
-            arrived: e.arrived.filter(|v| !v.is_null()),
-            data: e.data.unwrap_or_default(),
-            created_at: e.created_at.unwrap_or(now),
+            arrived: e.arrived,
+            data: e.data,
+            created_at: e.created_at,
             partition,
             seq: seq.to_owned(),
             status: Status::Pending,

@@ -237,7 +237,7 @@ pub struct Views {
     /// order.
     pub due: BTreeSet<String>,
     /// Outbox entries to write.
-    pub outbox: BTreeMap<String, serde_json::Value>,
+    pub outbox: BTreeMap<String, storeline_event::outbox::OutboxEntry>,
     /// Trigger files to record.
     pub trigdef: BTreeMap<String, Definition>,
     /// The partition's trigger clock, to record with the commit.
@@ -379,7 +379,7 @@ impl Views {
             out.push(Write::Put {
                 ns: trows::ns::OUTBOX.to_owned(),
                 key,
-                value: Bytes::from(serde_json::to_vec(&entry).map_err(Error::encode)?),
+                value: Bytes::from(entry.to_bytes()),
             });
         }
         if std::mem::take(&mut self.runs_marked) {

@@ -198,7 +198,7 @@ impl World {
             part.stage.apply(&mut part.views, &ev, p, &mut emits);
             part.stage.fire_due(&mut part.views, p, clock, &mut emits);
             for (_, entry) in std::mem::take(&mut part.views.outbox) {
-                self.sent.push(entry);
+                self.sent.push(serde_json::to_value(entry).unwrap());
             }
             part.stage.outcomes.clear();
             for e in emits {

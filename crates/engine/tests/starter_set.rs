@@ -13,6 +13,7 @@ use storeline_engine::triggers::cel::{Expr, Scope};
 use storeline_engine::triggers::def::{Action, Match, Step};
 use storeline_engine::triggers::{FORWARDED, Outcome, Registry, Stage, TICK, TriggerSet};
 use storeline_engine::views::Views;
+use storeline_event::outbox::OutboxKey;
 
 const SOURCE: &str = include_str!("../../../config/triggers.toml");
 
@@ -511,13 +512,10 @@ impl World {
             project::apply(&mut part.views, &ev, &self.cfg, &mut emits).expect("no sum overflows");
             part.stage.apply(&mut part.views, &ev, p, &mut emits);
             part.stage.fire_due(&mut part.views, p, clock, &mut emits);
-            for (key, mut entry) in std::mem::take(&mut part.views.outbox) {
-                // The key is `partition␟time␟id`: the time it was handed to delivery.
-                let at: i64 = key
-                    .split('\u{1f}')
-                    .nth(1)
-                    .and_then(|t| t.parse().ok())
-                    .expect("outbox key");
+            for (key, entry) in std::mem::take(&mut part.views.outbox) {
+                // The key's clock: the time it was handed to delivery.
+                let at = OutboxKey::decode(&key).expect("outbox key").clock;
+                let mut entry = serde_json::to_value(entry).expect("an entry is JSON");
                 entry["sent_at"] = json!(at);
                 self.sent.push(entry);
             }

@@ -10,6 +10,7 @@ mod error;
 pub mod ids;
 pub mod limits;
 mod money;
+pub mod outbox;
 pub mod segment;
 
 pub use catalog::{CATALOG, COMMERCE_KEY, is_catalog_type, is_commerce_type, validate_data};

@@ -24,6 +24,7 @@ use storeline_connector::store::{DeliveryStore, Filter, Status};
 use storeline_connector::worker::{Host, Redrive};
 use storeline_connector::{ConnectorDef, Worker};
 use storeline_engine::triggers::TriggerSet;
+use storeline_event::outbox::OutboxKey;
 use storeline_log::EventLog;
 use storeline_state::StateStore;
 
@@ -45,12 +46,12 @@ impl Host for ServerHost {
     ) -> BoxFuture<'_, Result<Vec<(String, Bytes)>, String>> {
         Box::pin(async move {
             let engine = crate::views_api::engine(&self.0).map_err(|e| e.message)?;
-            let prefix = format!("{partition:04}\u{1f}");
-            let start = after.unwrap_or_else(|| format!("{prefix}{:013}", from_clock.max(0)));
+            let prefix = OutboxKey::prefix(partition);
+            let start = after.unwrap_or_else(|| OutboxKey::start(partition, from_clock));
             let rows = engine
                 .store
                 .scan(
-                    storeline_engine::triggers::rows::ns::OUTBOX,
+                    storeline_event::outbox::NS,
                     &prefix,
                     // Past every row of the key `start` itself (owners are int4 in PostgreSQL).
                     Some((&start, i32::MAX as u32)),

@@ -2,6 +2,8 @@
 //! connector's limits, reading due deliveries back from the store, and recording each attempt's
 //! outcome (delivered, retry at a time, dead; circuit, auto-disable, FIFO release).
 
+use storeline_event::outbox::OutboxKey;
+
 use super::*;
 
 impl Writer {
@@ -41,18 +43,22 @@ impl Writer {
             }
             let mut fresh = Vec::new();
             for (key, value) in &rows {
-                let clock: i64 = key
-                    .split(SEP)
-                    .nth(1)
-                    .and_then(|c| c.parse().ok())
-                    .unwrap_or(0);
+                let clock = OutboxKey::decode(key).map_or(0, |k| k.clock);
                 if clock > self.cursors[p] {
                     self.cursors[p] = clock;
                     self.seen[p].clear();
                 }
-                let Some(rec) = Record::from_outbox(p as u32, key, value, now) else {
-                    tracing::error!(partition = p, key, "unreadable outbox entry skipped");
-                    continue;
+                let rec = match Record::from_outbox(p as u32, key, value, now) {
+                    Ok(rec) => rec,
+                    Err(error) => {
+                        tracing::error!(
+                            partition = p,
+                            key,
+                            error,
+                            "unreadable outbox entry skipped"
+                        );
+                        continue;
+                    }
                 };
                 if self.seen[p].insert(rec.id.clone()) {
                     fresh.push((clock, rec));

@@ -2,6 +2,7 @@
 //! (events to append, with ids derived from the run, so a re-run is deduplicated).
 
 use serde_json::{Map, Value, json};
+use storeline_event::outbox::OutboxEntry;
 
 use super::cel::{Expr, Scope, to_cel};
 use super::def::{Action, Trigger};
@@ -61,14 +62,23 @@ impl Machine<'_> {
                     data,
                 } => {
                     let data = eval_data(data, &scope);
-                    let entry = json!({
-                        "id": format!("dlv_{id_hash}"), "connector": connector, "channel": channel,
-                        "template": template, "customer": customer, "trigger": t.name,
-                        "version": t.version, "run": rk, "event": run.event,
-                        "arrived": arrived.map(|d| &d.value), "data": data,
-                        "created_at": self.clock, "priority": t.priority, "seq": seq_of(&run.origin, step, branch, i),
-                        "transactional": t.transactional,
-                    });
+                    let entry = OutboxEntry {
+                        id: format!("dlv_{id_hash}"),
+                        connector: connector.clone(),
+                        channel: channel.clone(),
+                        template: template.clone(),
+                        customer: customer.map(str::to_owned),
+                        trigger: t.name.clone(),
+                        version: t.version.clone(),
+                        run: rk.to_owned(),
+                        event: run.event.clone(),
+                        arrived: arrived.map(|d| d.value.clone()),
+                        data,
+                        created_at: self.clock,
+                        priority: t.priority,
+                        seq: seq_of(&run.origin, step, branch, i),
+                        transactional: t.transactional,
+                    };
                     self.arbitrate(t, rk, entry, channel, step, true);
                 }
                 Action::Emit { ty, data } => {

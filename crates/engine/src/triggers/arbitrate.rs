@@ -5,6 +5,7 @@
 
 use chrono::{TimeZone, Timelike};
 use serde_json::Value;
+use storeline_event::outbox::{OutboxEntry, OutboxKey};
 
 use super::def::{Trigger, is_customer_channel};
 use super::machine::{Machine, cust, customer_of, fmt};
@@ -17,7 +18,7 @@ impl Machine<'_> {
         &mut self,
         t: &Trigger,
         rk: &str,
-        entry: Value,
+        entry: OutboxEntry,
         channel: &str,
         step: usize,
         fresh: bool,
@@ -41,7 +42,7 @@ impl Machine<'_> {
                 Some(&customer),
                 "suppressed_consent",
                 rk,
-                entry.get("connector"),
+                Some(entry.connector.as_str()),
             );
             return;
         }
@@ -94,7 +95,7 @@ impl Machine<'_> {
         &mut self,
         t: &Trigger,
         rk: &str,
-        entry: Value,
+        entry: OutboxEntry,
         channel: &str,
         step: usize,
         until: i64,
@@ -114,7 +115,7 @@ impl Machine<'_> {
                 Some(&customer),
                 &format!("dropped_{reason}"),
                 rk,
-                entry.get("connector"),
+                Some(entry.connector.as_str()),
             );
             return;
         }
@@ -190,10 +191,7 @@ impl Machine<'_> {
                 .then(x.not_before.cmp(&y.not_before))
         });
         for h in due {
-            let (trigger, version) = (
-                h.entry["trigger"].as_str().unwrap_or("").to_owned(),
-                h.entry["version"].as_str().unwrap_or("").to_owned(),
-            );
+            let (trigger, version) = (h.entry.trigger.clone(), h.entry.version.clone());
             let Some(t) = self.reg.version(&trigger, &version) else {
                 tracing::warn!(
                     trigger,
@@ -215,7 +213,7 @@ impl Machine<'_> {
                     Some(step),
                     Some(format!(
                         "held message {}: the run was cancelled",
-                        h.entry["id"]
+                        h.entry.id
                     )),
                 );
                 self.count_message(
@@ -223,7 +221,7 @@ impl Machine<'_> {
                     cust(&h.run),
                     "dropped_cancelled",
                     &h.run,
-                    h.entry.get("connector"),
+                    Some(h.entry.connector.as_str()),
                 );
                 continue;
             }
@@ -242,7 +240,7 @@ impl Machine<'_> {
         &mut self,
         t: &Trigger,
         rk: &str,
-        entry: Value,
+        entry: OutboxEntry,
         channel: &str,
         step: usize,
         counts: bool,
@@ -264,18 +262,15 @@ impl Machine<'_> {
                 a.sent.push((clock, channel.to_owned()));
             }
         }
-        let id = entry["id"].as_str().unwrap_or("").to_owned();
+        let id = entry.id.clone();
         // Ordered by time, then by the action's place in its run (not by the id's hash).
-        let seq = entry["seq"].as_str().unwrap_or("");
-        let key = format!(
-            "{:04}{}{:013}{}{seq}{}{id}",
-            self.partition,
-            rows::SEP,
-            self.clock.max(self.floor).max(0),
-            rows::SEP,
-            rows::SEP
-        );
-        self.views.outbox.insert(key, entry);
+        let key = OutboxKey {
+            partition: self.partition,
+            clock: self.clock.max(self.floor),
+            seq: entry.seq.clone(),
+            id: id.clone(),
+        };
+        self.views.outbox.insert(key.encode(), entry);
         self.log_run(rk, "sent", Some(step), Some(format!("{id} via {channel}")));
         self.count(
             t,

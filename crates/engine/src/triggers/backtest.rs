@@ -18,6 +18,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::Bytes;
+use storeline_event::outbox::OutboxEntry;
 use storeline_log::{EventLog, StoredRecord};
 use storeline_state::StateStore;
 
@@ -458,18 +459,17 @@ pub async fn backtest<L: EventLog, S: StateStore>(
 async fn at_the_end<S: StateStore>(store: &S, report: &mut Report) -> Result<()> {
     const ALL: usize = usize::MAX;
     let deliveries = &mut report.deliveries;
-    let mut add = |entry: &Value, state: &str| {
-        let field = |k: &str| entry[k].as_str().unwrap_or("").to_owned();
+    let mut add = |entry: &OutboxEntry, state: &str| {
         *deliveries
-            .entry(field("trigger"))
+            .entry(entry.trigger.clone())
             .or_default()
-            .entry(field("connector"))
+            .entry(entry.connector.clone())
             .or_default()
             .entry(state.to_owned())
             .or_default() += 1;
     };
     for (_, _, b) in scan_all(store, ns::OUTBOX, "", ALL).await? {
-        if let Ok(entry) = serde_json::from_slice::<Value>(&b) {
+        if let Ok(entry) = OutboxEntry::parse(&b) {
             add(&entry, "sent");
         }
     }

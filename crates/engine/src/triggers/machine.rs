@@ -697,7 +697,7 @@ impl Machine<'_> {
         customer: Option<&str>,
         what: &str,
         run: &str,
-        connector: Option<&Value>,
+        connector: Option<&str>,
     ) {
         let s = self.views.tstat.upsert(&t.id());
         if let Some(w) = what.strip_prefix('-') {
@@ -716,7 +716,7 @@ impl Machine<'_> {
             customer: customer.map(str::to_owned),
             run: run.to_owned(),
             at: self.clock,
-            connector: connector.and_then(Value::as_str).map(str::to_owned),
+            connector: connector.map(str::to_owned),
         });
     }
 

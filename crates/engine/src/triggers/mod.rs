@@ -367,11 +367,8 @@ impl Stage {
                     more.wait.insert(format!("o:{o}"));
                 }
                 for h in views.arb.get(c).map(|a| a.held.as_slice()).unwrap_or(&[]) {
-                    if let (Some(t), Some(v)) =
-                        (h.entry["trigger"].as_str(), h.entry["version"].as_str())
-                    {
-                        more.tstat.insert(format!("{t}@{v}"));
-                    }
+                    more.tstat
+                        .insert(format!("{}@{}", h.entry.trigger, h.entry.version));
                 }
             }
         }

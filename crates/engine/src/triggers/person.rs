@@ -312,7 +312,7 @@ impl Machine<'_> {
                 let (_, t, k) = rows::split_run_key(&h.run);
                 h.run = rows::run_key(home, t, k);
                 // The message is the person's now (consent, caps and quiet hours too).
-                h.entry["customer"] = json!(home);
+                h.entry.customer = Some(home.to_owned());
                 mine.held.push(h);
             }
             self.schedule_arb(home);

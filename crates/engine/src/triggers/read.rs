@@ -121,8 +121,8 @@ pub async fn journeys<S: StateStore>(store: &S, identities: &[String]) -> Result
                 held.extend(a.held.into_iter().map(|h| {
                     json!({
                         "until": time(h.not_before), "reason": h.reason, "channel": h.channel,
-                        "priority": h.priority, "trigger": h.entry["trigger"],
-                        "delivery_id": h.entry["id"], "_at": h.not_before,
+                        "priority": h.priority, "trigger": h.entry.trigger,
+                        "delivery_id": h.entry.id, "_at": h.not_before,
                     })
                 }));
             }

@@ -21,6 +21,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use storeline_event::outbox::{self, OutboxEntry};
 
 pub mod ns {
     pub const RUN: &str = "run";
@@ -28,7 +29,7 @@ pub mod ns {
     pub const TIMER: &str = "timer";
     pub const ARB: &str = "arb";
     pub const JRNL: &str = "jrnl";
-    pub const OUTBOX: &str = "outbox";
+    pub const OUTBOX: &str = super::outbox::NS;
     pub const AGG: &str = "agg";
     pub const AGGF: &str = "aggf";
     pub const TSTAT: &str = "tstat";
@@ -206,7 +207,7 @@ pub struct HeldMessage {
     /// The run's origin when it was held (a later run may have the same key).
     #[serde(default)]
     pub origin: String,
-    pub entry: Value,
+    pub entry: OutboxEntry,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
