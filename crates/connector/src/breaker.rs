@@ -158,9 +158,20 @@ pub fn retry_delay(
     jitter: f64,
     retry_after: Option<Duration>,
 ) -> Duration {
+    retry_delay_drawn(schedule, index, jitter, retry_after, rand::random())
+}
+
+/// [`retry_delay`] with the random draw (in `[0, 1)`) given, so a caller can decide purely.
+pub fn retry_delay_drawn(
+    schedule: &[Duration],
+    index: usize,
+    jitter: f64,
+    retry_after: Option<Duration>,
+    draw: f64,
+) -> Duration {
     let base = schedule.get(index).copied().unwrap_or_default();
     let spread = if jitter > 0.0 && !base.is_zero() {
-        let f = 1.0 + jitter * (rand::random::<f64>() * 2.0 - 1.0);
+        let f = 1.0 + jitter * (draw * 2.0 - 1.0);
         base.mul_f64(f.max(0.0))
     } else {
         base

@@ -16,6 +16,7 @@
 //! and commits run in the background while the next batch grows. Reads of the store skip
 //! deliveries whose newer state is not committed yet (`writer.rs`: `committing_ids`, `due_gen`).
 
+mod decide;
 mod intake;
 mod writer;
 
@@ -31,7 +32,7 @@ use serde::Serialize;
 use serde_json::{Value, json};
 use tokio::sync::{Notify, mpsc, oneshot, watch};
 
-use crate::breaker::{Breaker, Limiter, retry_delay};
+use crate::breaker::{Breaker, Limiter};
 use crate::store::{Attempt, Batch, ConnState, DeliveryStore, Filter, Record, SEP, Status};
 use crate::{Built, Connector, ConnectorDef, Error, Result, Verdict, clip};
 

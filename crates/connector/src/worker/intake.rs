@@ -4,6 +4,8 @@
 
 use storeline_event::outbox::OutboxKey;
 
+use super::decide::{Next, Schedule, decide};
+
 use super::*;
 
 impl Writer {
@@ -281,118 +283,98 @@ impl Writer {
         let prev = rec.prev();
         rec.attempts += 1;
         rec.updated_at = now;
-        let mut attempt = Attempt {
+        let round = (rec.attempts - rec.round_start) as usize;
+        let default_schedule = crate::config::DEFAULT_SCHEDULE;
+        let schedule = match self.conns.get(&name) {
+            Some(c) => {
+                match &o.verdict {
+                    Verdict::Delivered { .. } => c.metrics.delivered.increment(1),
+                    Verdict::Retry { .. } => c.metrics.retry.increment(1),
+                    Verdict::Reject { .. } => c.metrics.reject.increment(1),
+                }
+                Schedule {
+                    retry: &c.def.retry_schedule,
+                    jitter: c.def.jitter,
+                    disable_after: c.def.disable_after,
+                }
+            }
+            None => {
+                metrics::counter!("storeline_delivery_attempts_total", "connector" => name.clone(), "outcome" => o.verdict.outcome()).increment(1);
+                Schedule {
+                    retry: &default_schedule,
+                    jitter: 0.2,
+                    disable_after: None,
+                }
+            }
+        };
+        let st = self.states.entry(name.clone()).or_default();
+        let d = decide(
+            &o.verdict,
+            round,
+            schedule,
+            st.failing_since,
+            st.disabled_at.is_some(),
+            now,
+            rand::random(),
+        );
+        self.dirty_states.insert(name.clone());
+        st.failing_since = d.failing_since;
+        rec.last_error = d.last_error;
+        match d.next {
+            Next::Delivered => {
+                rec.status = Status::Delivered;
+                rec.next_at = None;
+                rec.delivered_at = Some(now);
+                st.pending -= 1;
+                st.delivered += 1;
+                st.last_success = Some(now);
+            }
+            Next::Retry { at } => rec.next_at = Some(at),
+            Next::Dead => {
+                rec.status = Status::Dead;
+                rec.next_at = None;
+                st.pending -= 1;
+                st.dead += 1;
+            }
+        }
+        if d.disable {
+            st.disabled_at = Some(now);
+        }
+        if let Some(c) = self.conns.get_mut(&name) {
+            c.in_flight = c.in_flight.saturating_sub(1);
+            if let Next::Retry { at } = d.next {
+                c.wake_at = Some(c.wake_at.map_or(at, |w| w.min(at)));
+                c.due_gen += 1;
+            }
+            match &o.verdict {
+                Verdict::Delivered { .. } => {
+                    c.metrics
+                        .latency
+                        .record((now - rec.created_at).max(0) as f64 / 1000.0);
+                    c.breaker.success();
+                }
+                Verdict::Reject { .. } => c.breaker.success(),
+                Verdict::Retry { detail, .. } => {
+                    if c.breaker.failure(now) {
+                        tracing::warn!(
+                            connector = name,
+                            cooldown_s = c.def.circuit_cooldown.as_secs(),
+                            last = clip(detail, 200),
+                            "circuit opened: attempts paused"
+                        );
+                    }
+                }
+            }
+        }
+        let attempt = Attempt {
             n: rec.attempts,
             at: o.at,
             ms: o.ms,
             outcome: o.verdict.outcome().to_owned(),
             detail: clip(o.verdict.detail(), 500),
-            retry_after_ms: None,
-            next_at: None,
+            retry_after_ms: d.retry_after_ms,
+            next_at: rec.next_at,
         };
-        let round = (rec.attempts - rec.round_start) as usize;
-        // The next delay (if the schedule has one left) and when failing disables.
-        let (delay, disable_after) = match (self.conns.get(&name), &o.verdict) {
-            (Some(c), v) => {
-                match v {
-                    Verdict::Delivered { .. } => c.metrics.delivered.increment(1),
-                    Verdict::Retry { .. } => c.metrics.retry.increment(1),
-                    Verdict::Reject { .. } => c.metrics.reject.increment(1),
-                }
-                let after = match v {
-                    Verdict::Retry { after, .. } => *after,
-                    _ => None,
-                };
-                (
-                    (round < c.def.retry_schedule.len())
-                        .then(|| retry_delay(&c.def.retry_schedule, round, c.def.jitter, after)),
-                    c.def.disable_after,
-                )
-            }
-            (None, v) => {
-                metrics::counter!("storeline_delivery_attempts_total", "connector" => name.clone(), "outcome" => v.outcome()).increment(1);
-                let s = crate::config::DEFAULT_SCHEDULE;
-                (
-                    (round < s.len()).then(|| retry_delay(&s, round, 0.2, None)),
-                    None,
-                )
-            }
-        };
-        let st = self.states.entry(name.clone()).or_default();
-        self.dirty_states.insert(name.clone());
-        let mut disabled_now = false;
-        match o.verdict {
-            Verdict::Delivered { .. } => {
-                rec.status = Status::Delivered;
-                rec.next_at = None;
-                rec.delivered_at = Some(now);
-                rec.last_error = None;
-                st.pending -= 1;
-                st.delivered += 1;
-                st.failing_since = None;
-                st.last_success = Some(now);
-                if let Some(c) = self.conns.get_mut(&name) {
-                    c.metrics
-                        .latency
-                        .record((now - rec.created_at).max(0) as f64 / 1000.0);
-                    c.in_flight = c.in_flight.saturating_sub(1);
-                    c.breaker.success();
-                }
-            }
-            Verdict::Reject { detail } => {
-                rec.status = Status::Dead;
-                rec.next_at = None;
-                rec.last_error = Some(clip(&detail, 500));
-                st.pending -= 1;
-                st.dead += 1;
-                if let Some(c) = self.conns.get_mut(&name) {
-                    c.in_flight = c.in_flight.saturating_sub(1);
-                    c.breaker.success();
-                }
-            }
-            Verdict::Retry { detail, after } => {
-                attempt.retry_after_ms = after.map(|a| a.as_millis() as u64);
-                let since = *st.failing_since.get_or_insert(now);
-                if let Some(delay) = delay {
-                    let at = now + delay.as_millis() as i64;
-                    rec.next_at = Some(at);
-                    rec.last_error = Some(clip(&detail, 500));
-                    if let Some(c) = self.conns.get_mut(&name) {
-                        c.wake_at = Some(c.wake_at.map_or(at, |w| w.min(at)));
-                        c.due_gen += 1;
-                    }
-                } else {
-                    rec.status = Status::Dead;
-                    rec.next_at = None;
-                    rec.last_error = Some(format!(
-                        "gave up after {} attempts; last: {}",
-                        round,
-                        clip(&detail, 400)
-                    ));
-                    st.pending -= 1;
-                    st.dead += 1;
-                }
-                if let Some(c) = self.conns.get_mut(&name) {
-                    c.in_flight = c.in_flight.saturating_sub(1);
-                    if c.breaker.failure(now) {
-                        tracing::warn!(
-                            connector = name,
-                            cooldown_s = c.def.circuit_cooldown.as_secs(),
-                            last = clip(&detail, 200),
-                            "circuit opened: attempts paused"
-                        );
-                    }
-                }
-                if let Some(limit) = disable_after
-                    && st.disabled_at.is_none()
-                    && now - since >= limit.as_millis() as i64
-                {
-                    st.disabled_at = Some(now);
-                    disabled_now = true;
-                }
-            }
-        }
-        attempt.next_at = rec.next_at;
         self.batch.attempt(&rec.id, &attempt);
         if let Err(e) = self.batch.record(Some(&prev), &rec) {
             tracing::error!(id = rec.id, error = %e, "cannot encode a delivery");
@@ -409,7 +391,7 @@ impl Writer {
             // Room again: look for due work in this iteration.
             c.wake_at = c.wake_at.map(|w| w.min(now));
         }
-        if disabled_now {
+        if d.disable {
             let since = self.states.get(&name).and_then(|s| s.failing_since);
             tracing::error!(
                 connector = name,
