@@ -6,15 +6,10 @@
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-mod bench;
-mod bench_delivery;
-mod bench_engine;
-mod bench_triggers;
 mod client;
 mod deliveries_cmd;
 mod replay;
 mod table;
-mod traffic;
 mod triggers_cmd;
 
 use std::io::Write;
@@ -211,17 +206,17 @@ enum ConfigCommand {
 enum BenchCommand {
     /// Start a server (fsync on) and drive it over HTTP: batches of 1000 and 100, single events
     /// from 64 connections, and latency at half the single-event maximum.
-    Ingest(bench::IngestArgs),
+    Ingest(storeline_bench::ingest::IngestArgs),
     /// Run the engine in-process over a generated log: events/s through all views, replay
     /// rate, command latency, and oversell checks under 64 clients on hot SKUs.
-    Engine(bench_engine::EngineArgs),
+    Engine(storeline_bench::engine::EngineArgs),
     /// Run the engine in-process with the starter trigger set: events/s, timer lateness at
     /// 10k fires/s, and memory with 1M pending timers.
-    Triggers(bench_triggers::TriggersArgs),
+    Triggers(storeline_bench::triggers::TriggersArgs),
     /// Start a server (fsync on) with a trigger that delivers every event to a local webhook
     /// receiver: end-to-end latency (ingest ack → received) at 1k and 10k events/s, and the
     /// most deliveries/s sustained.
-    Delivery(bench_delivery::DeliveryArgs),
+    Delivery(storeline_bench::delivery::DeliveryArgs),
 }
 
 fn init_tracing(format: &str) {
@@ -304,7 +299,7 @@ async fn run(command: Command) -> Result<()> {
             };
             storeline_event::Currency::parse(&currency)
                 .map_err(|e| anyhow::anyhow!("--currency: {e}"))?;
-            let cfg = traffic::GenConfig {
+            let cfg = storeline_bench::traffic::GenConfig {
                 seed,
                 customers,
                 products,
@@ -312,7 +307,7 @@ async fn run(command: Command) -> Result<()> {
                 currency,
                 anonymous_share,
             };
-            let events_iter = traffic::Generator::new(cfg).take(events as usize);
+            let events_iter = storeline_bench::traffic::Generator::new(cfg).take(events as usize);
             match to {
                 Some(url) => {
                     client::send_events(&url, key.as_deref(), events_iter, events, 1000, 4).await
@@ -358,16 +353,16 @@ async fn run(command: Command) -> Result<()> {
         }
         Command::Bench {
             command: BenchCommand::Ingest(args),
-        } => bench::ingest(args).await,
+        } => storeline_bench::ingest::ingest(args).await,
         Command::Bench {
             command: BenchCommand::Engine(args),
-        } => bench_engine::run(args).await,
+        } => storeline_bench::engine::run(args).await,
         Command::Bench {
             command: BenchCommand::Triggers(args),
-        } => bench_triggers::run(args).await,
+        } => storeline_bench::triggers::run(args).await,
         Command::Bench {
             command: BenchCommand::Delivery(args),
-        } => bench_delivery::run(args).await,
+        } => storeline_bench::delivery::run(args).await,
         Command::Replay(args) => replay::run(args).await,
         Command::Triggers { command } => triggers_cmd::run(command).await,
         Command::Deliveries { command } => deliveries_cmd::run(command).await,

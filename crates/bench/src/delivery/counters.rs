@@ -59,7 +59,7 @@ pub(crate) struct Counters {
 }
 
 impl Counters {
-    pub(crate) async fn take(server: &crate::bench::Server, commits: &Commits) -> Counters {
+    pub(crate) async fn take(server: &crate::ingest::Server, commits: &Commits) -> Counters {
         let pid = server.child.id().to_string();
         Counters {
             scrape: Scrape::take(&server.addr).await,

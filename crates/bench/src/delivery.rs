@@ -143,7 +143,7 @@ fn quantile_of_all(d: &Dist, p: f64, total: usize) -> f64 {
 struct Bench {
     args: DeliveryArgs,
     tracks: Arc<Tracks>,
-    server: crate::bench::Server,
+    server: crate::ingest::Server,
     commits: Commits,
 }
 
@@ -448,7 +448,7 @@ pub async fn run(args: DeliveryArgs) -> Result<()> {
     )
     .with_context(|| format!("cannot write {}", triggers.display()))?;
     let triggers_env = triggers.display().to_string();
-    let server = crate::bench::spawn_server(
+    let server = crate::ingest::spawn_server(
         Some(&data),
         !args.no_fsync,
         &[Scope::Ingest, Scope::Read],

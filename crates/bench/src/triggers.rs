@@ -11,7 +11,7 @@
 
 // `bench engine`'s plumbing: timing wrappers, the in-process appender, the log/store openers
 // and the traffic preparation.
-use crate::bench_engine::{phases, support, views};
+use crate::engine::{phases, support, views};
 
 mod lateness;
 mod memory;
@@ -63,7 +63,7 @@ pub struct TriggersArgs {
     #[arg(long)]
     dir: Option<PathBuf>,
     #[command(flatten)]
-    traffic: crate::bench_engine::TrafficArgs,
+    traffic: crate::engine::TrafficArgs,
     /// Internal: run the memory phase in this process (the parent reads its report).
     #[arg(long, hide = true)]
     memory_child: bool,

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use anyhow::Result;
 
 use super::receiver::{Track, Tracks};
-use crate::bench::Conn;
+use crate::ingest::Conn;
 
 /// One `bench.ping` event `<tag>-<n>`; the subject spreads the events over the partitions
 /// (and over many customers, so no trigger run waits for another).
