@@ -1,5 +1,5 @@
 //! An in-memory [`EventLog`]: the reference implementation of the contract, for tests and for
-//! `storeline serve --log memory`. Nothing survives the process; "durable" means "in the vector".
+//! `[log] backend = "memory"`. Nothing survives the process; "durable" means "in the vector".
 
 use std::sync::Arc;
 

@@ -1,4 +1,4 @@
-//! API keys with scopes (`ingest`, `read`, `admin`), stored hashed in `<data>/keys.json`.
+//! API keys with scopes (`ingest`, `commands`, `read`, `admin`), stored hashed in `<data>/keys.json`.
 //!
 //! A key is `sl_` + 40 random base62 characters (238 bits), so a plain SHA-256 is the right
 //! hash: there is nothing to brute-force that a slow hash would protect. The server keeps the

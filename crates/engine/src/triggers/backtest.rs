@@ -6,8 +6,8 @@
 //! Besides the counts, the report says where each message ended, per connector: handed to
 //! delivery (`sent`) or still held by quiet hours or a cap when the log ended (`held`); and the
 //! runs still going then (waiting out a debounce, a delay or a wait). Both are read from the
-//! scratch store at the end (its outbox, `arb` and `run` rows), which only a backtest keeps: the
-//! live outbox is emptied by the delivery worker.
+//! scratch store at the end (its outbox, `arb` and `run` rows), which holds only what this
+//! backtest decided.
 //!
 //! Merges move runs as live: the partitions apply the log in rounds, and the merge notices,
 //! hand-overs and forwarded events one makes are routed to their partitions between rounds

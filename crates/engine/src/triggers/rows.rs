@@ -9,7 +9,7 @@
 //!  timer  {partition:04}␟{due ms:013}␟{r|a}␟{run key | customer}   sorted by due time
 //!  arb    {customer}                            messages sent (for caps) and held back
 //!  jrnl   {customer}                            the latest decisions that did not start a run
-//!  outbox {partition:04}␟{time:013}␟{delivery id}   what to deliver (the next issue's worker)
+//!  outbox {partition:04}␟{clock:013}␟{seq}␟{id}     what to deliver (storeline_event::outbox)
 //!  agg    {aggregate}␟{key}                     a sliding window's buckets (events where stored)
 //!  aggf   {aggregate}␟{key}                     the same over forwarded copies (conditions only)
 //!  tstat  {trigger}@{version}                   counters per outcome
