@@ -21,11 +21,10 @@ mod segment_api;
 mod serve;
 mod triggers_api;
 mod views_api;
+mod wiring;
 
-use std::future::Future;
-use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use axum::Router;
 use axum::body::Body;
@@ -34,14 +33,14 @@ use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{MethodRouter, delete, get, post, put};
 use storeline_log::{AppendAck, Bounds, EventLog, FileLog, MemoryLog, Record, StoredRecord};
-use storeline_state::StateStore;
 use tokio::sync::watch;
 
 use crate::auth::{KeyStore, Scope};
 pub use crate::config::{Config, ConfigError, LogBackend, StateBackend};
-use crate::dedup::{Dedup, Position};
+use crate::dedup::Dedup;
 pub use crate::error::ApiError;
 pub use crate::read::Cursor;
+pub use crate::wiring::{ServerError, Started, engine_config, open_store, run};
 
 /// The log backends, compiled in and chosen by `[log] backend`.
 pub enum Log {
@@ -102,7 +101,7 @@ pub type Engine = storeline_engine::Engine<storeline_state::Store>;
 
 pub struct AppState {
     pub config: Config,
-    pub log: Log,
+    pub log: Arc<Log>,
     keys: KeyStore,
     dedup: Dedup,
     shutdown: watch::Sender<bool>,
@@ -112,187 +111,7 @@ pub struct AppState {
     worker: std::sync::OnceLock<Arc<storeline_connector::Worker>>,
 }
 
-/// Opens the configured state store: SQLite in the data dir, or PostgreSQL.
-pub async fn open_store(config: &Config) -> Result<storeline_state::Store, storeline_state::Error> {
-    Ok(match config.state.backend {
-        StateBackend::Sqlite => storeline_state::Store::Sqlite(
-            storeline_state::SqliteStore::open(&config.state_file()).await?,
-        ),
-        StateBackend::Postgres => {
-            let pg = storeline_state::PostgresConfig {
-                url: config.state.postgres.url.clone(),
-                schema: config.state.postgres.schema.clone(),
-            };
-            storeline_state::Store::Postgres(storeline_state::PostgresStore::connect(&pg).await?)
-        }
-    })
-}
-
-/// The engine settings from the configuration.
-pub fn engine_config(config: &Config) -> storeline_engine::EngineConfig {
-    storeline_engine::EngineConfig {
-        projection: storeline_engine::ProjectionConfig {
-            default_location: config.inventory.default_location.clone(),
-            low_stock_threshold: config.inventory.low_stock_threshold,
-        },
-        batch_max: config.engine.batch_max,
-        reservation_ttl: config.engine.reservation_ttl,
-    }
-}
-
 pub type SharedState = Arc<AppState>;
-
-/// What the caller of [`run`] learns once the server listens.
-#[derive(Debug, Clone)]
-pub struct Started {
-    pub addr: SocketAddr,
-    /// The admin key created on the first start of an empty data directory (shown once).
-    pub admin_key: Option<String>,
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum ServerError {
-    #[error(transparent)]
-    Config(#[from] ConfigError),
-    #[error("cannot open the log: {0}")]
-    Log(#[from] storeline_log::Error),
-    #[error(transparent)]
-    Keys(#[from] auth::KeyError),
-    #[error("cannot open the state store: {0}")]
-    State(#[from] storeline_state::Error),
-    #[error("cannot start the engine: {0}")]
-    Engine(#[from] storeline_engine::Error),
-    #[error("cannot listen on {addr}: {source}")]
-    Bind {
-        addr: String,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("{0}")]
-    Triggers(String),
-    #[error("cannot start delivery: {0}")]
-    Delivery(String),
-    #[error("server error: {0}")]
-    Serve(#[source] std::io::Error),
-}
-
-/// Opens everything and serves until `shutdown` resolves, then shuts down gracefully.
-pub async fn run(
-    config: Config,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-    on_started: impl FnOnce(&Started),
-) -> Result<(), ServerError> {
-    config.validate()?;
-    let metrics = ops::metrics_handle();
-    let started_at = Instant::now();
-    std::fs::create_dir_all(&config.data_dir).map_err(|e| {
-        ServerError::Log(storeline_log::Error::Io {
-            path: config.data_dir.clone(),
-            source: e,
-        })
-    })?;
-    let log = match config.log.backend {
-        LogBackend::File => {
-            let dir = config.log_dir();
-            let file_config = config.log.file();
-            let log = tokio::task::spawn_blocking(move || FileLog::open(dir, file_config))
-                .await
-                .map_err(|e| ServerError::Serve(std::io::Error::other(e)))??;
-            Log::File(log)
-        }
-        LogBackend::Memory => Log::Memory(MemoryLog::new(config.log.partitions)),
-    };
-    let (keys, admin_key) = KeyStore::open(config.keys_file())?;
-    let keys = keys.with_rate_limits(config.server.rate_limit);
-    let dedup = Dedup::new(config.ingest.dedup_window);
-    let (shutdown_tx, _) = watch::channel(false);
-    let state = Arc::new(AppState {
-        config,
-        log,
-        keys,
-        dedup,
-        shutdown: shutdown_tx,
-        engine: std::sync::OnceLock::new(),
-        worker: std::sync::OnceLock::new(),
-    });
-    let (events, partitions_skipped) = rebuild_dedup(&state).await;
-    tracing::info!(
-        events,
-        partitions_skipped,
-        elapsed_ms = started_at.elapsed().as_millis() as u64,
-        "log opened and dedup index rebuilt"
-    );
-    let store = Arc::new(open_store(&state.config).await?);
-    let (engine_stop, engine_stop_rx) = watch::channel(false);
-    let engine = storeline_engine::Engine::start(
-        Arc::new(LogRef(Arc::clone(&state))),
-        Arc::clone(&store),
-        Arc::new(views_api::LogAppender(Arc::clone(&state))),
-        engine_config(&state.config),
-        engine_stop_rx,
-    )
-    .await?;
-    let engine = Arc::new(engine);
-    let _ = state.engine.set(Arc::clone(&engine));
-    if let Err(e) = triggers_api::install_configured(&state).await {
-        engine_stop.send_replace(true);
-        engine.join().await;
-        store.close().await;
-        state.log.close().await?;
-        return Err(ServerError::Triggers(e));
-    }
-    let delivery_store = Arc::new(delivery_api::open_delivery_store(&state.config).await?);
-    let (worker_stop, worker_stop_rx) = watch::channel(false);
-    let worker =
-        match delivery_api::start_worker(&state, Arc::clone(&delivery_store), worker_stop_rx).await
-        {
-            Ok(w) => Arc::new(w),
-            Err(e) => {
-                engine_stop.send_replace(true);
-                engine.join().await;
-                store.close().await;
-                delivery_store.close().await;
-                state.log.close().await?;
-                return Err(ServerError::Delivery(e));
-            }
-        };
-    let _ = state.worker.set(Arc::clone(&worker));
-
-    let listener = tokio::net::TcpListener::bind(&state.config.server.listen)
-        .await
-        .map_err(|e| ServerError::Bind {
-            addr: state.config.server.listen.clone(),
-            source: e,
-        })?;
-    let addr = listener.local_addr().map_err(ServerError::Serve)?;
-    on_started(&Started { addr, admin_key });
-    tracing::info!(%addr, data_dir = %state.config.data_dir.display(), "storeline is serving");
-
-    let background = tokio::spawn(background(Arc::clone(&state), metrics.clone()));
-    let app = router(Arc::clone(&state), metrics);
-    let stop = state.shutdown.subscribe();
-    let signal_state = Arc::clone(&state);
-    tokio::spawn(async move {
-        shutdown.await;
-        tracing::info!("shutting down: no new connections; finishing in-flight requests");
-        signal_state.shutdown.send_replace(true);
-    });
-    let limits = serve::Limits::from_config(&state.config.server);
-    serve::serve(listener, app, limits, stop).await;
-    background.abort();
-    // Deliveries stop first: attempts in flight get a moment to finish and be recorded.
-    worker_stop.send_replace(true);
-    worker.join().await;
-    delivery_store.close().await;
-    // The views stop after the last request; what they applied is committed, the rest is
-    // applied from the log on the next start.
-    engine_stop.send_replace(true);
-    engine.join().await;
-    store.close().await;
-    state.log.close().await?;
-    tracing::info!("log closed cleanly; bye");
-    Ok(())
-}
 
 /// One route: its method as the OpenAPI document names it (lowercase), its path, its handler.
 type Route = (&'static str, &'static str, MethodRouter<SharedState>);
@@ -390,48 +209,6 @@ fn router(state: SharedState, metrics: metrics_exporter_prometheus::PrometheusHa
         .with_state(state)
 }
 
-/// The log as the engine sees it: the server's log, shared through the app state.
-struct LogRef(SharedState);
-
-impl EventLog for LogRef {
-    fn partitions(&self) -> u32 {
-        self.0.log.partitions()
-    }
-    async fn append(
-        &self,
-        partition: u32,
-        records: Vec<Record>,
-    ) -> storeline_log::Result<AppendAck> {
-        self.0.log.append(partition, records).await
-    }
-    async fn read(
-        &self,
-        partition: u32,
-        from: u64,
-        max: usize,
-    ) -> storeline_log::Result<Vec<StoredRecord>> {
-        self.0.log.read(partition, from, max).await
-    }
-    async fn offset_for_time(&self, partition: u32, timestamp: i64) -> storeline_log::Result<u64> {
-        self.0.log.offset_for_time(partition, timestamp).await
-    }
-    fn bounds(&self, partition: u32) -> storeline_log::Result<Bounds> {
-        self.0.log.bounds(partition)
-    }
-    fn watch(&self, partition: u32) -> storeline_log::Result<watch::Receiver<u64>> {
-        self.0.log.watch(partition)
-    }
-    async fn trim(&self, partition: u32, before: u64) -> storeline_log::Result<u64> {
-        self.0.log.trim(partition, before).await
-    }
-    fn health(&self, partition: u32) -> Option<String> {
-        self.0.log.health(partition)
-    }
-    async fn close(&self) -> storeline_log::Result<()> {
-        self.0.log.close().await
-    }
-}
-
 /// Reads a request body up to the configured limit; larger is 413 with the limit.
 pub(crate) async fn read_body(
     headers: &HeaderMap,
@@ -527,103 +304,6 @@ async fn post_events(State(state): State<SharedState>, headers: HeaderMap, body:
     metrics::histogram!("storeline_ingest_request_seconds").record(started.elapsed().as_secs_f64());
     count_request("events", &result);
     result.unwrap_or_else(IntoResponse::into_response)
-}
-
-/// Rebuilds the dedup index from the log's last `dedup_window`. The log is the source of truth.
-async fn rebuild_dedup(state: &AppState) -> (u64, u32) {
-    #[derive(serde::Deserialize)]
-    struct Key<'a> {
-        #[serde(borrow)]
-        source: std::borrow::Cow<'a, str>,
-        #[serde(borrow)]
-        id: std::borrow::Cow<'a, str>,
-    }
-    let since = chrono::Utc::now().timestamp_millis() - state.dedup.window_ms();
-    let mut events = 0;
-    let mut skipped = 0;
-    for p in 0..state.log.partitions() {
-        let result: Result<(), storeline_log::Error> = async {
-            let mut from = state.log.offset_for_time(p, since).await?;
-            loop {
-                let batch = state.log.read(p, from, 4096).await?;
-                let Some(last) = batch.last() else { break };
-                from = last.offset + 1;
-                for rec in &batch {
-                    if let Ok(k) = serde_json::from_slice::<Key<'_>>(&rec.value) {
-                        let key = state.dedup.key(&k.source, &k.id);
-                        state.dedup.insert(
-                            key,
-                            Position {
-                                partition: p,
-                                offset: rec.offset,
-                            },
-                            rec.timestamp,
-                        );
-                        events += 1;
-                    }
-                }
-            }
-            Ok(())
-        }
-        .await;
-        if let Err(e) = result {
-            skipped += 1;
-            tracing::error!(partition = p, error = %e, "cannot rebuild the dedup index of this partition");
-        }
-    }
-    (events, skipped)
-}
-
-/// Deletes what is older than the retention, through the log's `trim` (whole segments).
-async fn apply_retention(state: &AppState, retention: Duration) {
-    let cutoff = chrono::Utc::now().timestamp_millis() - retention.as_millis() as i64;
-    for p in 0..state.log.partitions() {
-        let result = async {
-            let before = state.log.offset_for_time(p, cutoff).await?;
-            let old_start = state.log.bounds(p)?.start;
-            let start = state.log.trim(p, before).await?;
-            Ok::<_, storeline_log::Error>((old_start, start))
-        }
-        .await;
-        match result {
-            Ok((old, new)) if new > old => {
-                tracing::info!(
-                    partition = p,
-                    dropped = new - old,
-                    start = new,
-                    "retention removed old segments"
-                )
-            }
-            Ok(_) => {}
-            Err(e) => {
-                tracing::warn!(partition = p, error = %e, "retention could not trim this partition")
-            }
-        }
-    }
-}
-
-/// Periodic chores: pick up key changes, drop expired dedup days, keep histograms bounded.
-async fn background(state: SharedState, metrics: metrics_exporter_prometheus::PrometheusHandle) {
-    let mut tick = tokio::time::interval(Duration::from_secs(1));
-    let mut n: u64 = 0;
-    loop {
-        tick.tick().await;
-        n += 1;
-        if let Err(e) = state.keys.reload() {
-            tracing::warn!(error = %e, "cannot reload API keys; keeping the previous set");
-        }
-        if n.is_multiple_of(5) {
-            metrics.run_upkeep();
-        }
-        if n % 3600 == 1 {
-            state.dedup.expire(chrono::Utc::now().timestamp_millis());
-        }
-        if n.is_multiple_of(60)
-            && let Some(retention) = state.config.log.retention
-        {
-            apply_retention(&state, retention).await;
-        }
-    }
 }
 
 #[cfg(test)]

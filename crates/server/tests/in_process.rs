@@ -1,0 +1,161 @@
+//! The server in this process (`storeline_server::run`), without spawning the binary: on the
+//! memory log for speed, and on the file log where what matters is that a start failing half-way
+//! stops everything it started (the log's lock is free again).
+
+use std::path::Path;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use storeline_server::auth::{self, Scope};
+use storeline_server::{Config, LogBackend, ServerError, Started};
+use tokio::sync::oneshot;
+
+struct Running {
+    url: String,
+    key: String,
+    stop: oneshot::Sender<()>,
+    done: tokio::task::JoinHandle<Result<(), ServerError>>,
+}
+
+fn config(data: &Path, backend: LogBackend, listen: &str) -> Config {
+    let mut c = Config::default();
+    c.data_dir = data.to_owned();
+    c.server.listen = listen.to_owned();
+    c.log.backend = backend;
+    c.log.partitions = 4;
+    c
+}
+
+/// Runs the server until `stop`; `Err` when it fails to start.
+async fn start(config: Config) -> Result<Running, ServerError> {
+    let keys = config.keys_file();
+    let (started_tx, started_rx) = oneshot::channel::<Started>();
+    let (stop, stop_rx) = oneshot::channel::<()>();
+    let done = tokio::spawn(storeline_server::run(
+        config,
+        async move {
+            let _ = stop_rx.await;
+        },
+        move |s| {
+            let _ = started_tx.send(s.clone());
+        },
+    ));
+    match started_rx.await {
+        Ok(s) => Ok(Running {
+            url: format!("http://{}", s.addr),
+            // An admin key is shown on the first start only; later ones make their own.
+            key: s.admin_key.unwrap_or_else(|| {
+                auth::create_key(&keys, "in-process-test", &[Scope::Admin])
+                    .expect("a key")
+                    .1
+            }),
+            stop,
+            done,
+        }),
+        Err(_) => Err(done
+            .await
+            .expect("run does not panic")
+            .expect_err("run ended before listening")),
+    }
+}
+
+impl Running {
+    async fn post(&self, path: &str, body: Value) -> (u16, Value) {
+        let r = reqwest::Client::new()
+            .post(format!("{}{path}", self.url))
+            .bearer_auth(&self.key)
+            .json(&body)
+            .send()
+            .await
+            .expect("the server answers");
+        (r.status().as_u16(), r.json().await.unwrap_or(Value::Null))
+    }
+
+    async fn get(&self, path: &str) -> (u16, Value) {
+        let r = reqwest::Client::new()
+            .get(format!("{}{path}", self.url))
+            .bearer_auth(&self.key)
+            .send()
+            .await
+            .expect("the server answers");
+        (r.status().as_u16(), r.json().await.unwrap_or(Value::Null))
+    }
+
+    async fn shutdown(self) {
+        let _ = self.stop.send(());
+        tokio::time::timeout(Duration::from_secs(30), self.done)
+            .await
+            .expect("the server stops")
+            .expect("run does not panic")
+            .expect("a clean shutdown");
+    }
+}
+
+fn signup(id: &str, customer: &str) -> Value {
+    json!({
+        "specversion": "1.0", "id": id, "source": "in-process-test",
+        "type": "customer.signed_up", "subject": customer,
+        "data": { "email": format!("{customer}@example.com") },
+    })
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_server_on_the_memory_log_ingests_and_serves_the_customer_view() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = start(config(dir.path(), LogBackend::Memory, "127.0.0.1:0"))
+        .await
+        .expect("the server starts");
+    let (status, ack) = s
+        .post(
+            "/v1/events",
+            json!([signup("e1", "cus-1"), signup("e2", "cus-2")]),
+        )
+        .await;
+    assert_eq!(status, 200, "{ack}");
+    let cursor: Vec<String> = ack["events"]
+        .as_array()
+        .expect("one ack per event")
+        .iter()
+        .map(|a| format!("{}:{}", a["partition"], a["offset"]))
+        .collect();
+    let (status, customer) = s
+        .get(&format!(
+            "/v1/customers/cus-1?min_offset={}",
+            cursor.join(",")
+        ))
+        .await;
+    assert_eq!(status, 200, "{customer}");
+    assert_eq!(
+        customer["traits"]["email"], "cus-1@example.com",
+        "{customer}"
+    );
+    // The same event again is a duplicate, not a second signup.
+    let (status, again) = s.post("/v1/events", json!([signup("e1", "cus-1")])).await;
+    assert_eq!(
+        (status, &again["events"][0]["duplicate"]),
+        (200, &json!(true)),
+        "{again}"
+    );
+    s.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_start_that_fails_after_the_engine_started_stops_everything_it_started() {
+    let dir = tempfile::tempdir().unwrap();
+    // The port is taken: the log, the stores, the engine and the worker are up when the bind
+    // fails.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let err = match start(config(dir.path(), LogBackend::File, &addr)).await {
+        Ok(_) => panic!("the server started on a taken port"),
+        Err(e) => e,
+    };
+    assert!(matches!(err, ServerError::Bind { .. }), "{err}");
+    // Everything was stopped and the log closed: its lock is free for the next start.
+    let s = start(config(dir.path(), LogBackend::File, "127.0.0.1:0"))
+        .await
+        .expect("the data directory is free again");
+    let (status, _) = s.get("/v1/engine").await;
+    assert_eq!(status, 200);
+    s.shutdown().await;
+}
