@@ -334,7 +334,7 @@ async fn run(command: Command) -> Result<()> {
             config.validate()?;
             if let Some(source) = config.trigger_source().map_err(anyhow::Error::msg)?
                 && let Err(problems) =
-                    storeline_server::delivery_api::parse_file(&source, Some(&config.data_dir))
+                    storeline_server::trigger_file::parse_file(&source, Some(&config.data_dir))
             {
                 for p in &problems {
                     eprintln!("triggers: {p}");

@@ -88,7 +88,7 @@ fn check(file: PathBuf, as_json: bool, data: Option<PathBuf>) -> Result<()> {
     // stored text's: it is known here only with the data directory's key (or without secrets).
     let stored = storeline_server::secrets::stored_text(&source, data.as_deref());
     let text = stored.as_deref().unwrap_or(&source);
-    match storeline_server::delivery_api::parse_file(text, data.as_deref()) {
+    match storeline_server::trigger_file::parse_file(text, data.as_deref()) {
         Ok((set, connectors)) => {
             let version = stored.as_ref().map(|_| set.version.clone());
             if as_json {

@@ -19,19 +19,17 @@ use bytes::Bytes;
 use futures::future::BoxFuture;
 use serde::Deserialize;
 use serde_json::{Value, json};
-use storeline_connector::secrets;
+use storeline_connector::Worker;
 use storeline_connector::store::{DeliveryStore, Filter, Status};
 use storeline_connector::worker::{Host, Redrive};
-use storeline_connector::{ConnectorDef, Worker};
-use storeline_engine::triggers::TriggerSet;
 use storeline_event::outbox::OutboxKey;
 use storeline_log::EventLog;
 use storeline_state::StateStore;
 
+use crate::SharedState;
 use crate::auth::Scope;
 use crate::error::ApiError;
 use crate::views_api::now_ms;
-use crate::{AppState, SharedState};
 
 /// The worker's window on the engine, the views and the log.
 pub(crate) struct ServerHost(pub SharedState);
@@ -117,43 +115,6 @@ pub async fn open_delivery_store(
     })
 }
 
-/// A trigger file with its connectors checked too, their secrets resolved (references looked
-/// up, `enc:v1:` values opened with `data_dir`'s key): every problem of both, or both parsed.
-pub fn parse_file(
-    source: &str,
-    data_dir: Option<&std::path::Path>,
-) -> Result<(TriggerSet, Vec<ConnectorDef>), Vec<storeline_engine::triggers::Problem>> {
-    let set = TriggerSet::parse(source);
-    let tables = match &set {
-        Ok(s) => s.connectors.clone(),
-        // The connectors are checked even when a trigger is wrong, so one round shows all.
-        Err(_) => toml::from_str::<toml::Table>(source)
-            .ok()
-            .and_then(|t| t.get("connector").cloned())
-            .and_then(|c| c.try_into::<Vec<toml::Table>>().ok())
-            .unwrap_or_default(),
-    };
-    let key = crate::secrets::key_reader(data_dir);
-    let defs = secrets::reveal_all(&tables, &key, &secrets::Process)
-        .and_then(|tables| storeline_connector::config::parse_all(&tables))
-        .map_err(|ps| {
-            ps.into_iter()
-                .map(|p| storeline_engine::triggers::Problem {
-                    at: p.at,
-                    message: p.message,
-                })
-                .collect::<Vec<_>>()
-        });
-    match (set, defs) {
-        (Ok(s), Ok(d)) => Ok((s, d)),
-        (Err(mut a), Err(b)) => {
-            a.extend(b);
-            Err(a)
-        }
-        (Err(a), Ok(_)) | (Ok(_), Err(a)) => Err(a),
-    }
-}
-
 /// Starts the worker with the connectors of the trigger file in force.
 pub(crate) async fn start_worker(
     state: &SharedState,
@@ -161,11 +122,11 @@ pub(crate) async fn start_worker(
     shutdown: tokio::sync::watch::Receiver<bool>,
 ) -> Result<Worker, String> {
     let engine = crate::views_api::engine(state).map_err(|e| e.message)?;
-    let source = crate::triggers_api::current_source(state)
+    let source = crate::trigger_file::current_source(state)
         .await
         .map_err(|e| e.message)?;
     let defs = match source {
-        Some(src) => installed_connectors(&src, &state.config.data_dir),
+        Some(src) => crate::trigger_file::installed_connectors(&src, &state.config.data_dir),
         None => Vec::new(),
     };
     let config = storeline_connector::WorkerConfig {
@@ -182,63 +143,6 @@ pub(crate) async fn start_worker(
     )
     .await
     .map_err(|e| e.to_string())
-}
-
-/// The connectors of the installed trigger file, secrets resolved. One whose secrets cannot be
-/// resolved now (a variable missing from this start's environment) is left out and logged: its
-/// deliveries wait, as for one that cannot be built, and the others run.
-fn installed_connectors(source: &str, data_dir: &std::path::Path) -> Vec<ConnectorDef> {
-    let tables = match TriggerSet::parse(source) {
-        Ok(set) => set.connectors,
-        Err(problems) => {
-            for p in &problems {
-                tracing::error!(problem = %p, "the installed trigger file has problems; no connector is configured");
-            }
-            return Vec::new();
-        }
-    };
-    let key = crate::secrets::key_reader(Some(data_dir));
-    let mut defs = Vec::new();
-    for (i, t) in tables.iter().enumerate() {
-        let at = format!("connector[{i}]");
-        match secrets::reveal(t, &at, &key, &secrets::Process)
-            .and_then(|t| storeline_connector::config::parse(&t, &at))
-        {
-            Ok(d) => defs.push(d),
-            Err(problems) => {
-                for p in &problems {
-                    tracing::error!(problem = %p, "connector left out: its deliveries wait");
-                }
-            }
-        }
-    }
-    defs
-}
-
-pub(crate) fn worker(state: &AppState) -> Result<&Worker, ApiError> {
-    state
-        .worker
-        .get()
-        .map(|w| &**w)
-        .ok_or_else(|| ApiError::unavailable("the delivery worker is starting; retry"))
-}
-
-/// Hands new connector definitions to the worker; problems building them are logged (the
-/// definitions were checked already, so these are files or clients that failed).
-pub(crate) async fn reconfigure(state: &AppState, defs: Vec<ConnectorDef>) {
-    let Ok(w) = worker(state) else { return };
-    match w.configure(defs).await {
-        Ok(errors) => {
-            for (name, e) in errors {
-                tracing::error!(
-                    connector = name,
-                    error = e,
-                    "connector cannot be built; its deliveries wait"
-                );
-            }
-        }
-        Err(e) => tracing::error!(error = %e, "cannot reconfigure the delivery worker"),
-    }
 }
 
 fn store_error(e: storeline_connector::Error) -> ApiError {
@@ -337,7 +241,7 @@ pub async fn list(
         .map(|a| crate::cursor::decode("after", a))
         .transpose()?;
     let limit = q.limit.unwrap_or(100).clamp(1, 1000);
-    let w = worker(&state)?;
+    let w = state.delivery_worker()?;
     let (recs, next) = w
         .store
         .list(&f, after.as_deref(), limit)
@@ -359,7 +263,7 @@ pub async fn get(
     state
         .keys
         .authorize(&headers, Scope::Read, "GET /v1/deliveries/{id}")?;
-    let w = worker(&state)?;
+    let w = state.delivery_worker()?;
     let Some(r) = w.store.get(&id).await.map_err(store_error)? else {
         return Err(ApiError::new(
             StatusCode::NOT_FOUND,
@@ -438,7 +342,11 @@ pub async fn redrive(
             to: time_param("to", &b.to)?,
         }),
     };
-    let n = worker(&state)?.redrive(what).await.map_err(store_error)?;
+    let n = state
+        .delivery_worker()?
+        .redrive(what)
+        .await
+        .map_err(store_error)?;
     Ok(Json(json!({ "redriven": n })).into_response())
 }
 
@@ -450,7 +358,7 @@ pub async fn connectors(
     state
         .keys
         .authorize(&headers, Scope::Read, "GET /v1/connectors")?;
-    Ok(Json(json!({ "connectors": worker(&state)?.status() })).into_response())
+    Ok(Json(json!({ "connectors": state.delivery_worker()?.status() })).into_response())
 }
 
 /// `POST /v1/connectors/{name}/enable` (admin).
@@ -462,7 +370,7 @@ pub async fn enable(
     state
         .keys
         .authorize(&headers, Scope::Admin, "POST /v1/connectors/{name}/enable")?;
-    let w = worker(&state)?;
+    let w = state.delivery_worker()?;
     if !w.status().iter().any(|c| c.name == name) {
         return Err(ApiError::new(
             StatusCode::NOT_FOUND,

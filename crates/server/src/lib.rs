@@ -19,6 +19,7 @@ mod read;
 pub mod secrets;
 mod segment_api;
 mod serve;
+pub mod trigger_file;
 mod triggers_api;
 mod views_api;
 mod wiring;
@@ -109,6 +110,16 @@ pub struct AppState {
     engine: std::sync::OnceLock<Arc<Engine>>,
     /// Set once the delivery worker has started (after the engine).
     worker: std::sync::OnceLock<Arc<storeline_connector::Worker>>,
+}
+
+impl AppState {
+    /// The delivery worker, once started.
+    pub(crate) fn delivery_worker(&self) -> Result<&storeline_connector::Worker, ApiError> {
+        self.worker
+            .get()
+            .map(|w| &**w)
+            .ok_or_else(|| ApiError::unavailable("the delivery worker is starting; retry"))
+    }
 }
 
 pub type SharedState = Arc<AppState>;

@@ -1,9 +1,6 @@
-//! Triggers over HTTP and at start: install the configured trigger file, read and replace it
-//! (`GET/PUT /v1/triggers`), a customer's journeys, and aggregate values.
-//!
-//! A trigger file is installed by appending one `storeline.triggers` record to every partition:
-//! each partition's writer switches at that position of its log, so replay and backtest see the
-//! same switch, and runs in flight keep the version they started with.
+//! Triggers over HTTP: read and replace the trigger file (`GET/PUT /v1/triggers`; how a file is
+//! checked, installed and handed to the worker is `trigger_file.rs`), a customer's journeys,
+//! and aggregate values.
 
 use std::collections::BTreeMap;
 
@@ -14,90 +11,11 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 use storeline_engine::triggers::{self, TriggerSet};
-use storeline_log::EventLog;
 
+use crate::SharedState;
 use crate::auth::Scope;
 use crate::error::ApiError;
 use crate::views_api::{Q, customer_read, engine, internal, not_found, now_ms, view_read};
-use crate::{AppState, SharedState};
-
-/// Appends `set` to every partition and waits (up to `engine.read_wait`) until each applied it.
-/// Returns whether all did in time.
-async fn install(state: &AppState, set: &TriggerSet) -> Result<bool, ApiError> {
-    let mut positions = Vec::new();
-    for p in 0..state.log.partitions() {
-        let acks = crate::ingest::store_routed(state, vec![triggers::install_event(set)], Some(p))
-            .await
-            .map_err(|e| {
-                ApiError::unavailable(format!(
-                    "the trigger file could not be stored: {}",
-                    e.message
-                ))
-            })?;
-        positions.extend(acks.iter().map(|a| (a.partition, a.offset)));
-    }
-    let engine = engine(state)?;
-    for (p, o) in positions {
-        if !engine
-            .wait_applied(p, o, state.config.engine.read_wait)
-            .await
-        {
-            return Ok(false);
-        }
-    }
-    Ok(true)
-}
-
-/// At start: installs the configured trigger file if its content changed since it was last
-/// installed from the config (so a file sent over the API stays until the config changes).
-pub async fn install_configured(state: &AppState) -> Result<(), String> {
-    let Some(source) = state.config.trigger_source()? else {
-        return Ok(());
-    };
-    let data_dir = &state.config.data_dir;
-    let source = crate::secrets::seal(data_dir, &source)?;
-    let (set, _) =
-        crate::delivery_api::parse_file(&source, Some(data_dir)).map_err(|problems| {
-            let lines: Vec<String> = problems.iter().map(|p| format!("  {p}")).collect();
-            format!("the trigger file has problems:\n{}", lines.join("\n"))
-        })?;
-    let marker = state.config.data_dir.join("triggers.installed");
-    let previous = std::fs::read_to_string(&marker).unwrap_or_default();
-    if previous.trim() == set.version {
-        tracing::info!(
-            version = set.version,
-            "the configured trigger file is unchanged; the installed one stays"
-        );
-        return Ok(());
-    }
-    if !install(state, &set).await.map_err(|e| e.message)? {
-        tracing::warn!("the trigger file is stored but not every partition applied it yet");
-    }
-    std::fs::write(&marker, &set.version)
-        .map_err(|e| format!("cannot write {}: {e}", marker.display()))?;
-    tracing::info!(
-        version = set.version,
-        triggers = set.triggers.len(),
-        "trigger file from the config installed"
-    );
-    Ok(())
-}
-
-/// The source of the trigger file in force (partition 0's).
-pub(crate) async fn current_source(state: &AppState) -> Result<Option<String>, ApiError> {
-    let engine = engine(state)?;
-    let current = triggers::read::current(&*engine.store)
-        .await
-        .map_err(internal)?;
-    Ok(current.into_iter().next().map(|(_, d)| d.source))
-}
-
-/// The trigger file in force (partition 0's, which all reach once they applied it).
-async fn current_set(state: &AppState) -> Result<Option<TriggerSet>, ApiError> {
-    Ok(current_source(state)
-        .await?
-        .and_then(|source| TriggerSet::parse(&source).ok()))
-}
 
 /// `GET /v1/triggers`: the file in force, each trigger's version and counters, and the runs
 /// still on older versions.
@@ -190,7 +108,7 @@ pub async fn put_triggers(
         )
     })?;
     let (set, connectors) =
-        crate::delivery_api::parse_file(&source, Some(data_dir)).map_err(|problems| {
+        crate::trigger_file::parse_file(&source, Some(data_dir)).map_err(|problems| {
             ApiError::new(
                 StatusCode::UNPROCESSABLE_ENTITY,
                 "invalid_triggers",
@@ -202,7 +120,7 @@ pub async fn put_triggers(
             .with_details(json!({ "problems": problems }))
         })?;
     let engine = engine(&state)?;
-    let before = current_set(&state).await?;
+    let before = crate::trigger_file::current_set(&state).await?;
     let stats = triggers::read::stats(&*engine.store)
         .await
         .map_err(internal)?;
@@ -225,8 +143,8 @@ pub async fn put_triggers(
             }
         }
     }
-    let applied = install(&state, &set).await?;
-    crate::delivery_api::reconfigure(&state, connectors).await;
+    let applied = crate::trigger_file::install(&state, &set).await?;
+    crate::trigger_file::reconfigure(&state, connectors).await;
     let added: Vec<&str> = set
         .triggers
         .iter()
@@ -272,7 +190,9 @@ pub async fn list_aggregates(
     q: Q,
 ) -> Result<Response, ApiError> {
     view_read(&state, &headers, "GET /v1/aggregates", q).await?;
-    let set = current_set(&state).await?.unwrap_or_default();
+    let set = crate::trigger_file::current_set(&state)
+        .await?
+        .unwrap_or_default();
     let list: Vec<Value> = set
         .aggregates
         .iter()
@@ -288,7 +208,9 @@ pub async fn get_aggregate(
     q: Q,
 ) -> Result<Response, ApiError> {
     let (engine, q) = view_read(&state, &headers, "GET /v1/aggregates", q).await?;
-    let set = current_set(&state).await?.unwrap_or_default();
+    let set = crate::trigger_file::current_set(&state)
+        .await?
+        .unwrap_or_default();
     let unknown = || {
         not_found(
             "aggregate_not_found",

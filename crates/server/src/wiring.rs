@@ -16,7 +16,7 @@ use crate::auth::{self, KeyStore};
 use crate::config::{Config, ConfigError, LogBackend, StateBackend};
 use crate::dedup::{Dedup, Position};
 use crate::{
-    AppState, Engine, Log, SharedState, delivery_api, ops, serve, triggers_api, views_api,
+    AppState, Engine, Log, SharedState, delivery_api, ops, serve, trigger_file, views_api,
 };
 
 /// Opens the configured state store: SQLite in the data dir, or PostgreSQL.
@@ -208,7 +208,7 @@ impl Parts {
         let engine = Arc::new(engine);
         self.engine = Some((Arc::clone(&engine), engine_stop));
         let _ = state.engine.set(engine);
-        triggers_api::install_configured(state)
+        trigger_file::install_configured(state)
             .await
             .map_err(ServerError::Triggers)?;
         let delivery_store = Arc::new(delivery_api::open_delivery_store(&state.config).await?);
