@@ -6,14 +6,20 @@
 //! none are.
 
 use serde::Deserialize;
-use serde_json::{Value, json};
+use serde_json::Value;
 
 use storeline_event::limits;
 
 use crate::error::CommandError;
 use crate::model::Status;
-use crate::project::{Shortfall, allocate, transition_allowed};
 use crate::views::{Keys, Views};
+
+mod adjust;
+mod consent;
+mod expire;
+mod place;
+mod receive;
+mod transition;
 
 /// Every command name, for help and errors.
 pub const NAMES: &[&str] = &[
@@ -406,7 +412,17 @@ fn opt(map: &mut serde_json::Map<String, Value>, k: &str, v: Option<impl Into<Va
     }
 }
 
+/// What every command's plan sees: the views, the time (ms since the epoch) and the defaults.
+#[derive(Clone, Copy)]
+struct Ctx<'a> {
+    views: &'a Views,
+    now: i64,
+    default_ttl_ms: i64,
+    default_location: &'a str,
+}
+
 /// Checks the command against `views` and returns its events; `now` is ms since the epoch.
+/// Each command's rules are in a file of its own.
 pub fn plan(
     cmd: &Command,
     views: &Views,
@@ -414,317 +430,26 @@ pub fn plan(
     default_ttl_ms: i64,
     default_location: &str,
 ) -> Result<Vec<Planned>, CommandError> {
+    let cx = Ctx {
+        views,
+        now,
+        default_ttl_ms,
+        default_location,
+    };
     match cmd {
-        Command::Adjust(a) => {
-            // A decrease may not take away stock that is held for orders: that would oversell.
-            let loc = a.location.as_deref().unwrap_or(default_location);
-            let level = views
-                .inv
-                .get(&a.sku)
-                .and_then(|s| s.locations.get(loc))
-                .copied()
-                .unwrap_or_default();
-            let on_hand = match a.set {
-                Some(s) => s,
-                None => level
-                    .on_hand
-                    .checked_add(a.delta.unwrap_or(0))
-                    .filter(|n| limits::check_amount(*n).is_ok())
-                    .ok_or_else(|| {
-                        invalid(
-                            "delta",
-                            format!(
-                                "stock on hand would become {} + {}, beyond the limit of ±{}",
-                                level.on_hand,
-                                a.delta.unwrap_or(0),
-                                limits::MAX_AMOUNT
-                            ),
-                        )
-                    })?,
-            };
-            if on_hand < level.reserved {
-                return Err(CommandError::InsufficientStock(vec![Shortfall {
-                    sku: a.sku.clone(),
-                    location: Some(loc.to_owned()),
-                    requested: level.on_hand.saturating_sub(on_hand),
-                    available: level.available().max(0),
-                }]));
-            }
-            let mut d = serde_json::Map::new();
-            d.insert("sku".into(), a.sku.clone().into());
-            opt(&mut d, "location", a.location.clone());
-            opt(&mut d, "delta", a.delta);
-            opt(&mut d, "set", a.set);
-            opt(&mut d, "reason", a.reason.clone());
-            if let Some(t) = a.low_stock_threshold {
-                d.insert("properties".into(), json!({ "low_stock_threshold": t }));
-            }
-            Ok(vec![Planned {
-                ty: "inventory.adjusted",
-                subject: Some(a.sku.clone()),
-                data: Value::Object(d),
-            }])
-        }
-        Command::Place(p) => {
-            if views.order.get(&p.order_id).is_some() {
-                return Err(CommandError::OrderExists(p.order_id.clone()));
-            }
-            // Reserve every line against what the lines before it took (two lines may share a
-            // SKU), and report every line that falls short.
-            let mut taken: std::collections::BTreeMap<(String, String), i64> = Default::default();
-            let mut allocations = Vec::new();
-            let mut short: Vec<Shortfall> = Vec::new();
-            for l in &p.lines {
-                let mut stock = views.inv.get(&l.sku).cloned();
-                if let Some(s) = stock.as_mut() {
-                    for (loc, lv) in s.locations.iter_mut() {
-                        lv.reserved = lv.reserved.saturating_add(
-                            taken
-                                .get(&(l.sku.clone(), loc.clone()))
-                                .copied()
-                                .unwrap_or(0),
-                        );
-                    }
-                }
-                match allocate(stock.as_ref(), &l.sku, l.quantity, l.location.as_deref()) {
-                    Ok(parts) => {
-                        for (loc, q) in parts {
-                            *taken.entry((l.sku.clone(), loc.clone())).or_default() += q;
-                            allocations.push((l.sku.clone(), loc, q));
-                        }
-                    }
-                    Err(s) => short.push(s),
-                }
-            }
-            if !short.is_empty() {
-                return Err(CommandError::InsufficientStock(short));
-            }
-            let ttl = p
-                .reservation_ttl
-                .as_deref()
-                .and_then(|t| humantime::parse_duration(t).ok())
-                .map_or(default_ttl_ms, |d| d.as_millis() as i64);
-            let expires = chrono::DateTime::from_timestamp_millis(now + ttl)
-                .map(|t| storeline_event::format_time(&t))
-                .unwrap_or_default();
-            // `parse` checked every product and the sum.
-            let total: i64 = p
-                .lines
-                .iter()
-                .map(|l| l.quantity.saturating_mul(l.unit_price))
-                .fold(0, i64::saturating_add);
-            let money = |amount: i64| json!({ "amount": amount, "currency": p.currency });
-            let lines: Vec<Value> = p
-                .lines
-                .iter()
-                .map(|l| {
-                    let mut m = serde_json::Map::new();
-                    m.insert("sku".into(), l.sku.clone().into());
-                    m.insert("quantity".into(), l.quantity.into());
-                    m.insert("unit_price".into(), money(l.unit_price));
-                    opt(&mut m, "name", l.name.clone());
-                    opt(&mut m, "category", l.category.clone());
-                    Value::Object(m)
-                })
-                .collect();
-            let mut d = serde_json::Map::new();
-            d.insert("order_id".into(), p.order_id.clone().into());
-            d.insert("customer_id".into(), p.customer_id.clone().into());
-            d.insert("lines".into(), lines.into());
-            d.insert("total".into(), money(total));
-            opt(&mut d, "email", p.email.clone());
-            opt(&mut d, "channel", p.channel.clone());
-            let mut out = vec![Planned {
-                ty: "order.placed",
-                subject: Some(p.customer_id.clone()),
-                data: Value::Object(d),
-            }];
-            for (sku, loc, q) in allocations {
-                out.push(Planned {
-                    ty: "inventory.reserved",
-                    subject: Some(sku.clone()),
-                    data: json!({ "sku": sku, "location": loc, "quantity": q,
-                                  "order_id": p.order_id, "expires_at": expires }),
-                });
-            }
-            Ok(out)
-        }
-        Command::Transition { name, to, body } => {
-            let order = views
-                .order
-                .get(&body.order_id)
-                .ok_or_else(|| CommandError::OrderNotFound(body.order_id.clone()))?;
-            if !transition_allowed(order.status, *to) {
-                return Err(CommandError::InvalidTransition {
-                    order_id: body.order_id.clone(),
-                    current: order.status.as_str().to_owned(),
-                    command: name.clone(),
-                });
-            }
-            let ty = match to {
-                Status::Paid => "order.paid",
-                Status::Fulfilled => "order.fulfilled",
-                Status::Shipped => "order.shipped",
-                Status::Delivered => "order.delivered",
-                Status::Cancelled => "order.cancelled",
-                _ => "order.refunded",
-            };
-            let mut d = serde_json::Map::new();
-            d.insert("order_id".into(), body.order_id.clone().into());
-            let money = |amount: i64| json!({ "amount": amount, "currency": order.currency });
-            match to {
-                Status::Paid => {
-                    d.insert("amount".into(), money(body.amount.unwrap_or(order.total)));
-                    opt(&mut d, "payment_id", body.payment_id.clone());
-                }
-                Status::Refunded => {
-                    if order.paid == 0 {
-                        return Err(CommandError::InvalidTransition {
-                            order_id: body.order_id.clone(),
-                            current: format!("{} (unpaid)", order.status.as_str()),
-                            command: name.clone(),
-                        });
-                    }
-                    let left = order.paid - order.refunded;
-                    let amount = body.amount.unwrap_or(left);
-                    if amount <= 0 && body.amount.is_some() {
-                        return Err(invalid("amount", "must be at least 1 (minor units)"));
-                    }
-                    // More than was paid and not yet refunded: the order's state, not the
-                    // request, is what refuses it (409).
-                    if amount <= 0 || amount > left {
-                        return Err(CommandError::RefundExceedsPaid {
-                            order_id: body.order_id.clone(),
-                            left: left.max(0),
-                        });
-                    }
-                    d.insert("amount".into(), money(amount));
-                }
-                Status::Shipped => {
-                    opt(&mut d, "carrier", body.carrier.clone());
-                    opt(&mut d, "tracking_number", body.tracking_number.clone());
-                }
-                _ => {}
-            }
-            opt(&mut d, "reason", body.reason.clone());
-            let mut out = vec![Planned {
-                ty,
-                subject: order.customer_id.clone(),
-                data: Value::Object(d),
-            }];
-            // Cancelling releases the held stock, and so does refunding an order that has not
-            // shipped (it will not); shipping takes the stock out of the building.
-            let stock_ty = match to {
-                Status::Cancelled | Status::Refunded => Some("inventory.released"),
-                Status::Shipped => Some("inventory.committed"),
-                _ => None,
-            };
-            if let (Some(sty), Some(r)) = (stock_ty, views.resv.get(&body.order_id)) {
-                for h in &r.lines {
-                    out.push(Planned {
-                        ty: sty,
-                        subject: Some(h.sku.clone()),
-                        data: json!({ "sku": h.sku, "location": h.location, "quantity": h.quantity,
-                                      "order_id": body.order_id, "reason": name }),
-                    });
-                }
-            }
-            Ok(out)
-        }
-        Command::Receive(r) => {
-            let order = views
-                .order
-                .get(&r.order_id)
-                .ok_or_else(|| CommandError::OrderNotFound(r.order_id.clone()))?;
-            let shipped = order.timeline.iter().any(|s| s.status == Status::Shipped);
-            if !shipped || !transition_allowed(order.status, Status::Returned) {
-                return Err(CommandError::InvalidTransition {
-                    order_id: r.order_id.clone(),
-                    current: if shipped {
-                        order.status.as_str().to_owned()
-                    } else {
-                        format!("{} (never shipped)", order.status.as_str())
-                    },
-                    command: "return.receive".into(),
-                });
-            }
-            let lines: Vec<Value> = match &r.lines {
-                Some(ls) => {
-                    for (i, l) in ls.iter().enumerate() {
-                        let ordered: u64 = order
-                            .lines
-                            .iter()
-                            .filter(|o| o.sku == l.sku)
-                            .map(|o| o.quantity)
-                            .sum();
-                        if l.quantity < 1 || l.quantity as u64 > ordered {
-                            return Err(invalid(
-                                &format!("lines[{i}].quantity"),
-                                format!("must be between 1 and {ordered} (ordered)"),
-                            ));
-                        }
-                    }
-                    ls.iter()
-                        .map(|l| json!({ "sku": l.sku, "quantity": l.quantity }))
-                        .collect()
-                }
-                None => order
-                    .lines
-                    .iter()
-                    .map(|l| json!({ "sku": l.sku, "quantity": l.quantity }))
-                    .collect(),
-            };
-            let mut d = serde_json::Map::new();
-            d.insert("order_id".into(), r.order_id.clone().into());
-            d.insert("lines".into(), lines.into());
-            opt(&mut d, "location", r.location.clone());
-            opt(&mut d, "reason", r.reason.clone());
-            Ok(vec![Planned {
-                ty: "return.received",
-                subject: order.customer_id.clone(),
-                data: Value::Object(d),
-            }])
-        }
-        Command::Consent(c) => {
-            let mut d = serde_json::Map::new();
-            d.insert("channel".into(), c.channel.clone().into());
-            d.insert("granted".into(), c.granted.into());
-            opt(&mut d, "source", c.source.clone());
-            Ok(vec![Planned {
-                ty: "customer.consent_changed",
-                subject: Some(c.customer_id.clone()),
-                data: Value::Object(d),
-            }])
-        }
-        Command::Expire { order_id } => {
-            // Only an order still unpaid, whose hold has lapsed, is cancelled.
-            let (Some(order), Some(r)) = (views.order.get(order_id), views.resv.get(order_id))
-            else {
-                return Ok(Vec::new());
-            };
-            if order.status != Status::Placed || r.expires_at.is_none_or(|t| t > now) {
-                return Ok(Vec::new());
-            }
-            let mut out = vec![Planned {
-                ty: "order.cancelled",
-                subject: order.customer_id.clone(),
-                data: json!({ "order_id": order_id, "reason": "reservation expired" }),
-            }];
-            for h in &r.lines {
-                out.push(Planned {
-                    ty: "inventory.released",
-                    subject: Some(h.sku.clone()),
-                    data: json!({ "sku": h.sku, "location": h.location, "quantity": h.quantity,
-                                  "order_id": order_id, "reason": "expired" }),
-                });
-            }
-            Ok(out)
-        }
+        Command::Adjust(a) => adjust::plan(a, &cx),
+        Command::Place(p) => place::plan(p, &cx),
+        Command::Transition { name, to, body } => transition::plan(name, *to, body, &cx),
+        Command::Receive(r) => receive::plan(r, &cx),
+        Command::Consent(c) => consent::plan(c),
+        Command::Expire { order_id } => expire::plan(order_id, &cx),
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use serde_json::json;
+
     use super::*;
 
     #[test]
