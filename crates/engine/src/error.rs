@@ -61,13 +61,29 @@ impl Error {
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
-/// Why appending a command's or a projection's events failed, as the ingest path reports it.
+/// Why appending a command's or a projection's events failed, as the appender reports it.
 #[derive(Debug, Clone)]
 pub struct AppendError {
-    /// The HTTP status the ingest path would answer (503, 507, …).
-    pub status: u16,
+    /// Refused for what the events hold, so the same next time; otherwise the log could not
+    /// take them now (unavailable, full), which heals.
+    pub refused: bool,
     pub code: String,
     pub message: String,
+    /// The appender's own error, for whoever maps errors for its callers (the server keeps its
+    /// API error here, so a command answers as ingest would). The engine never looks inside.
+    pub cause: Option<std::sync::Arc<dyn std::any::Any + Send + Sync>>,
+}
+
+impl AppendError {
+    /// A failure that heals (the log is unavailable now).
+    pub fn unavailable(code: impl Into<String>, message: impl Into<String>) -> AppendError {
+        AppendError {
+            refused: false,
+            code: code.into(),
+            message: message.into(),
+            cause: None,
+        }
+    }
 }
 
 /// Why a command was not carried out. Each maps to one API error code.
@@ -100,17 +116,15 @@ pub enum CommandError {
 }
 
 impl CommandError {
-    /// `(status, code, message, details)` for the API's error body.
-    pub fn describe(&self) -> (u16, &'static str, String, Value) {
+    /// `(code, message, details)` for an error answer; the status is the caller's to choose.
+    pub fn describe(&self) -> (&'static str, String, Value) {
         match self {
             CommandError::Invalid { field, reason } => (
-                400,
                 "invalid_command",
                 format!("{field}: {reason}"),
                 json!({ "field": field, "reason": reason }),
             ),
             CommandError::UnknownCommand(name) => (
-                404,
                 "unknown_command",
                 format!(
                     "there is no command '{name}'; commands are: {}",
@@ -119,13 +133,11 @@ impl CommandError {
                 Value::Null,
             ),
             CommandError::OrderNotFound(id) => (
-                404,
                 "order_not_found",
                 format!("order '{id}' does not exist"),
                 json!({ "order_id": id }),
             ),
             CommandError::InsufficientStock(lines) => (
-                409,
                 "insufficient_stock",
                 format!(
                     "{} line(s) cannot be reserved; nothing was reserved",
@@ -138,13 +150,11 @@ impl CommandError {
                 current,
                 command,
             } => (
-                409,
                 "invalid_transition",
                 format!("order '{order_id}' is {current}; {command} is not allowed from {current}"),
                 json!({ "order_id": order_id, "current": current, "command": command }),
             ),
             CommandError::RefundExceedsPaid { order_id, left } => (
-                409,
                 "refund_exceeds_paid",
                 format!(
                     "order '{order_id}' has {left} minor units left to refund (paid, less what was refunded); refund at most that"
@@ -152,13 +162,11 @@ impl CommandError {
                 json!({ "order_id": order_id, "left": left }),
             ),
             CommandError::OrderExists(id) => (
-                409,
                 "order_exists",
                 format!("order '{id}' was already placed; use a new order_id"),
                 json!({ "order_id": id }),
             ),
             CommandError::IdempotencyMismatch { key, command } => (
-                422,
                 "idempotency_key_reused",
                 format!(
                     "Idempotency-Key '{key}' was used before with a different command or body (this request is {command}); use a new key for a new request"
@@ -166,7 +174,6 @@ impl CommandError {
                 json!({ "key": key }),
             ),
             CommandError::Append(e) => (
-                e.status,
                 "store_failed",
                 format!(
                     "{} (retrying with the same Idempotency-Key is safe)",
@@ -174,7 +181,7 @@ impl CommandError {
                 ),
                 json!({ "cause": e.code }),
             ),
-            CommandError::Unavailable(why) => (503, "engine_unavailable", why.clone(), Value::Null),
+            CommandError::Unavailable(why) => ("engine_unavailable", why.clone(), Value::Null),
         }
     }
 }

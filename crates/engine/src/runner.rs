@@ -396,8 +396,8 @@ impl<L: EventLog, S: StateStore, A: Appender> Runner<L, S, A> {
         let events: Vec<Event> = emits.into_iter().map(Emit::into_event).collect();
         self.appender.append(events, None).await.map_err(|e| {
             let what = format!("{} ({})", e.message, e.code);
-            // A refusal (4xx) will be the same next time; a full disk or a stopped writer heals.
-            if e.status < 500 {
+            // A refusal will be the same next time; a full disk or a stopped writer heals.
+            if e.refused {
                 crate::error::Error::EmitRefused(what)
             } else {
                 crate::error::Error::Emit(what)

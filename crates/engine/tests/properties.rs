@@ -50,11 +50,7 @@ impl Appender for MemAppender {
                 .0
                 .append(p, recs.into_iter().map(|r| r.1).collect())
                 .await
-                .map_err(|e| AppendError {
-                    status: 503,
-                    code: "log".into(),
-                    message: e.to_string(),
-                })?;
+                .map_err(|e| AppendError::unavailable("log", e.to_string()))?;
             for (n, i) in idx.into_iter().enumerate() {
                 out[i] = (p, ack.base_offset + n as u64);
             }

@@ -38,26 +38,47 @@ impl Appender for LogAppender {
         let result =
             tokio::spawn(async move { crate::ingest::store_routed(&st, events, partition).await })
                 .await
-                .map_err(|e| AppendError {
-                    status: 500,
-                    code: "internal".into(),
-                    message: e.to_string(),
-                })?;
+                .map_err(|e| AppendError::unavailable("internal", e.to_string()))?;
         match result {
             Ok(acks) => Ok(acks.iter().map(|a| (a.partition, a.offset)).collect()),
             Err(e) => Err(AppendError {
-                status: e.status.as_u16(),
+                refused: e.status.is_client_error(),
                 code: e.code.into(),
-                message: e.message,
+                message: e.message.clone(),
+                cause: Some(Arc::new(e)),
             }),
         }
     }
 }
 
+/// The status a command's error answers with; the engine says what went wrong, the server how
+/// HTTP says it.
+fn command_status(e: &CommandError) -> StatusCode {
+    match e {
+        CommandError::Invalid { .. } => StatusCode::BAD_REQUEST,
+        CommandError::UnknownCommand(_) | CommandError::OrderNotFound(_) => StatusCode::NOT_FOUND,
+        CommandError::InsufficientStock(_)
+        | CommandError::InvalidTransition { .. }
+        | CommandError::RefundExceedsPaid { .. }
+        | CommandError::OrderExists(_) => StatusCode::CONFLICT,
+        CommandError::IdempotencyMismatch { .. } => StatusCode::UNPROCESSABLE_ENTITY,
+        // As ingest answered: the appender kept its API error.
+        CommandError::Append(a) => match a
+            .cause
+            .as_deref()
+            .and_then(|c| c.downcast_ref::<ApiError>())
+        {
+            Some(api) => api.status,
+            None if a.refused => StatusCode::BAD_REQUEST,
+            None => StatusCode::INTERNAL_SERVER_ERROR,
+        },
+        CommandError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+    }
+}
+
 fn command_error(e: &CommandError) -> ApiError {
-    let (status, code, message, details) = e.describe();
-    let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    let err = ApiError::new(status, code, message);
+    let (code, message, details) = e.describe();
+    let err = ApiError::new(command_status(e), code, message);
     if details.is_null() {
         err
     } else {
@@ -480,4 +501,43 @@ pub async fn engine_status(
         .collect();
     let lag: u64 = parts.iter().filter_map(|p| p["lag"].as_u64()).sum();
     Ok(Json(json!({ "partitions": parts, "lag": lag, "commerce_partition": engine.commerce_partition(), "state_backend": state.config.state.backend })).into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A command whose events the log could not take answers as ingest would have.
+    #[test]
+    fn a_failed_append_answers_with_the_status_ingest_gave() {
+        let full = ApiError::new(
+            StatusCode::INSUFFICIENT_STORAGE,
+            "insufficient_storage",
+            "the disk is full",
+        );
+        let e = CommandError::Append(AppendError {
+            refused: false,
+            code: "insufficient_storage".into(),
+            message: "the disk is full".into(),
+            cause: Some(Arc::new(full)),
+        });
+        let api = command_error(&e);
+        assert_eq!(api.status, StatusCode::INSUFFICIENT_STORAGE);
+        assert_eq!(api.code, "store_failed");
+        let lost = CommandError::Append(AppendError::unavailable("internal", "a task panicked"));
+        assert_eq!(
+            command_error(&lost).status,
+            StatusCode::INTERNAL_SERVER_ERROR
+        );
+        let stock = CommandError::InsufficientStock(Vec::new());
+        assert_eq!(command_error(&stock).status, StatusCode::CONFLICT);
+        let mismatch = CommandError::IdempotencyMismatch {
+            key: "k".into(),
+            command: "order.place".into(),
+        };
+        assert_eq!(
+            command_error(&mismatch).status,
+            StatusCode::UNPROCESSABLE_ENTITY
+        );
+    }
 }

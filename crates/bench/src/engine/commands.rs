@@ -33,7 +33,7 @@ async fn stock(engine: &Engine<St>, skus: &[String], on_hand: i64) -> Result<()>
     )
     .await;
     for r in results {
-        r.map_err(|e| anyhow!("stocking a SKU failed: {}", e.describe().2))?;
+        r.map_err(|e| anyhow!("stocking a SKU failed: {}", e.describe().1))?;
     }
     Ok(())
 }
@@ -298,14 +298,14 @@ pub async fn hot_skus(ctx: &Ctx, f: &mut Figures) -> Result<()> {
                             if let Err(e) = r {
                                 t.other += 1;
                                 t.first_other
-                                    .get_or_insert_with(|| format!("{next}: {}", e.describe().2));
+                                    .get_or_insert_with(|| format!("{next}: {}", e.describe().1));
                             }
                         }
                         Err(CommandError::InsufficientStock(_)) => t.insufficient += 1,
                         Err(e) => {
                             t.other += 1;
                             t.first_other
-                                .get_or_insert_with(|| format!("order.place: {}", e.describe().2));
+                                .get_or_insert_with(|| format!("order.place: {}", e.describe().1));
                         }
                     }
                 }

@@ -339,11 +339,7 @@ impl<L: EventLog> Appender for LogAppender<L> {
             .map(|(p, (idx, records))| async move { (p, idx, log.append(p, records).await) });
         let mut out = vec![(0, 0); events.len()];
         for (p, idx, r) in futures::future::join_all(appends).await {
-            let ack = r.map_err(|e| AppendError {
-                status: 503,
-                code: "log_unavailable".into(),
-                message: e.to_string(),
-            })?;
+            let ack = r.map_err(|e| AppendError::unavailable("log_unavailable", e.to_string()))?;
             for (n, i) in idx.into_iter().enumerate() {
                 out[i] = (p, ack.base_offset + n as u64);
             }
