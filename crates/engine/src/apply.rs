@@ -73,6 +73,46 @@ impl Filing {
 }
 
 impl<S: StateStore> Applier<S> {
+    /// The partition's clock: the latest `received_at` applied, or a fired timer's due time.
+    pub(crate) fn clock(&self) -> i64 {
+        self.triggers.clock
+    }
+
+    /// The watermark this partition has applied, once one came.
+    pub(crate) fn watermark(&self) -> Option<i64> {
+        self.triggers.watermark
+    }
+
+    /// Whether a trigger file was ever installed on this partition.
+    pub(crate) fn has_triggers(&self) -> bool {
+        !self.triggers.reg.is_empty()
+    }
+
+    /// The earliest pending timer's due time as last known, without reading the store.
+    pub(crate) fn known_next_due(&self) -> Option<i64> {
+        self.triggers.next_due.flatten()
+    }
+
+    /// The earliest pending timer's due time (`None`: no timer), read from the store when it
+    /// is not known.
+    pub(crate) async fn next_due(&mut self) -> Result<Option<i64>> {
+        if let Some(known) = self.triggers.next_due {
+            return Ok(known);
+        }
+        let due = self.first_timer().await?;
+        self.triggers.next_due = Some(due);
+        Ok(due)
+    }
+
+    /// What the commits since the last call decided: the trigger outcomes (for counters and
+    /// logs) and the due times of the timers that fired (for their lateness).
+    pub(crate) fn take_decided(&mut self) -> (Vec<crate::triggers::Outcome>, Vec<i64>) {
+        (
+            std::mem::take(&mut self.triggers.outcomes),
+            std::mem::take(&mut self.triggers.fired),
+        )
+    }
+
     pub fn new(partition: u32, store: Arc<S>, cfg: ProjectionConfig, committed: u64) -> Self {
         let mut views = Views::new(partition);
         // Applied from its first record: every run it starts carries the person mark.

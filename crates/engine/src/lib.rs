@@ -20,10 +20,10 @@ pub mod project;
 pub mod quarantine;
 pub mod read;
 pub mod replay;
-pub mod runner;
+mod runner;
 pub mod triggers;
 pub mod views;
-pub mod watermark;
+mod watermark;
 
 use std::collections::HashMap;
 use std::sync::Arc;

@@ -120,8 +120,8 @@ impl<L: EventLog, S: StateStore, A: Appender> Runner<L, S, A> {
         // Timers wait for the watermark from a known position in the log on: a partition with
         // triggers installed by an earlier version gets one with a tick (a file installed by
         // this version starts it itself).
-        while self.applier.triggers.watermark.is_none()
-            && !self.applier.triggers.reg.is_empty()
+        while self.applier.watermark().is_none()
+            && self.applier.has_triggers()
             && !*shutdown.borrow()
         {
             if self.append_tick(Some(0)).await {
@@ -159,7 +159,7 @@ impl<L: EventLog, S: StateStore, A: Appender> Runner<L, S, A> {
                     }
                 }
                 // A busy writer's timers need ticks too: its records no longer fire them.
-                if self.ticked != self.applier.triggers.next_due.flatten() {
+                if self.ticked != self.applier.known_next_due() {
                     self.tick().await;
                 }
                 self.serve_need().await;
@@ -191,16 +191,14 @@ impl<L: EventLog, S: StateStore, A: Appender> Runner<L, S, A> {
 
     /// How long until the earliest pending timer is due (`None`: no timer, or its tick is out).
     async fn timer_wake(&mut self) -> Option<Duration> {
-        if self.applier.triggers.next_due.is_none() {
-            match self.applier.first_timer().await {
-                Ok(d) => self.applier.triggers.next_due = Some(d),
-                Err(e) => {
-                    tracing::warn!(partition = self.applier.partition, error = %e, "cannot read the next timer; retrying");
-                    return Some(Duration::from_secs(1));
-                }
+        let next = match self.applier.next_due().await {
+            Ok(next) => next,
+            Err(e) => {
+                tracing::warn!(partition = self.applier.partition, error = %e, "cannot read the next timer; retrying");
+                return Some(Duration::from_secs(1));
             }
-        }
-        let Some(due) = self.applier.triggers.next_due.flatten() else {
+        };
+        let Some(due) = next else {
             self.marks.released(self.applier.partition);
             return None;
         };
@@ -223,7 +221,7 @@ impl<L: EventLog, S: StateStore, A: Appender> Runner<L, S, A> {
         let Some(need) = self.marks.need(p) else {
             return;
         };
-        let clock = self.applier.triggers.clock;
+        let clock = self.applier.clock();
         if clock >= need || self.self_tick.is_some_and(|t| t >= need) || need > now_ms() {
             return;
         }
@@ -267,7 +265,7 @@ impl<L: EventLog, S: StateStore, A: Appender> Runner<L, S, A> {
     /// asks it to move and leaves the timer held.
     async fn tick(&mut self) {
         let p = self.applier.partition;
-        let Some(due) = self.applier.triggers.next_due.flatten() else {
+        let Some(due) = self.applier.known_next_due() else {
             self.marks.released(p);
             return;
         };
@@ -332,11 +330,11 @@ impl<L: EventLog, S: StateStore, A: Appender> Runner<L, S, A> {
         // What this batch forwards is in the other partitions' logs now: they may count on this
         // clock before the commit (applied again after a failed commit, the batch forwards the
         // same records, which are deduplicated).
-        self.marks.publish(p, self.applier.triggers.clock, None);
+        self.marks.publish(p, self.applier.clock(), None);
         self.applier.commit().await?;
         self.report_quarantined();
-        report_outcomes(std::mem::take(&mut self.applier.triggers.outcomes));
-        let fired = std::mem::take(&mut self.applier.triggers.fired);
+        let (outcomes, fired) = self.applier.take_decided();
+        report_outcomes(outcomes);
         if !fired.is_empty() {
             // How long after its due time a timer's effects were committed.
             let now = now_ms();
@@ -352,9 +350,9 @@ impl<L: EventLog, S: StateStore, A: Appender> Runner<L, S, A> {
         metrics::gauge!("storeline_engine_lag_seconds", "partition" => p.to_string())
             .set(((now_ms() - last_ts).max(0) as f64) / 1000.0);
         self.applied.send_replace(self.applier.committed);
-        let stage = &self.applier.triggers;
-        self.marks.publish(p, stage.clock, stage.watermark);
-        if self.self_tick.is_some_and(|t| stage.clock >= t) {
+        let clock = self.applier.clock();
+        self.marks.publish(p, clock, self.applier.watermark());
+        if self.self_tick.is_some_and(|t| clock >= t) {
             self.self_tick = None;
         }
         Ok(())
