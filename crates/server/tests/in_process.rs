@@ -18,8 +18,10 @@ struct Running {
 }
 
 fn config(data: &Path, backend: LogBackend, listen: &str) -> Config {
-    let mut c = Config::default();
-    c.data_dir = data.to_owned();
+    let mut c = Config {
+        data_dir: data.to_owned(),
+        ..Config::default()
+    };
     c.server.listen = listen.to_owned();
     c.log.backend = backend;
     c.log.partitions = 4;
