@@ -313,10 +313,15 @@ pub async fn redrive(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    state
-        .keys
-        .authorize(&headers, Scope::Admin, "POST /v1/deliveries/redrive")?;
-    let bytes = crate::read_body(&headers, body, 1 << 20).await?;
+    let bytes = state
+        .authorized_body(
+            &headers,
+            body,
+            Scope::Admin,
+            "POST /v1/deliveries/redrive",
+            1 << 20,
+        )
+        .await?;
     let b: RedriveBody = crate::json_object(if bytes.is_empty() { b"{}" } else { &bytes })
         .map_err(|e| {
             ApiError::bad_request(

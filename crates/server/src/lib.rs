@@ -113,6 +113,20 @@ pub struct AppState {
 }
 
 impl AppState {
+    /// The preamble of every handler with a body: the key must have `scope` (`what` names the
+    /// endpoint in errors and logs), then the body is read, up to `limit` bytes.
+    pub(crate) async fn authorized_body(
+        &self,
+        headers: &HeaderMap,
+        body: Body,
+        scope: Scope,
+        what: &str,
+        limit: usize,
+    ) -> Result<bytes::Bytes, ApiError> {
+        self.keys.authorize(headers, scope, what)?;
+        read_body(headers, body, limit).await
+    }
+
     /// The delivery worker, once started.
     pub(crate) fn delivery_worker(&self) -> Result<&storeline_connector::Worker, ApiError> {
         self.worker
@@ -298,10 +312,10 @@ pub(crate) fn count_request(endpoint: &'static str, result: &Result<Response, Ap
 async fn post_events(State(state): State<SharedState>, headers: HeaderMap, body: Body) -> Response {
     let started = Instant::now();
     let result = async {
-        state
-            .keys
-            .authorize(&headers, Scope::Ingest, "POST /v1/events")?;
-        let bytes = read_body(&headers, body, state.config.ingest.max_body_bytes).await?;
+        let limit = state.config.ingest.max_body_bytes;
+        let bytes = state
+            .authorized_body(&headers, body, Scope::Ingest, "POST /v1/events", limit)
+            .await?;
         let events = ingest::parse_events(&headers, &bytes, &state)?;
         let acks = store_detached(&state, events).await?;
         let body = ingest::ack_body(&acks);

@@ -83,10 +83,9 @@ pub async fn put_triggers(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    state
-        .keys
-        .authorize(&headers, Scope::Admin, "PUT /v1/triggers")?;
-    let bytes = crate::read_body(&headers, body, 1 << 20).await?;
+    let bytes = state
+        .authorized_body(&headers, body, Scope::Admin, "PUT /v1/triggers", 1 << 20)
+        .await?;
     let source = String::from_utf8(bytes.to_vec()).map_err(|_| {
         ApiError::bad_request("invalid_body", "the trigger file must be UTF-8 TOML")
     })?;

@@ -101,10 +101,15 @@ pub async fn post_command(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    state
-        .keys
-        .authorize(&headers, Scope::Commands, "POST /v1/commands")?;
-    let bytes = crate::read_body(&headers, body, 1 << 20).await?;
+    let bytes = state
+        .authorized_body(
+            &headers,
+            body,
+            Scope::Commands,
+            "POST /v1/commands",
+            1 << 20,
+        )
+        .await?;
     let value: Value = serde_json::from_slice(&bytes).map_err(|e| {
         ApiError::bad_request("invalid_json", format!("the command body is not JSON: {e}"))
     })?;
@@ -368,10 +373,15 @@ pub async fn unmerge(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    state
-        .keys
-        .authorize(&headers, Scope::Admin, "POST /v1/customers/{id}/unmerge")?;
-    let bytes = crate::read_body(&headers, body, 64 << 10).await?;
+    let bytes = state
+        .authorized_body(
+            &headers,
+            body,
+            Scope::Admin,
+            "POST /v1/customers/{id}/unmerge",
+            64 << 10,
+        )
+        .await?;
     let b: UnmergeBody = crate::json_object(&bytes).map_err(|e| {
         ApiError::bad_request(
             "invalid_body",
