@@ -1,6 +1,6 @@
-//! Delivery over HTTP and its wiring: the worker's view of the rest of Storeline ([`Host`]:
-//! the engine's outbox, customer views, appending events), starting it with the connectors of
-//! the trigger file in force, and the endpoints
+//! Delivery over HTTP and its start: opening the delivery store, starting the worker with the
+//! connectors of the trigger file in force (its window on the rest of Storeline is
+//! `adapters.rs`: `ServerHost`), and the endpoints
 //!
 //! - `GET  /v1/deliveries`              list, filtered by connector, status, customer and time
 //! - `GET  /v1/deliveries/{id}`         one delivery with every attempt
@@ -15,85 +15,16 @@ use axum::body::Body;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use bytes::Bytes;
-use futures::future::BoxFuture;
 use serde::Deserialize;
 use serde_json::{Value, json};
 use storeline_connector::Worker;
 use storeline_connector::store::{DeliveryStore, Filter, Status};
-use storeline_connector::worker::{Host, Redrive};
-use storeline_event::outbox::OutboxKey;
+use storeline_connector::worker::Redrive;
 use storeline_log::EventLog;
-use storeline_state::StateStore;
 
 use crate::SharedState;
 use crate::auth::Scope;
 use crate::error::ApiError;
-use crate::views_api::now_ms;
-
-/// The worker's window on the engine, the views and the log.
-pub(crate) struct ServerHost(pub SharedState);
-
-impl Host for ServerHost {
-    fn outbox(
-        &self,
-        partition: u32,
-        from_clock: i64,
-        after: Option<String>,
-        limit: usize,
-    ) -> BoxFuture<'_, Result<Vec<(String, Bytes)>, String>> {
-        Box::pin(async move {
-            let engine = crate::views_api::engine(&self.0).map_err(|e| e.message)?;
-            let prefix = OutboxKey::prefix(partition);
-            let start = after.unwrap_or_else(|| OutboxKey::start(partition, from_clock));
-            let rows = engine
-                .store
-                .scan(
-                    storeline_event::outbox::NS,
-                    &prefix,
-                    // Past every row of the key `start` itself (owners are int4 in PostgreSQL).
-                    Some((&start, i32::MAX as u32)),
-                    limit,
-                )
-                .await
-                .map_err(|e| e.to_string())?;
-            Ok(rows
-                .into_iter()
-                .filter(|r| r.owner == partition)
-                .map(|r| (r.key, r.value))
-                .collect())
-        })
-    }
-
-    fn profile(&self, customer: String) -> BoxFuture<'_, Option<Value>> {
-        Box::pin(async move {
-            let engine = crate::views_api::engine(&self.0).ok()?;
-            let p = storeline_engine::read::profile(&*engine.store, &customer)
-                .await
-                .ok()??;
-            Some(p.to_json(now_ms()))
-        })
-    }
-
-    fn emit(&self, ty: &'static str, data: Value) -> BoxFuture<'_, Result<(), String>> {
-        Box::pin(async move {
-            let now = now_ms();
-            let ev = storeline_engine::event::build_event(
-                format!("dlvev_{}", ulid::Ulid::new().to_string().to_lowercase()),
-                "storeline/delivery",
-                ty,
-                None,
-                now,
-                &data,
-                None,
-            );
-            crate::ingest::store_routed(&self.0, vec![ev], None)
-                .await
-                .map(|_| ())
-                .map_err(|e| e.message)
-        })
-    }
-}
 
 /// Opens the delivery store: a SQLite file of its own beside the state store, or a schema of
 /// its own (`{schema}_delivery`) in the PostgreSQL database, so the engine's digest covers only
@@ -135,7 +66,7 @@ pub(crate) async fn start_worker(
     };
     Worker::start(
         Arc::new(DeliveryStore::new(store)),
-        Arc::new(ServerHost(Arc::clone(state))),
+        Arc::new(crate::adapters::ServerHost(Arc::clone(state))),
         engine.applied_watches(),
         defs,
         config,

@@ -5,6 +5,7 @@
 //! resolves; then it stops accepting, lets in-flight requests finish, and closes the log (every
 //! acknowledged append is already fsynced; close drains the writers).
 
+mod adapters;
 pub mod auth;
 pub mod config;
 mod cursor;

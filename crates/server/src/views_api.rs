@@ -5,8 +5,6 @@
 //! `p:o[,p:o…]` from any acknowledgement; the read waits until the views have applied it
 //! (read-your-writes), up to `engine.read_wait`, then answers 503.
 
-use std::sync::Arc;
-
 use axum::Json;
 use axum::body::Body;
 use axum::extract::{Path, Query, State};
@@ -14,42 +12,14 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::{Value, json};
+use storeline_engine::CommandError;
 use storeline_engine::read;
-use storeline_engine::{AppendError, Appender, CommandError};
-use storeline_event::Event;
 use storeline_log::EventLog;
 use storeline_state::StateStore;
 
 use crate::auth::Scope;
 use crate::error::ApiError;
 use crate::{AppState, SharedState};
-
-/// The engine's way into the log: the ingest path, with dedup and routing.
-pub struct LogAppender(pub Arc<AppState>);
-
-impl Appender for LogAppender {
-    async fn append(
-        &self,
-        events: Vec<Event>,
-        partition: Option<u32>,
-    ) -> Result<Vec<(u32, u64)>, AppendError> {
-        let st = Arc::clone(&self.0);
-        // Its own task: a cancelled caller cannot cut an append half-way.
-        let result =
-            tokio::spawn(async move { crate::ingest::store_routed(&st, events, partition).await })
-                .await
-                .map_err(|e| AppendError::unavailable("internal", e.to_string()))?;
-        match result {
-            Ok(acks) => Ok(acks.iter().map(|a| (a.partition, a.offset)).collect()),
-            Err(e) => Err(AppendError {
-                refused: e.status.is_client_error(),
-                code: e.code.into(),
-                message: e.message.clone(),
-                cause: Some(Arc::new(e)),
-            }),
-        }
-    }
-}
 
 /// The status a command's error answers with; the engine says what went wrong, the server how
 /// HTTP says it.
@@ -515,6 +485,10 @@ pub async fn engine_status(
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+
+    use storeline_engine::AppendError;
+
     use super::*;
 
     /// A command whose events the log could not take answers as ingest would have.

@@ -15,9 +15,7 @@ use tokio::sync::watch;
 use crate::auth::{self, KeyStore};
 use crate::config::{Config, ConfigError, LogBackend, StateBackend};
 use crate::dedup::{Dedup, Position};
-use crate::{
-    AppState, Engine, Log, SharedState, delivery_api, ops, serve, trigger_file, views_api,
-};
+use crate::{AppState, Engine, Log, SharedState, delivery_api, ops, serve, trigger_file};
 
 /// Opens the configured state store: SQLite in the data dir, or PostgreSQL.
 pub async fn open_store(config: &Config) -> Result<storeline_state::Store, storeline_state::Error> {
@@ -200,7 +198,7 @@ impl Parts {
         let engine = storeline_engine::Engine::start(
             Arc::clone(&state.log),
             store,
-            Arc::new(views_api::LogAppender(Arc::clone(state))),
+            Arc::new(crate::adapters::LogAppender(Arc::clone(state))),
             engine_config(&state.config),
             engine_stop_rx,
         )
