@@ -379,7 +379,7 @@ impl Views {
             out.push(Write::Put {
                 ns: trows::ns::OUTBOX.to_owned(),
                 key,
-                value: Bytes::from(entry.to_bytes()),
+                value: Bytes::from(entry.to_bytes().map_err(Error::encode)?),
             });
         }
         if std::mem::take(&mut self.runs_marked) {
