@@ -20,6 +20,8 @@ mod decide;
 mod intake;
 mod writer;
 
+use decide::Next;
+
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -257,6 +259,55 @@ struct ConnMetrics {
     retry: metrics::Counter,
     reject: metrics::Counter,
     latency: metrics::Histogram,
+}
+
+impl Conn {
+    /// An attempt of this connector ended with `verdict`, decided as `next`: its slot is free,
+    /// a retry is remembered as due work, and the breaker and the latency metric learn of it.
+    fn attempt_ended(
+        &mut self,
+        name: &str,
+        verdict: &Verdict,
+        next: &Next,
+        created_at: i64,
+        now: i64,
+    ) {
+        self.in_flight = self.in_flight.saturating_sub(1);
+        if let Next::Retry { at } = *next {
+            self.wake_at = Some(self.wake_at.map_or(at, |w| w.min(at)));
+            self.due_gen += 1;
+        }
+        match verdict {
+            Verdict::Delivered { .. } => {
+                self.metrics
+                    .latency
+                    .record((now - created_at).max(0) as f64 / 1000.0);
+                self.breaker.success();
+            }
+            Verdict::Reject { .. } => self.breaker.success(),
+            Verdict::Retry { detail, .. } => {
+                if self.breaker.failure(now) {
+                    tracing::warn!(
+                        connector = name,
+                        cooldown_s = self.def.circuit_cooldown.as_secs(),
+                        last = clip(detail, 200),
+                        "circuit opened: attempts paused"
+                    );
+                }
+            }
+        }
+    }
+}
+
+impl ConnMetrics {
+    /// Counts an attempt by its outcome.
+    fn count(&self, verdict: &Verdict) {
+        match verdict {
+            Verdict::Delivered { .. } => self.delivered.increment(1),
+            Verdict::Retry { .. } => self.retry.increment(1),
+            Verdict::Reject { .. } => self.reject.increment(1),
+        }
+    }
 }
 
 impl ConnMetrics {

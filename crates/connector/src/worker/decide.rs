@@ -47,7 +47,7 @@ pub(crate) struct Decision {
 
 /// The decision for the `round`-th attempt of the current round (1 for the first) that ended
 /// with `verdict` at `now`; `failing_since` and `disabled` are the connector's state before it,
-/// `draw` a random number in `[0, 1)` for the jitter.
+/// `draw` gives a random number in `[0, 1)` for the jitter (asked only for a retry).
 pub(crate) fn decide(
     verdict: &Verdict,
     round: usize,
@@ -55,7 +55,7 @@ pub(crate) fn decide(
     failing_since: Option<i64>,
     disabled: bool,
     now: i64,
-    draw: f64,
+    draw: impl FnOnce() -> f64,
 ) -> Decision {
     let unchanged = |next, last_error| Decision {
         next,
@@ -73,7 +73,8 @@ pub(crate) fn decide(
         Verdict::Retry { detail, after } => {
             let since = failing_since.unwrap_or(now);
             let (next, last_error) = if round < schedule.retry.len() {
-                let delay = retry_delay_drawn(schedule.retry, round, schedule.jitter, *after, draw);
+                let delay =
+                    retry_delay_drawn(schedule.retry, round, schedule.jitter, *after, draw());
                 let at = now + delay.as_millis() as i64;
                 (Next::Retry { at }, clip(detail, 500))
             } else {
@@ -134,7 +135,7 @@ mod tests {
             Some(5),
             false,
             NOW,
-            0.5,
+            || 0.5,
         );
         assert_eq!(
             (d.next, d.last_error, d.failing_since),
@@ -149,7 +150,7 @@ mod tests {
             Some(5),
             false,
             NOW,
-            0.5,
+            || 0.5,
         );
         assert_eq!(d.next, Next::Dead);
         assert_eq!(d.last_error.as_deref(), Some("HTTP 400"));
@@ -160,11 +161,19 @@ mod tests {
     #[test]
     fn a_failure_is_retried_on_the_schedule_until_it_is_used_up() {
         for (round, delay) in [(1, 10_000), (2, 60_000)] {
-            let d = decide(&retry(None), round, schedule(None), None, false, NOW, 0.5);
+            let d = decide(
+                &retry(None),
+                round,
+                schedule(None),
+                None,
+                false,
+                NOW,
+                || 0.5,
+            );
             assert_eq!(d.next, Next::Retry { at: NOW + delay }, "round {round}");
             assert_eq!(d.failing_since, Some(NOW));
         }
-        let d = decide(&retry(None), 3, schedule(None), Some(7), false, NOW, 0.5);
+        let d = decide(&retry(None), 3, schedule(None), Some(7), false, NOW, || 0.5);
         assert_eq!(d.next, Next::Dead);
         assert_eq!(
             d.last_error.as_deref(),
@@ -176,7 +185,7 @@ mod tests {
     #[test]
     fn a_longer_retry_after_wins_and_is_recorded() {
         let after = Some(Duration::from_secs(120));
-        let d = decide(&retry(after), 1, schedule(None), None, false, NOW, 0.5);
+        let d = decide(&retry(after), 1, schedule(None), None, false, NOW, || 0.5);
         assert_eq!(d.next, Next::Retry { at: NOW + 120_000 });
         assert_eq!(d.retry_after_ms, Some(120_000));
         let shorter = decide(
@@ -186,7 +195,7 @@ mod tests {
             None,
             false,
             NOW,
-            0.5,
+            || 0.5,
         );
         assert_eq!(shorter.next, Next::Retry { at: NOW + 10_000 });
     }
@@ -197,7 +206,7 @@ mod tests {
             jitter: 0.2,
             ..schedule(None)
         };
-        let at = |draw| match decide(&retry(None), 1, s, None, false, NOW, draw).next {
+        let at = |draw| match decide(&retry(None), 1, s, None, false, NOW, || draw).next {
             Next::Retry { at } => at - NOW,
             other => panic!("{other:?}"),
         };
@@ -216,7 +225,7 @@ mod tests {
             Some(NOW - 299_999),
             false,
             NOW,
-            0.5,
+            || 0.5,
         );
         assert!(!young.disable);
         let old = decide(
@@ -226,7 +235,7 @@ mod tests {
             Some(NOW - 300_000),
             false,
             NOW,
-            0.5,
+            || 0.5,
         );
         assert!(old.disable);
         let again = decide(
@@ -236,10 +245,10 @@ mod tests {
             Some(NOW - 300_000),
             true,
             NOW,
-            0.5,
+            || 0.5,
         );
         assert!(!again.disable, "already disabled");
-        let never = decide(&retry(None), 1, schedule(None), Some(0), false, NOW, 0.5);
+        let never = decide(&retry(None), 1, schedule(None), Some(0), false, NOW, || 0.5);
         assert!(!never.disable);
     }
 }

@@ -4,7 +4,7 @@
 
 use storeline_event::outbox::OutboxKey;
 
-use super::decide::{Next, Schedule, decide};
+use super::decide::{Decision, Next, Schedule, decide};
 
 use super::*;
 
@@ -287,11 +287,7 @@ impl Writer {
         let default_schedule = crate::config::DEFAULT_SCHEDULE;
         let schedule = match self.conns.get(&name) {
             Some(c) => {
-                match &o.verdict {
-                    Verdict::Delivered { .. } => c.metrics.delivered.increment(1),
-                    Verdict::Retry { .. } => c.metrics.retry.increment(1),
-                    Verdict::Reject { .. } => c.metrics.reject.increment(1),
-                }
+                c.metrics.count(&o.verdict);
                 Schedule {
                     retry: &c.def.retry_schedule,
                     jitter: c.def.jitter,
@@ -315,56 +311,12 @@ impl Writer {
             st.failing_since,
             st.disabled_at.is_some(),
             now,
-            rand::random(),
+            rand::random::<f64>,
         );
         self.dirty_states.insert(name.clone());
-        st.failing_since = d.failing_since;
-        rec.last_error = d.last_error;
-        match d.next {
-            Next::Delivered => {
-                rec.status = Status::Delivered;
-                rec.next_at = None;
-                rec.delivered_at = Some(now);
-                st.pending -= 1;
-                st.delivered += 1;
-                st.last_success = Some(now);
-            }
-            Next::Retry { at } => rec.next_at = Some(at),
-            Next::Dead => {
-                rec.status = Status::Dead;
-                rec.next_at = None;
-                st.pending -= 1;
-                st.dead += 1;
-            }
-        }
-        if d.disable {
-            st.disabled_at = Some(now);
-        }
+        settle(&mut rec, st, &d, now);
         if let Some(c) = self.conns.get_mut(&name) {
-            c.in_flight = c.in_flight.saturating_sub(1);
-            if let Next::Retry { at } = d.next {
-                c.wake_at = Some(c.wake_at.map_or(at, |w| w.min(at)));
-                c.due_gen += 1;
-            }
-            match &o.verdict {
-                Verdict::Delivered { .. } => {
-                    c.metrics
-                        .latency
-                        .record((now - rec.created_at).max(0) as f64 / 1000.0);
-                    c.breaker.success();
-                }
-                Verdict::Reject { .. } => c.breaker.success(),
-                Verdict::Retry { detail, .. } => {
-                    if c.breaker.failure(now) {
-                        tracing::warn!(
-                            connector = name,
-                            cooldown_s = c.def.circuit_cooldown.as_secs(),
-                            last = clip(detail, 200),
-                            "circuit opened: attempts paused"
-                        );
-                    }
-                }
-            }
+            c.attempt_ended(&name, &o.verdict, &d.next, rec.created_at, now);
         }
         let attempt = Attempt {
             n: rec.attempts,
@@ -392,21 +344,31 @@ impl Writer {
             c.wake_at = c.wake_at.map(|w| w.min(now));
         }
         if d.disable {
-            let since = self.states.get(&name).and_then(|s| s.failing_since);
-            tracing::error!(
+            self.announce_disabled(&name, rec.last_error.clone()).await;
+        }
+    }
+
+    /// Tells operators (a log line) and triggers (`connector.disabled`) that `name` was
+    /// disabled for failing too long.
+    async fn announce_disabled(&mut self, name: &str, last_error: Option<String>) {
+        let since = self.states.get(name).and_then(|s| s.failing_since);
+        tracing::error!(
+            connector = name,
+            "connector disabled: failing without a success for too long; POST /v1/connectors/{name}/enable after fixing it"
+        );
+        if let Err(e) = self
+            .host
+            .emit(
+                "connector.disabled",
+                json!({ "connector": name, "failing_since": since, "last_error": last_error }),
+            )
+            .await
+        {
+            tracing::warn!(
                 connector = name,
-                "connector disabled: failing without a success for too long; POST /v1/connectors/{name}/enable after fixing it"
+                error = e,
+                "cannot append connector.disabled"
             );
-            if let Err(e) = self
-                .host
-                .emit(
-                    "connector.disabled",
-                    json!({ "connector": name, "failing_since": since, "last_error": rec.last_error }),
-                )
-                .await
-            {
-                tracing::warn!(connector = name, error = e, "cannot append connector.disabled");
-            }
         }
     }
 
@@ -476,5 +438,31 @@ impl Writer {
                 }
             }
         }
+    }
+}
+
+/// Applies a decision to the delivery and its connector's counters (no I/O).
+fn settle(rec: &mut Record, st: &mut ConnState, d: &Decision, now: i64) {
+    st.failing_since = d.failing_since;
+    rec.last_error = d.last_error.clone();
+    match d.next {
+        Next::Delivered => {
+            rec.status = Status::Delivered;
+            rec.next_at = None;
+            rec.delivered_at = Some(now);
+            st.pending -= 1;
+            st.delivered += 1;
+            st.last_success = Some(now);
+        }
+        Next::Retry { at } => rec.next_at = Some(at),
+        Next::Dead => {
+            rec.status = Status::Dead;
+            rec.next_at = None;
+            st.pending -= 1;
+            st.dead += 1;
+        }
+    }
+    if d.disable {
+        st.disabled_at = Some(now);
     }
 }
