@@ -12,8 +12,8 @@ use serde_json::Value;
 use super::{Overflow, add, sub};
 use crate::event::Ev;
 use crate::model::{
-    Cart, CartLine, Consent, Edge, LastOrder, OrderStats, RECENT, SESSION_GAP_MS, SESSION_SPANS,
-    Stamped, Status,
+    Cart, CartLine, Consent, Edge, Frag, LastOrder, OrderStats, RECENT, SESSION_GAP_MS,
+    SESSION_SPANS, Stamped, Status,
 };
 use crate::views::{Keys, Views};
 
@@ -105,7 +105,6 @@ pub fn apply(views: &mut Views, ev: &Ev) -> Result<(), Overflow> {
     let Some((who, _)) = ids.first().cloned() else {
         return Ok(());
     };
-    const VALUE: &str = "the customer's lifetime value";
     // Links: every identity the event names joins the first one.
     for (other, _) in ids.iter().skip(1) {
         link(views, &who, other, ev);
@@ -118,6 +117,7 @@ pub fn apply(views: &mut Views, ev: &Ev) -> Result<(), Overflow> {
             f.last_seen = ev.time;
         }
     }
+    // The order as it was before this event (a cancel or refund needs its status and total).
     let order_before = match ev.ty.as_str() {
         "order.cancelled" | "order.refunded" => ev
             .str("order_id")
@@ -125,11 +125,68 @@ pub fn apply(views: &mut Views, ev: &Ev) -> Result<(), Overflow> {
             .map(|o| (o.status, o.total, o.currency.clone())),
         _ => None,
     };
-    let mut trait_changes: Vec<(String, Option<Value>, Value)> = Vec::new();
     let f = views.frag.upsert(&who);
     f.is_user |= ids[0].1;
-    // Activity. A session's span is kept too, so a person's sessions can be counted across
-    // the fragments one visit leaves in several partitions.
+    activity(f, ev);
+    let trait_changes = match ev.ty.as_str() {
+        "page.viewed" => {
+            f.page_views += 1;
+            Vec::new()
+        }
+        "product.viewed" => {
+            f.product_views += 1;
+            if let Some(c) = ev.str("category") {
+                *f.categories.entry(c.to_owned()).or_default() += 1;
+            }
+            Vec::new()
+        }
+        "cart.item_added" | "cart.item_removed" => {
+            cart_line(f, ev)?;
+            Vec::new()
+        }
+        "cart.viewed" | "checkout.started" => {
+            replace_cart(f, ev);
+            Vec::new()
+        }
+        "order.placed" => {
+            order_placed(f, ev)?;
+            Vec::new()
+        }
+        "order.cancelled" => {
+            order_cancelled(f, order_before)?;
+            Vec::new()
+        }
+        "order.refunded" => {
+            order_refunded(f, ev, order_before)?;
+            Vec::new()
+        }
+        "customer.consent_changed" => {
+            consent_changed(f, ev);
+            Vec::new()
+        }
+        "customer.signed_up" | "customer.identified" | "customer.updated" => set_traits(f, ev),
+        _ => Vec::new(),
+    };
+    for (name, old, new) in trait_changes {
+        if let Some(old) = old.as_ref().and_then(|v| trait_index_key(&name, v, &who)) {
+            views.traits.insert(old, false);
+        }
+        if let Some(new) = trait_index_key(&name, &new, &who) {
+            views.traits.insert(new, true);
+        }
+    }
+    Ok(())
+}
+
+const VALUE: &str = "the customer's lifetime value";
+
+/// An order's status, total and currency before the event.
+type OrderBefore = Option<(Status, i64, String)>;
+
+/// Activity: sessions (with their spans, so a person's sessions can be counted across the
+/// fragments one visit leaves in several partitions), first and last seen, recent events,
+/// channels used.
+fn activity(f: &mut Frag, ev: &Ev) {
     if f.events == 0 || ev.time.saturating_sub(f.last_seen) > SESSION_GAP_MS {
         f.sessions += 1;
         f.session_spans.push((ev.time, ev.time));
@@ -155,198 +212,199 @@ pub fn apply(views: &mut Views, ev: &Ev) -> Result<(), Overflow> {
     {
         f.channels.insert(c.to_owned());
     }
-    match ev.ty.as_str() {
-        "page.viewed" => f.page_views += 1,
-        "product.viewed" => {
-            f.product_views += 1;
-            if let Some(c) = ev.str("category") {
-                *f.categories.entry(c.to_owned()).or_default() += 1;
-            }
+}
+
+/// `cart.item_added` / `cart.item_removed`: one line of the cart changes.
+fn cart_line(f: &mut Frag, ev: &Ev) -> Result<(), Overflow> {
+    let Some(sku) = ev.str("sku") else {
+        return Ok(());
+    };
+    let qty = ev.int("quantity").unwrap_or(1).max(0) as u64;
+    let cart = f.cart.get_or_insert_with(Cart::default);
+    cart.updated = ev.time;
+    if ev.ty == "cart.item_added" {
+        let line = cart.items.entry(sku.to_owned()).or_default();
+        line.quantity = line
+            .quantity
+            .checked_add(qty)
+            .ok_or(Overflow("the quantity in the cart"))?;
+        if let Some((amount, cur)) = ev.money("unit_price") {
+            line.unit_price = Some(amount);
+            line.currency = Some(cur);
         }
-        "cart.item_added" | "cart.item_removed" => {
-            let Some(sku) = ev.str("sku") else {
-                return Ok(());
-            };
-            let qty = ev.int("quantity").unwrap_or(1).max(0) as u64;
-            let cart = f.cart.get_or_insert_with(Cart::default);
-            cart.updated = ev.time;
-            if ev.ty == "cart.item_added" {
-                let line = cart.items.entry(sku.to_owned()).or_default();
-                line.quantity = line
-                    .quantity
-                    .checked_add(qty)
-                    .ok_or(Overflow("the quantity in the cart"))?;
-                if let Some((amount, cur)) = ev.money("unit_price") {
-                    line.unit_price = Some(amount);
-                    line.currency = Some(cur);
-                }
-                if let Some(c) = ev.str("category") {
-                    *f.categories.entry(c.to_owned()).or_default() += 1;
-                }
-            } else if let Some(line) = cart.items.get_mut(sku) {
-                line.quantity = line.quantity.saturating_sub(qty);
-                if line.quantity == 0 {
-                    cart.items.remove(sku);
-                }
-            }
+        if let Some(c) = ev.str("category") {
+            *f.categories.entry(c.to_owned()).or_default() += 1;
         }
-        "cart.viewed" | "checkout.started" => {
-            if let Some(items) = ev.data.get("items").and_then(Value::as_array) {
-                let cart = f.cart.get_or_insert_with(Cart::default);
-                cart.updated = ev.time;
-                cart.items.clear();
-                for it in items {
-                    let Some(sku) = it.get("sku").and_then(Value::as_str) else {
-                        continue;
-                    };
-                    let price = it.get("unit_price").and_then(crate::event::money);
-                    cart.items.insert(
-                        sku.to_owned(),
-                        CartLine {
-                            quantity: it.get("quantity").and_then(Value::as_u64).unwrap_or(1),
-                            unit_price: price.as_ref().map(|p| p.0),
-                            currency: price.map(|p| p.1),
-                        },
-                    );
-                }
-            }
-        }
-        "order.placed" => {
-            // The order empties the cart (a newer cart fragment wins at read time).
-            f.cart = Some(Cart {
-                items: Default::default(),
-                updated: ev.time,
-            });
-            if let Some((amount, cur)) = ev.money("total") {
-                let o = &mut f.orders;
-                o.count += 1;
-                let v = o.value.entry(cur.clone()).or_default();
-                *v = add(*v, amount, VALUE)?;
-                let v = o.placed_value.entry(cur.clone()).or_default();
-                *v = add(*v, amount, "the value of the customer's orders")?;
-                o.first_at = Some(o.first_at.map_or(ev.time, |t| t.min(ev.time)));
-                if o.last.as_ref().is_none_or(|l| l.at <= ev.time) {
-                    o.last = Some(LastOrder {
-                        order_id: ev.str("order_id").unwrap_or_default().to_owned(),
-                        at: ev.time,
-                        amount,
-                        currency: cur,
-                    });
-                }
-            }
-            if let Some(o) = ev.str("order_id") {
-                f.order_ids.push((ev.time, o.to_owned()));
-                if f.order_ids.len() > RECENT {
-                    f.order_ids.remove(0);
-                }
-            }
-            if let Some(lines) = ev.data.get("lines").and_then(Value::as_array) {
-                for c in lines
-                    .iter()
-                    .filter_map(|l| l.get("category").and_then(Value::as_str))
-                {
-                    *f.categories.entry(c.to_owned()).or_default() += 1;
-                }
-            }
-        }
-        "order.cancelled" => {
-            if let Some((status, total, cur)) = order_before
-                && status != Status::Cancelled
-            {
-                f.orders.cancelled += 1;
-                let v = f.orders.value.entry(cur).or_default();
-                *v = sub(*v, total, VALUE)?;
-            }
-        }
-        "order.refunded" => {
-            let amount = ev.money("amount").or_else(|| {
-                order_before
-                    .as_ref()
-                    .map(|(_, total, cur)| (*total, cur.clone()))
-            });
-            if let Some((amount, cur)) = amount {
-                f.orders.refunds += 1;
-                let v = f.orders.refunded.entry(cur.clone()).or_default();
-                *v = add(*v, amount, "the amount refunded to the customer")?;
-                // A cancelled order's value was taken out when it was cancelled.
-                let cancelled = order_before
-                    .as_ref()
-                    .is_some_and(|(s, _, _)| *s == Status::Cancelled);
-                if !cancelled {
-                    let v = f.orders.value.entry(cur).or_default();
-                    *v = sub(*v, amount, VALUE)?;
-                }
-            }
-        }
-        "customer.consent_changed" => {
-            if let (Some(ch), Some(granted)) = (
-                ev.str("channel"),
-                ev.data.get("granted").and_then(Value::as_bool),
-            ) {
-                let newer = f.consent.get(ch).is_none_or(|c| c.at <= ev.time);
-                if newer {
-                    f.consent.insert(
-                        ch.to_owned(),
-                        Consent {
-                            granted,
-                            at: ev.time,
-                            source: ev.str("source").map(str::to_owned),
-                        },
-                    );
-                }
-            }
-        }
-        "customer.signed_up" | "customer.identified" | "customer.updated" => {
-            let mut set = |name: &str, v: &Value| {
-                if v.is_null() {
-                    return;
-                }
-                let old = f.traits.get(name);
-                if old.is_some_and(|o| o.at > ev.time) {
-                    return;
-                }
-                let old_value = old.map(|o| o.value.clone());
-                if old_value.as_ref() != Some(v) {
-                    trait_changes.push((name.to_owned(), old_value, v.clone()));
-                }
-                f.traits.insert(
-                    name.to_owned(),
-                    Stamped {
-                        value: v.clone(),
-                        at: ev.time,
-                    },
-                );
-            };
-            for name in [
-                "email",
-                "phone",
-                "name",
-                "first_name",
-                "last_name",
-                "locale",
-                "timezone",
-            ] {
-                if let Some(v) = ev.data.get(name) {
-                    set(name, v);
-                }
-            }
-            if let Some(Value::Object(t)) = ev.data.get("traits") {
-                for (k, v) in t {
-                    set(k, v);
-                }
-            }
-        }
-        _ => {}
-    }
-    for (name, old, new) in trait_changes {
-        if let Some(old) = old.as_ref().and_then(|v| trait_index_key(&name, v, &who)) {
-            views.traits.insert(old, false);
-        }
-        if let Some(new) = trait_index_key(&name, &new, &who) {
-            views.traits.insert(new, true);
+    } else if let Some(line) = cart.items.get_mut(sku) {
+        line.quantity = line.quantity.saturating_sub(qty);
+        if line.quantity == 0 {
+            cart.items.remove(sku);
         }
     }
     Ok(())
+}
+
+/// `cart.viewed` / `checkout.started` with `items`: the cart is what they list.
+fn replace_cart(f: &mut Frag, ev: &Ev) {
+    if let Some(items) = ev.data.get("items").and_then(Value::as_array) {
+        let cart = f.cart.get_or_insert_with(Cart::default);
+        cart.updated = ev.time;
+        cart.items.clear();
+        for it in items {
+            let Some(sku) = it.get("sku").and_then(Value::as_str) else {
+                continue;
+            };
+            let price = it.get("unit_price").and_then(crate::event::money);
+            cart.items.insert(
+                sku.to_owned(),
+                CartLine {
+                    quantity: it.get("quantity").and_then(Value::as_u64).unwrap_or(1),
+                    unit_price: price.as_ref().map(|p| p.0),
+                    currency: price.map(|p| p.1),
+                },
+            );
+        }
+    }
+}
+
+/// `order.placed`: the cart empties (a newer cart fragment wins at read time) and the order
+/// facts grow.
+fn order_placed(f: &mut Frag, ev: &Ev) -> Result<(), Overflow> {
+    f.cart = Some(Cart {
+        items: Default::default(),
+        updated: ev.time,
+    });
+    if let Some((amount, cur)) = ev.money("total") {
+        let o = &mut f.orders;
+        o.count += 1;
+        let v = o.value.entry(cur.clone()).or_default();
+        *v = add(*v, amount, VALUE)?;
+        let v = o.placed_value.entry(cur.clone()).or_default();
+        *v = add(*v, amount, "the value of the customer's orders")?;
+        o.first_at = Some(o.first_at.map_or(ev.time, |t| t.min(ev.time)));
+        if o.last.as_ref().is_none_or(|l| l.at <= ev.time) {
+            o.last = Some(LastOrder {
+                order_id: ev.str("order_id").unwrap_or_default().to_owned(),
+                at: ev.time,
+                amount,
+                currency: cur,
+            });
+        }
+    }
+    if let Some(o) = ev.str("order_id") {
+        f.order_ids.push((ev.time, o.to_owned()));
+        if f.order_ids.len() > RECENT {
+            f.order_ids.remove(0);
+        }
+    }
+    if let Some(lines) = ev.data.get("lines").and_then(Value::as_array) {
+        for c in lines
+            .iter()
+            .filter_map(|l| l.get("category").and_then(Value::as_str))
+        {
+            *f.categories.entry(c.to_owned()).or_default() += 1;
+        }
+    }
+    Ok(())
+}
+
+/// `order.cancelled`: an order not cancelled before leaves the lifetime value.
+fn order_cancelled(f: &mut Frag, before: OrderBefore) -> Result<(), Overflow> {
+    if let Some((status, total, cur)) = before
+        && status != Status::Cancelled
+    {
+        f.orders.cancelled += 1;
+        let v = f.orders.value.entry(cur).or_default();
+        *v = sub(*v, total, VALUE)?;
+    }
+    Ok(())
+}
+
+/// `order.refunded`: the refund (the whole order unless it says an amount) leaves the lifetime
+/// value, unless the order was cancelled (its value left then).
+fn order_refunded(f: &mut Frag, ev: &Ev, before: OrderBefore) -> Result<(), Overflow> {
+    let amount = ev
+        .money("amount")
+        .or_else(|| before.as_ref().map(|(_, total, cur)| (*total, cur.clone())));
+    if let Some((amount, cur)) = amount {
+        f.orders.refunds += 1;
+        let v = f.orders.refunded.entry(cur.clone()).or_default();
+        *v = add(*v, amount, "the amount refunded to the customer")?;
+        // A cancelled order's value was taken out when it was cancelled.
+        let cancelled = before
+            .as_ref()
+            .is_some_and(|(s, _, _)| *s == Status::Cancelled);
+        if !cancelled {
+            let v = f.orders.value.entry(cur).or_default();
+            *v = sub(*v, amount, VALUE)?;
+        }
+    }
+    Ok(())
+}
+
+/// `customer.consent_changed`: the newer choice per channel wins.
+fn consent_changed(f: &mut Frag, ev: &Ev) {
+    if let (Some(ch), Some(granted)) = (
+        ev.str("channel"),
+        ev.data.get("granted").and_then(Value::as_bool),
+    ) {
+        let newer = f.consent.get(ch).is_none_or(|c| c.at <= ev.time);
+        if newer {
+            f.consent.insert(
+                ch.to_owned(),
+                Consent {
+                    granted,
+                    at: ev.time,
+                    source: ev.str("source").map(str::to_owned),
+                },
+            );
+        }
+    }
+}
+
+/// Sign-up, identify and update set traits (the newer value wins); returns what changed, as
+/// (name, old value, new value), for the trait index.
+fn set_traits(f: &mut Frag, ev: &Ev) -> Vec<(String, Option<Value>, Value)> {
+    let mut trait_changes = Vec::new();
+    let mut set = |name: &str, v: &Value| {
+        if v.is_null() {
+            return;
+        }
+        let old = f.traits.get(name);
+        if old.is_some_and(|o| o.at > ev.time) {
+            return;
+        }
+        let old_value = old.map(|o| o.value.clone());
+        if old_value.as_ref() != Some(v) {
+            trait_changes.push((name.to_owned(), old_value, v.clone()));
+        }
+        f.traits.insert(
+            name.to_owned(),
+            Stamped {
+                value: v.clone(),
+                at: ev.time,
+            },
+        );
+    };
+    for name in [
+        "email",
+        "phone",
+        "name",
+        "first_name",
+        "last_name",
+        "locale",
+        "timezone",
+    ] {
+        if let Some(v) = ev.data.get(name) {
+            set(name, v);
+        }
+    }
+    if let Some(Value::Object(t)) = ev.data.get("traits") {
+        for (k, v) in t {
+            set(k, v);
+        }
+    }
+    trait_changes
 }
 
 /// The trait-index key of a scalar trait value, `None` for values not worth indexing.
