@@ -78,7 +78,7 @@ pub async fn run(args: ReplayArgs) -> Result<()> {
     );
     let started = Instant::now();
     let engine_cfg = storeline_server::engine_config(&cfg);
-    let done = storeline_engine::replay::replay(
+    let done = storeline_engine::replay(
         Arc::clone(&log),
         Arc::clone(&fresh),
         &engine_cfg.projection,

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use anyhow::{Context, Result, bail};
 use serde_json::json;
 use storeline_engine::triggers::TriggerSet;
-use storeline_engine::triggers::backtest::{Report, backtest};
+use storeline_engine::{Report, backtest};
 use storeline_log::EventLog;
 use storeline_server::Config;
 use storeline_state::{SqliteStore, StateStore};

@@ -33,15 +33,15 @@ const TIMERS_PER_BATCH: usize = 32_768;
 
 /// A partition's state as its writer holds it: the views and the next offset to apply.
 pub struct Applier<S> {
-    pub partition: u32,
-    pub store: Arc<S>,
-    pub cfg: ProjectionConfig,
-    pub views: Views,
+    pub(crate) partition: u32,
+    pub(crate) store: Arc<S>,
+    pub(crate) cfg: ProjectionConfig,
+    pub(crate) views: Views,
     /// The next offset to apply (everything below is in `views`).
-    pub next: u64,
+    pub(crate) next: u64,
     /// The offset the store holds (everything below is committed).
-    pub committed: u64,
-    pub triggers: Stage,
+    pub(crate) committed: u64,
+    pub(crate) triggers: Stage,
     /// Records a failed batch showed cannot be applied, by offset: they are quarantined when
     /// their batch is applied again.
     poison: BTreeMap<u64, (Reason, String)>,
@@ -51,9 +51,9 @@ pub struct Applier<S> {
     /// The offsets `[first, end)` of the batch being applied.
     batch: (u64, u64),
     /// Quarantine entries filed since the last commit (for metrics and logs).
-    pub quarantined: Vec<Entry>,
+    pub(crate) quarantined: Vec<Entry>,
     /// The number of entries the quarantine keeps, when a batch since the last commit changed it.
-    pub quarantine_size: Option<usize>,
+    pub(crate) quarantine_size: Option<usize>,
 }
 
 /// What a batch does to its partition's quarantine.

@@ -8,21 +8,32 @@
 //!  POST /v1/commands ─────┘ (commerce partition only: plan → append → reply)
 //! ```
 //!
-//! The pure core is [`project`] and [`commands`]; [`runner`] and [`apply`] move data between
-//! the log, the store and the API; [`read`] combines rows into the API's documents.
+//! The pure core is `project`, `commands` and `triggers`; `runner` and `apply` move data between
+//! the log, the store and the API; [`read`] combines rows into the API's documents; `replay`
+//! and `backtest` run the stored log through the same folds.
+//!
+//! The front door, what the server, the CLI and the benchmarks use: [`Engine`] (start, submit
+//! commands, stop), [`replay`], [`backtest`], the documents in [`read`], the trigger file in
+//! [`triggers`] (parse, check, install, stats), the quarantine's records in [`quarantine`], and
+//! [`build_event`]. Everything else is `pub(crate)`. Integration tests reach the folds
+//! themselves (the applier, a partition's trigger stage, the views) through `testkit`, which
+//! only the `testkit` feature builds (the engine's own dev-dependency turns it on).
 
-pub mod apply;
-pub mod commands;
+mod apply;
+mod backtest;
+mod commands;
 mod error;
-pub mod event;
-pub mod model;
-pub mod project;
+mod event;
+mod model;
+mod project;
 pub mod quarantine;
 pub mod read;
-pub mod replay;
+mod replay;
 mod runner;
+#[cfg(feature = "testkit")]
+pub mod testkit;
 pub mod triggers;
-pub mod views;
+mod views;
 mod watermark;
 
 use std::collections::HashMap;
@@ -34,8 +45,12 @@ use storeline_log::{EventLog, partition_for};
 use storeline_state::StateStore;
 use tokio::sync::{mpsc, oneshot, watch};
 
+pub use backtest::{Report, backtest};
+pub use commands::NAMES as COMMANDS;
 pub use error::{AppendError, CommandError, Error, Result};
-pub use project::{ProjectionConfig, Shortfall};
+pub use event::{Ev, build_event};
+pub use project::{ProjectionConfig, Shortfall, identity_key};
+pub use replay::replay;
 pub use runner::{Appender, CommandOutcome};
 
 use apply::Applier;

@@ -328,6 +328,17 @@ fn effective_consent(recorded: &BTreeMap<&str, &Consent>) -> Value {
     Value::Object(out)
 }
 
+/// The partitions that hold a link row for `identity` (a normalised identity key): where a merge
+/// of it was recorded, so where an unmerge must go. Empty when it was never merged.
+pub async fn link_owners<S: StateStore>(store: &S, identity: &str) -> Result<BTreeSet<u32>> {
+    Ok(store
+        .get(ns::LINK, identity)
+        .await?
+        .into_iter()
+        .map(|(owner, _)| owner)
+        .collect())
+}
+
 /// Customers whose trait `name` equals `value` (case-insensitive for text), as identities.
 pub async fn by_trait<S: StateStore>(
     store: &S,

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use serde_json::{Value, json};
 use storeline_engine::ProjectionConfig;
-use storeline_engine::triggers::backtest::backtest;
+use storeline_engine::backtest;
 use storeline_log::{EventLog, MemoryLog, Record};
 use storeline_state::SqliteStore;
 

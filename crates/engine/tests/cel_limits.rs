@@ -4,9 +4,10 @@
 
 #![allow(clippy::unwrap_used)]
 
+use storeline_engine::testkit::Registry;
+use storeline_engine::testkit::triggers::Definition;
+use storeline_engine::triggers::Problem;
 use storeline_engine::triggers::TriggerSet;
-use storeline_engine::triggers::rows::Definition;
-use storeline_engine::triggers::{Problem, Registry};
 
 const GOOD: &str = r#"
 [[trigger]]
@@ -107,7 +108,7 @@ fn a_stored_file_over_the_limits_is_not_installed_and_the_previous_versions_stay
     ];
     let reg = on_small_stack(move || Registry::from_rows(rows));
     assert!(
-        reg.current.triggers.is_empty(),
+        reg.current().triggers.is_empty(),
         "the hostile file is not current"
     );
     let nudge = &good.triggers[0];

@@ -7,11 +7,12 @@
 use std::collections::VecDeque;
 
 use serde_json::{Value, json};
+use storeline_engine::Ev;
 use storeline_engine::ProjectionConfig;
-use storeline_engine::event::Ev;
-use storeline_engine::project;
-use storeline_engine::triggers::{FORWARDED, Registry, Stage, TICK, TriggerSet};
-use storeline_engine::views::Views;
+use storeline_engine::testkit::Views;
+use storeline_engine::testkit::project;
+use storeline_engine::testkit::{FORWARDED, Registry, Stage, TICK};
+use storeline_engine::triggers::TriggerSet;
 use storeline_log::partition_for;
 
 const PARTITIONS: u32 = 8;
@@ -184,10 +185,10 @@ impl World {
             ev.partition = p;
             ev.offset = part.offset;
             part.offset += 1;
-            let clock = part.stage.clock.max(ev.received);
+            let clock = part.stage.clock().max(ev.received);
             let mut emits = Vec::new();
             part.stage.fire_due(&mut part.views, p, clock, &mut emits);
-            part.stage.clock = clock;
+            part.stage.set_clock(clock);
             project::apply(
                 &mut part.views,
                 &ev,
@@ -200,7 +201,7 @@ impl World {
             for (_, entry) in std::mem::take(&mut part.views.outbox) {
                 self.sent.push(serde_json::to_value(entry).unwrap());
             }
-            part.stage.outcomes.clear();
+            part.stage.take_outcomes();
             for e in emits {
                 self.emitted.push((e.ty.clone(), e.subject.clone()));
                 let mut out = stored(e.id, &e.ty, clock, e.subject.clone(), e.data);

@@ -11,9 +11,10 @@ use bytes::Bytes;
 use proptest::prelude::*;
 use rand::{Rng, SeedableRng};
 use serde_json::{Value, json};
-use storeline_engine::apply::Applier;
-use storeline_engine::views::Views;
-use storeline_engine::{AppendError, Appender, Engine, EngineConfig, ProjectionConfig, project};
+use storeline_engine::testkit::Applier;
+use storeline_engine::testkit::Views;
+use storeline_engine::testkit::project;
+use storeline_engine::{AppendError, Appender, Engine, EngineConfig, ProjectionConfig};
 use storeline_event::Event;
 use storeline_log::{EventLog, MemoryLog, Record, StoredRecord, partition_for};
 use storeline_state::{SqliteStore, StateStore};
@@ -265,7 +266,7 @@ fn check_every_offset(records: &[StoredRecord], partition: u32) -> usize {
     let mut out = Vec::new();
     let mut checked = 0;
     for r in records {
-        let ev = storeline_engine::event::Ev::parse(&r.value, partition, r.offset).unwrap();
+        let ev = storeline_engine::Ev::parse(&r.value, partition, r.offset).unwrap();
         project::apply(&mut views, &ev, &cfg, &mut out).expect("no sum overflows");
         if ev.ty.starts_with("inventory.") || ev.ty.starts_with("return.") {
             let sku = ev.str("sku").map(str::to_owned);
@@ -379,7 +380,7 @@ fn concurrent_commands_never_oversell() {
         // The live views equal a replay of the whole log.
         let replayed = fresh(&dir, "replay.db").await;
         let until: BTreeMap<u32, u64> = store.offsets().await.unwrap();
-        storeline_engine::replay::replay(log.clone(), replayed.clone(), &ProjectionConfig::default(), &until, 1000, &|_| {}).await.unwrap();
+        storeline_engine::replay(log.clone(), replayed.clone(), &ProjectionConfig::default(), &until, 1000, &|_| {}).await.unwrap();
         assert_eq!(storeline_state::digest(&*store).await.unwrap(), storeline_state::digest(&*replayed).await.unwrap());
     });
 }

@@ -6,13 +6,13 @@
 use std::collections::VecDeque;
 
 use serde_json::{Value, json};
+use storeline_engine::Ev;
 use storeline_engine::ProjectionConfig;
-use storeline_engine::event::Ev;
-use storeline_engine::project;
-use storeline_engine::triggers::cel::{Expr, Scope};
-use storeline_engine::triggers::def::{Action, Match, Step};
-use storeline_engine::triggers::{FORWARDED, Outcome, Registry, Stage, TICK, TriggerSet};
-use storeline_engine::views::Views;
+use storeline_engine::testkit::Views;
+use storeline_engine::testkit::project;
+use storeline_engine::testkit::triggers::{Action, Expr, Match, Scope, Step};
+use storeline_engine::testkit::{FORWARDED, Outcome, Registry, Stage, TICK};
+use storeline_engine::triggers::TriggerSet;
 use storeline_event::outbox::OutboxKey;
 
 const SOURCE: &str = include_str!("../../../config/triggers.toml");
@@ -505,10 +505,10 @@ impl World {
             ev.partition = p;
             ev.offset = part.offset;
             part.offset += 1;
-            let clock = part.stage.clock.max(ev.received);
+            let clock = part.stage.clock().max(ev.received);
             let mut emits = Vec::new();
             part.stage.fire_due(&mut part.views, p, clock, &mut emits);
-            part.stage.clock = clock;
+            part.stage.set_clock(clock);
             project::apply(&mut part.views, &ev, &self.cfg, &mut emits).expect("no sum overflows");
             part.stage.apply(&mut part.views, &ev, p, &mut emits);
             part.stage.fire_due(&mut part.views, p, clock, &mut emits);
@@ -519,7 +519,7 @@ impl World {
                 entry["sent_at"] = json!(at);
                 self.sent.push(entry);
             }
-            self.outcomes.append(&mut part.stage.outcomes);
+            self.outcomes.extend(part.stage.take_outcomes());
             for e in emits {
                 let mut ev = stored(e.id, &e.ty, clock, e.subject, e.data);
                 ev.time = e.time;

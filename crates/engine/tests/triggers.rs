@@ -18,8 +18,9 @@ use rand::{Rng, SeedableRng};
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 use storeline_engine::ProjectionConfig;
-use storeline_engine::apply::Applier;
-use storeline_engine::triggers::{Registry, Stage, TriggerSet};
+use storeline_engine::testkit::Applier;
+use storeline_engine::testkit::{Registry, Stage};
+use storeline_engine::triggers::TriggerSet;
 use storeline_log::StoredRecord;
 use storeline_state::{SqliteStore, StateStore};
 
@@ -260,21 +261,22 @@ async fn run(case: &Case, cx: &Ctx, mode: &Mode) -> Effects {
     let mut a = new(0);
     if !restart {
         let set = TriggerSet::parse(&case.triggers).unwrap();
-        a.triggers = Stage::new(Registry::new(set), None);
+        *a.stage_mut() = Stage::new(Registry::new(set), None);
     }
     let (mut emits, mut end) = (Vec::new(), 0);
     for k in splits(recs.len(), mode) {
         end += k;
         if restart {
-            a = new(a.committed);
+            a = new(a.committed());
             a.load_triggers(None).await.unwrap();
         }
         let mut stuck = 0;
-        while (a.next as usize) < end {
-            if matches!(mode, Mode::Random(_)) && a.triggers.next_due.is_none() {
-                a.triggers.next_due = Some(a.first_timer().await.unwrap());
+        while (a.next() as usize) < end {
+            if matches!(mode, Mode::Random(_)) && !a.stage_mut().knows_next_due() {
+                let due = a.first_timer().await.unwrap();
+                a.stage_mut().set_next_due(due);
             }
-            let from = a.next as usize;
+            let from = a.next() as usize;
             if matches!(mode, Mode::Reapply(_) | Mode::Given(_, true)) {
                 a.apply(&recs[from..end]).await.unwrap();
                 a.reset();
@@ -282,7 +284,11 @@ async fn run(case: &Case, cx: &Ctx, mode: &Mode) -> Effects {
             emits.extend(a.apply(&recs[from..end]).await.unwrap().0);
             a.commit().await.unwrap();
             // A batch may only fire timers (when more are due than one batch loads).
-            stuck = if a.next as usize > from { 0 } else { stuck + 1 };
+            stuck = if a.next() as usize > from {
+                0
+            } else {
+                stuck + 1
+            };
             assert!(stuck < 100, "{mode:?}: apply makes no progress at {from}");
         }
     }
@@ -645,7 +651,7 @@ async fn a_record_at_the_due_time_of_more_timers_than_a_batch_loads_comes_after_
             .unwrap(),
     );
     let mut a = Applier::new(0, store.clone(), ProjectionConfig::default(), 0);
-    a.triggers = Stage::new(Registry::new(TriggerSet::parse(src).unwrap()), None);
+    *a.stage_mut() = Stage::new(Registry::new(TriggerSet::parse(src).unwrap()), None);
     let base = 1_767_571_200_000; // 2026-01-05T00:00:00Z
     // "zzz" sorts after every other customer, so its timer is the one left for the next batch.
     let customers = (0..32_768)
@@ -658,16 +664,16 @@ async fn a_record_at_the_due_time_of_more_timers_than_a_batch_loads_comes_after_
             record(n, base, v)
         })
         .collect();
-    while (a.next as usize) < adds.len() {
-        a.apply(&adds[a.next as usize..]).await.unwrap();
+    while (a.next() as usize) < adds.len() {
+        a.apply(&adds[a.next() as usize..]).await.unwrap();
         a.commit().await.unwrap();
     }
     let order = json!({ "id": "o", "type": "order.placed", "customer": "zzz", "data": { "order_id": "o1" } });
     let fwd = json!({ "id": "f", "type": "storeline.forwarded", "subject": "zzz", "data": order });
     let recs = [record(adds.len(), base + 3_600_000, fwd)];
     let mut emits = Vec::new();
-    while (a.next as usize) < adds.len() + 1 {
-        let from = a.next as usize - adds.len();
+    while (a.next() as usize) < adds.len() + 1 {
+        let from = a.next() as usize - adds.len();
         emits.extend(a.apply(&recs[from..]).await.unwrap().0);
         a.commit().await.unwrap();
     }

@@ -14,7 +14,7 @@ use storeline_event::Event;
 use storeline_event::outbox::OutboxKey;
 use storeline_state::StateStore;
 
-use crate::views_api::now_ms;
+use crate::http::views::now_ms;
 use crate::{AppState, SharedState};
 
 /// The engine's way into the log: the ingest path, with dedup and routing.
@@ -56,7 +56,7 @@ impl Host for ServerHost {
         limit: usize,
     ) -> BoxFuture<'_, Result<Vec<(String, Bytes)>, String>> {
         Box::pin(async move {
-            let engine = crate::views_api::engine(&self.0).map_err(|e| e.message)?;
+            let engine = crate::http::views::engine(&self.0).map_err(|e| e.message)?;
             let prefix = OutboxKey::prefix(partition);
             let start = after.unwrap_or_else(|| OutboxKey::start(partition, from_clock));
             let rows = engine
@@ -80,7 +80,7 @@ impl Host for ServerHost {
 
     fn profile(&self, customer: String) -> BoxFuture<'_, Option<Value>> {
         Box::pin(async move {
-            let engine = crate::views_api::engine(&self.0).ok()?;
+            let engine = crate::http::views::engine(&self.0).ok()?;
             let p = storeline_engine::read::profile(&*engine.store, &customer)
                 .await
                 .ok()??;
@@ -91,7 +91,7 @@ impl Host for ServerHost {
     fn emit(&self, ty: &'static str, data: Value) -> BoxFuture<'_, Result<(), String>> {
         Box::pin(async move {
             let now = now_ms();
-            let ev = storeline_engine::event::build_event(
+            let ev = storeline_engine::build_event(
                 format!("dlvev_{}", ulid::Ulid::new().to_string().to_lowercase()),
                 "storeline/delivery",
                 ty,

@@ -14,7 +14,7 @@ use storeline_log::EventLog;
 
 use crate::AppState;
 use crate::error::ApiError;
-use crate::views_api::{engine, internal};
+use crate::http::views::{engine, internal};
 
 /// Appends `set` to every partition and waits (up to `engine.read_wait`) until each applied it.
 /// Returns whether all did in time.

@@ -15,7 +15,8 @@ use tokio::sync::watch;
 use crate::auth::{self, KeyStore};
 use crate::config::{Config, ConfigError, LogBackend, StateBackend};
 use crate::dedup::{Dedup, Position};
-use crate::{AppState, Engine, Log, SharedState, delivery_api, ops, serve, trigger_file};
+use crate::http::{deliveries, ops};
+use crate::{AppState, Engine, Log, SharedState, serve, trigger_file};
 
 /// Opens the configured state store: SQLite in the data dir, or PostgreSQL.
 pub async fn open_store(config: &Config) -> Result<storeline_state::Store, storeline_state::Error> {
@@ -151,7 +152,7 @@ pub async fn run(
     tracing::info!(%addr, data_dir = %state.config.data_dir.display(), "storeline is serving");
 
     let background = tokio::spawn(background(Arc::clone(&state), metrics.clone()));
-    let app = crate::router(Arc::clone(&state), metrics);
+    let app = crate::http::router(Arc::clone(&state), metrics);
     let stop = state.shutdown.subscribe();
     let signal_state = Arc::clone(&state);
     tokio::spawn(async move {
@@ -209,10 +210,10 @@ impl Parts {
         trigger_file::install_configured(state)
             .await
             .map_err(ServerError::Triggers)?;
-        let delivery_store = Arc::new(delivery_api::open_delivery_store(&state.config).await?);
+        let delivery_store = Arc::new(deliveries::open_delivery_store(&state.config).await?);
         self.delivery_store = Some(Arc::clone(&delivery_store));
         let (worker_stop, worker_stop_rx) = watch::channel(false);
-        let worker = delivery_api::start_worker(state, delivery_store, worker_stop_rx)
+        let worker = deliveries::start_worker(state, delivery_store, worker_stop_rx)
             .await
             .map_err(ServerError::Delivery)?;
         let worker = Arc::new(worker);

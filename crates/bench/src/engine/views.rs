@@ -136,7 +136,7 @@ pub async fn views_and_replay(ctx: &Ctx, prep: &Prepared, f: &mut Figures) -> Re
     bar.set_message(format!("{}: replay", ctx.backend.name()));
     let t = Instant::now();
     let cfg = EngineConfig::default();
-    let done = storeline_engine::replay::replay(
+    let done = storeline_engine::replay(
         rig.log.clone(),
         fresh.clone(),
         &cfg.projection,

@@ -235,7 +235,7 @@ pub fn records(
     let received = storeline_event::format_time(&now);
     let mut parts: Vec<Vec<Record>> = vec![Vec::new(); PARTITIONS as usize];
     for (i, (ty, customer, data)) in events.enumerate() {
-        let ev = storeline_engine::event::build_event(
+        let ev = storeline_engine::build_event(
             format!("{id_prefix}{}", first + i as u64),
             "storeline-bench",
             &ty,

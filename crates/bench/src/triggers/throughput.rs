@@ -55,7 +55,7 @@ async fn caused_types(log: &impl EventLog) -> Result<std::collections::BTreeMap<
             let Some(last) = records.last() else { break };
             at = last.offset + 1;
             for r in records {
-                let Ok(ev) = storeline_engine::event::Ev::parse(&r.value, p, r.offset) else {
+                let Ok(ev) = storeline_engine::Ev::parse(&r.value, p, r.offset) else {
                     continue;
                 };
                 let ty = if ev.internal && !ev.ty.starts_with("storeline.") {

@@ -21,7 +21,7 @@ use crate::project::Emit;
 use crate::read::Profile;
 use crate::views::Views;
 
-pub use super::doc::{Doc, doc_of, is_forwarded_type, received_at};
+pub use super::doc::{Doc, doc_of, is_forwarded_type};
 
 /// One evaluation step's context.
 pub struct Machine<'a> {

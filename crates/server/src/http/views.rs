@@ -15,7 +15,6 @@ use serde_json::{Value, json};
 use storeline_engine::CommandError;
 use storeline_engine::read;
 use storeline_log::EventLog;
-use storeline_state::StateStore;
 
 use crate::auth::Scope;
 use crate::error::ApiError;
@@ -352,7 +351,7 @@ pub async fn unmerge(
             64 << 10,
         )
         .await?;
-    let b: UnmergeBody = crate::json_object(&bytes).map_err(|e| {
+    let b: UnmergeBody = super::json_object(&bytes).map_err(|e| {
         ApiError::bad_request(
             "invalid_body",
             format!("expected {{\"identity\": \"…\"}}: {e}"),
@@ -361,7 +360,7 @@ pub async fn unmerge(
     let engine = engine(&state)?;
     let p = read::profile(&*engine.store, &id).await.map_err(internal)?;
     let p = p.ok_or_else(|| no_customer(&id))?;
-    let identity = storeline_engine::project::identity_key(&b.identity);
+    let identity = storeline_engine::identity_key(&b.identity);
     if !p.identities.contains(&identity) {
         return Err(ApiError::new(
             StatusCode::CONFLICT,
@@ -374,14 +373,9 @@ pub async fn unmerge(
             ),
         ));
     }
-    let owners: std::collections::BTreeSet<u32> = engine
-        .store
-        .get(storeline_engine::model::ns::LINK, &identity)
+    let owners = storeline_engine::read::link_owners(&*engine.store, &identity)
         .await
-        .map_err(|e| internal(e.into()))?
-        .into_iter()
-        .map(|(o, _)| o)
-        .collect();
+        .map_err(internal)?;
     if owners.is_empty() {
         return Err(ApiError::new(
             StatusCode::CONFLICT,
@@ -393,7 +387,7 @@ pub async fn unmerge(
     let mut positions = Vec::new();
     for owner in owners {
         let data = json!({ "identity": identity, "from": p.id(), "reason": b.reason });
-        let ev = storeline_engine::event::build_event(
+        let ev = storeline_engine::build_event(
             format!("unm_{}", ulid::Ulid::new().to_string().to_lowercase()),
             "storeline/api",
             "customer.unmerged",

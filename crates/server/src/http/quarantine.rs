@@ -20,7 +20,7 @@ use storeline_state::StateStore;
 use crate::SharedState;
 use crate::auth::Scope;
 use crate::error::ApiError;
-use crate::views_api::{engine, internal, now_ms};
+use crate::http::views::{engine, internal, now_ms};
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]

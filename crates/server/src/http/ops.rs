@@ -181,7 +181,7 @@ const STALLED_AFTER_MS: i64 = 5_000;
 pub async fn openapi() -> Response {
     (
         [(header::CONTENT_TYPE, "application/json")],
-        include_str!("openapi.json"),
+        include_str!("../openapi.json"),
     )
         .into_response()
 }

@@ -15,7 +15,7 @@ use storeline_engine::triggers::{self, TriggerSet};
 use crate::SharedState;
 use crate::auth::Scope;
 use crate::error::ApiError;
-use crate::views_api::{Q, customer_read, engine, internal, not_found, now_ms, view_read};
+use crate::http::views::{Q, customer_read, engine, internal, not_found, now_ms, view_read};
 
 /// `GET /v1/triggers`: the file in force, each trigger's version and counters, and the runs
 /// still on older versions.

@@ -52,7 +52,7 @@ pub(crate) async fn start_worker(
     store: Arc<storeline_state::Store>,
     shutdown: tokio::sync::watch::Receiver<bool>,
 ) -> Result<Worker, String> {
-    let engine = crate::views_api::engine(state).map_err(|e| e.message)?;
+    let engine = crate::http::views::engine(state).map_err(|e| e.message)?;
     let source = crate::trigger_file::current_source(state)
         .await
         .map_err(|e| e.message)?;
@@ -253,7 +253,7 @@ pub async fn redrive(
             1 << 20,
         )
         .await?;
-    let b: RedriveBody = crate::json_object(if bytes.is_empty() { b"{}" } else { &bytes })
+    let b: RedriveBody = super::json_object(if bytes.is_empty() { b"{}" } else { &bytes })
         .map_err(|e| {
             ApiError::bad_request(
                 "invalid_body",

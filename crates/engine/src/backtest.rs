@@ -24,15 +24,15 @@ use storeline_state::StateStore;
 
 use serde_json::Value;
 
-use super::read::scan_all;
-use super::rows::{Arb, Run, Status, ns};
-use super::{BACKTEST, Outcome, Registry, Stage, TriggerSet, moves_the_person, person};
 use crate::apply::Applier;
 use crate::error::{Error, Result};
 use crate::event::Ev;
 use crate::project::Emit;
 use crate::project::ProjectionConfig;
 use crate::project::identity_key;
+use crate::triggers::read::scan_all;
+use crate::triggers::rows::{Arb, Run, Status, ns};
+use crate::triggers::{BACKTEST, Outcome, Registry, Stage, TriggerSet, moves_the_person, person};
 
 /// What a backtest found.
 #[derive(Debug, Default)]

@@ -16,10 +16,11 @@ use serde_json::{Value, json};
 use storeline_event::segment::{SegmentOptions, map_message};
 use storeline_event::{Currency, Defaults, Event, FieldError, Incoming, Mode};
 
+use super::{count_request, read_body, store_detached};
+use crate::SharedState;
 use crate::auth::Scope;
 use crate::error::ApiError;
 use crate::ingest::validate_one;
-use crate::{SharedState, count_request, read_body, store_detached};
 
 async fn handle(
     state: SharedState,
