@@ -5,115 +5,19 @@
 //! keeps to one partition, and how a missing topic, a down broker, an oversized record and bad
 //! settings are classified.
 //!
-//! tansu is found at `$TANSU`, else `~/.cargo/bin/tansu`, else on the `PATH`.
+//! tansu is found at `$TANSU`, else `~/.cargo/bin/tansu`, else on the `PATH` (`common/kafka.rs`).
+
+mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::TcpStream;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::free_port;
+use common::kafka::Broker;
 use serde_json::{Value, json};
 use storeline_connector::kafka::{DELIVERY_ID_HEADER, Kafka};
 use storeline_connector::webhook::Webhook;
 use storeline_connector::{Connector, Delivery, Error, Kind, Verdict, config};
-
-/// A running broker, stopped when dropped. It runs under `sh`, which stops it when its stdin
-/// closes, so a test run that is killed outright leaves no broker behind either.
-struct Broker {
-    child: Child,
-    port: u16,
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
-}
-
-fn tansu() -> String {
-    if let Ok(t) = std::env::var("TANSU") {
-        return t;
-    }
-    let home = std::env::var("HOME").unwrap_or_default();
-    let installed = format!("{home}/.cargo/bin/tansu");
-    if std::path::Path::new(&installed).exists() {
-        installed
-    } else {
-        "tansu".into()
-    }
-}
-
-impl Broker {
-    fn start() -> Broker {
-        let port = free_port();
-        let url = format!("tcp://127.0.0.1:{port}");
-        let guard = "\"$0\" \"$@\" & pid=$!; read _; kill $pid; wait $pid";
-        let child = Command::new("sh")
-            .args(["-c", guard, &tansu(), "broker"])
-            .args(["--storage-engine", "memory://tansu/"])
-            .args(["--listener-url", &url, "--advertised-listener-url", &url])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("tansu runs (cargo install tansu)");
-        let b = Broker { child, port };
-        let until = Instant::now() + Duration::from_secs(10);
-        while TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < until, "tansu did not listen on {port}");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        b
-    }
-
-    fn brokers(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
-    }
-
-    fn create_topic(&self, name: &str, partitions: u32) {
-        let status = Command::new(tansu())
-            .args([
-                "topic",
-                "create",
-                name,
-                "--partitions",
-                &partitions.to_string(),
-            ])
-            .args(["--broker", &format!("tcp://127.0.0.1:{}", self.port)])
-            .stdout(Stdio::null())
-            .status()
-            .expect("tansu topic create runs");
-        assert!(status.success(), "creating topic {name}: {status}");
-    }
-
-    /// Every record in `topic`, read by librdkafka; waits for `expected` of them.
-    fn consume(&self, topic: &str, expected: usize) -> Vec<Value> {
-        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/kafka/consume.py");
-        let out = Command::new("python3")
-            .args([script, &self.brokers(), topic, &expected.to_string()])
-            .output()
-            .expect("python3 runs the consumer (pip install -r tests/requirements.txt)");
-        assert!(
-            out.status.success(),
-            "consumer: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let lines: Vec<Value> = String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .map(|l| serde_json::from_str(l).expect("a JSON line"))
-            .collect();
-        assert!(lines.iter().all(|l| l.get("error").is_none()), "{lines:?}");
-        lines
-    }
-}
-
-impl Drop for Broker {
-    fn drop(&mut self) {
-        drop(self.child.stdin.take());
-        let _ = self.child.wait();
-    }
-}
 
 fn kafka(brokers: &str, topic: &str, timeout: &str, extra: &str) -> Result<Kafka, Error> {
     let src = format!(

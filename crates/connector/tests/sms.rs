@@ -4,100 +4,15 @@
 //! preset sends (path, auth, body fields, idempotency key), the rendered text, and how answers,
 //! refused addresses and unbuildable messages are classified.
 
-use std::sync::{Arc, Mutex};
+mod common;
+
 use std::time::Duration;
 
-use axum::http::{HeaderMap, StatusCode, Uri};
-use axum::response::IntoResponse;
 use base64::Engine;
-use serde_json::{Value, json};
+use common::http::Receiver;
+use serde_json::json;
 use storeline_connector::sms::Sms;
 use storeline_connector::{Connector, Delivery, Kind, Verdict, config};
-
-/// One request the receiver got.
-#[derive(Debug, Clone)]
-struct Seen {
-    path: String,
-    headers: HeaderMap,
-    body: String,
-}
-
-impl Seen {
-    fn header(&self, name: &str) -> &str {
-        self.headers
-            .get(name)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("")
-    }
-    fn json(&self) -> Value {
-        serde_json::from_str(&self.body).expect("a JSON body")
-    }
-    /// The body as `application/x-www-form-urlencoded` pairs (decoded as a URL query is).
-    fn form(&self) -> Vec<(String, String)> {
-        let url = reqwest::Url::parse(&format!("http://x/?{}", self.body)).expect("form body");
-        url.query_pairs()
-            .map(|(k, v)| (k.into_owned(), v.into_owned()))
-            .collect()
-    }
-}
-
-struct Receiver {
-    port: u16,
-    seen: Arc<Mutex<Vec<Seen>>>,
-}
-
-impl Receiver {
-    async fn start() -> Receiver {
-        let seen = Arc::new(Mutex::new(Vec::new()));
-        let log = seen.clone();
-        let app =
-            axum::Router::new().fallback(move |uri: Uri, headers: HeaderMap, body: String| {
-                let log = log.clone();
-                async move {
-                    let path = uri.path().to_owned();
-                    log.lock().expect("lock").push(Seen {
-                        path: path.clone(),
-                        headers,
-                        body,
-                    });
-                    match path.split('/').nth(1).unwrap_or("") {
-                        "ok" => (StatusCode::OK, r#"{"messages":[{"status":"PENDING"}]}"#)
-                            .into_response(),
-                        "slow" => (
-                            StatusCode::TOO_MANY_REQUESTS,
-                            [("retry-after", "7")],
-                            "slow down",
-                        )
-                            .into_response(),
-                        "bad" => (
-                            StatusCode::BAD_REQUEST,
-                            r#"{"error":"invalid destination"}"#,
-                        )
-                            .into_response(),
-                        "hang" => {
-                            tokio::time::sleep(Duration::from_secs(10)).await;
-                            StatusCode::OK.into_response()
-                        }
-                        _ => (StatusCode::SERVICE_UNAVAILABLE, "maintenance").into_response(),
-                    }
-                }
-            });
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        let port = listener.local_addr().expect("addr").port();
-        tokio::spawn(async move { axum::serve(listener, app).await });
-        Receiver { port, seen }
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("http://127.0.0.1:{}{path}", self.port)
-    }
-
-    fn take(&self) -> Vec<Seen> {
-        std::mem::take(&mut *self.seen.lock().expect("lock"))
-    }
-}
 
 /// An `sms` connector from a `[[connector]]` table, checked as the server would.
 fn sms(body: &str) -> Sms {

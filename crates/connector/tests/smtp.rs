@@ -3,94 +3,15 @@
 //! library, as a JSON line. The tests check what a mail client would read, how failures are
 //! classified, failover, and STARTTLS with a private certificate and AUTH.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
+mod common;
+
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use common::smtp::Receiver;
+use common::{build, free_port as closed_port};
 use serde_json::{Value, json};
 use storeline_connector::{Built, Connector, Delivery, Verdict, config};
-
-/// A running receiver; killed when dropped.
-struct Receiver {
-    child: Child,
-    port: u16,
-    lines: mpsc::Receiver<String>,
-}
-
-impl Receiver {
-    fn start(args: &[&str]) -> Receiver {
-        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/smtp/receiver.py");
-        let mut child = Command::new("python3")
-            .arg(script)
-            .args(args)
-            // The receiver also exits when its stdin closes, should this process die first.
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("python3 runs the receiver (pip install -r tests/requirements.txt)");
-        let out = child.stdout.take().expect("piped stdout");
-        let (tx, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(out).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        let mut r = Receiver {
-            child,
-            port: 0,
-            lines,
-        };
-        let ready = r
-            .line(Duration::from_secs(10))
-            .expect("the receiver starts");
-        r.port = ready
-            .strip_prefix("READY ")
-            .and_then(|p| p.parse().ok())
-            .unwrap_or_else(|| panic!("unexpected first line {ready:?}"));
-        r
-    }
-
-    fn line(&self, wait: Duration) -> Option<String> {
-        self.lines.recv_timeout(wait).ok()
-    }
-
-    /// The next message the receiver accepted.
-    fn message(&self) -> Value {
-        let line = self
-            .line(Duration::from_secs(5))
-            .expect("the receiver got a message");
-        serde_json::from_str(&line).expect("a JSON line")
-    }
-
-    fn assert_nothing_received(&self) {
-        if let Some(l) = self.line(Duration::from_millis(300)) {
-            panic!("the receiver should have got nothing, got {l}");
-        }
-    }
-}
-
-impl Drop for Receiver {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// A port nothing listens on.
-fn closed_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    l.local_addr().expect("addr").port()
-}
-
-fn build(src: &str) -> Built {
-    let table: toml::Table = toml::from_str(src).expect("a TOML table");
-    let def =
-        config::parse(&table, "connector[0]").unwrap_or_else(|p| panic!("the table checks: {p:?}"));
-    Built::build(&def).unwrap_or_else(|e| panic!("the connector builds: {e}"))
-}
 
 /// A plain-text connector to `port` (primary) and optionally `failover`, with inline templates.
 fn plain(port: u16, failover: Option<u16>) -> Built {

@@ -3,9 +3,13 @@
 Listens on 127.0.0.1 on a free port, prints `READY <port>`, then one JSON line per message it
 accepts: the envelope and the message parsed by Python's email library (so the test checks what
 a mail client would see, not the bytes the connector wrote). Recipients whose local part starts
-with `reject` get 550 and `tempfail` get 451.
+with `reject` get 550, `tempfail` get 451, and `slow` get no answer for an hour (a relay that
+stops answering mid-transaction).
 
-    python3 receiver.py [--cert CERT --key KEY] [--user USER --password PASSWORD]
+    python3 receiver.py [--cert CERT --key KEY] [--user USER --password PASSWORD] [--log-rcpt]
+
+With --log-rcpt it also prints `{"rcpt": ADDRESS, "reply": REPLY}` for every RCPT as it arrives
+(REPLY null for a `slow` one), so a test can count the attempts it refused or left unanswered.
 
 With a certificate the server requires STARTTLS before MAIL; with a user it requires AUTH.
 """
@@ -24,14 +28,27 @@ from aiosmtpd.smtp import SMTP, AuthResult
 
 
 class Handler:
+    def __init__(self, log_rcpt):
+        self.log_rcpt = log_rcpt
+
     async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
         local = address.split("@", 1)[0]
         if local.startswith("reject"):
-            return "550 5.1.1 no such mailbox here"
-        if local.startswith("tempfail"):
-            return "451 4.3.0 try again later"
-        envelope.rcpt_tos.append(address)
-        return "250 OK"
+            reply = "550 5.1.1 no such mailbox here"
+        elif local.startswith("tempfail"):
+            reply = "451 4.3.0 try again later"
+        elif local.startswith("slow"):
+            reply = None
+        else:
+            reply = "250 OK"
+        if self.log_rcpt:
+            print(json.dumps({"rcpt": address, "reply": reply}), flush=True)
+        if reply is None:
+            await asyncio.sleep(3600)
+            reply = "451 4.4.2 answered too late"
+        if reply.startswith("250"):
+            envelope.rcpt_tos.append(address)
+        return reply
 
     async def handle_DATA(self, server, session, envelope):
         msg = email.message_from_bytes(envelope.content, policy=email.policy.default)
@@ -69,6 +86,7 @@ async def main():
     ap.add_argument("--key")
     ap.add_argument("--user")
     ap.add_argument("--password")
+    ap.add_argument("--log-rcpt", action="store_true")
     args = ap.parse_args()
 
     opts = {}
@@ -90,7 +108,7 @@ async def main():
     else:
         opts.update(auth_require_tls=False)
 
-    handler = Handler()
+    handler = Handler(args.log_rcpt)
     loop = asyncio.get_running_loop()
     server = await loop.create_server(
         lambda: SMTP(handler, hostname="localhost", **opts), "127.0.0.1", 0
