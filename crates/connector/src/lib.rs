@@ -151,7 +151,7 @@ impl Built {
             Kind::Smtp(c) => Built::Smtp(smtp::Smtp::new(&def.name, c, def.timeout)?),
             Kind::Sms(c) => Built::Sms(sms::Sms::new(&def.name, c, def.timeout)?),
             Kind::Kafka(c) => Built::Kafka(kafka::Kafka::new(&def.name, c, def.timeout)?),
-            Kind::Log(c) => Built::Log(log::Log::new(&def.name, c)),
+            Kind::Log(c) => Built::Log(log::Log::new(&def.name, c, def.timeout)),
         })
     }
 }

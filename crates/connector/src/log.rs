@@ -1,6 +1,7 @@
 //! The `log` connector: prints each delivery as one JSON line on stdout, for development.
 
 use std::io::Write;
+use std::time::Duration;
 
 use serde_json::json;
 
@@ -10,13 +11,15 @@ use crate::{Connector, Delivery, Verdict};
 pub struct Log {
     name: String,
     with_event: bool,
+    timeout: Duration,
 }
 
 impl Log {
-    pub fn new(name: &str, c: &LogConfig) -> Log {
+    pub fn new(name: &str, c: &LogConfig, timeout: Duration) -> Log {
         Log {
             name: name.to_owned(),
             with_event: c.with_event,
+            timeout,
         }
     }
 }
@@ -30,12 +33,22 @@ impl Connector for Log {
         if self.with_event {
             line["event"] = d.event.clone();
         }
-        let mut out = std::io::stdout().lock();
-        match writeln!(out, "{line}") {
-            Ok(()) => Verdict::Delivered {
+        // A pipe nobody reads blocks the write: it runs on a blocking thread, so the attempt
+        // ends at the timeout and no runtime thread waits with it.
+        let write = tokio::task::spawn_blocking(move || {
+            let mut out = std::io::stdout().lock();
+            writeln!(out, "{line}")
+        });
+        match tokio::time::timeout(self.timeout, write).await {
+            Ok(Ok(Ok(()))) => Verdict::Delivered {
                 detail: "printed".into(),
             },
-            Err(e) => Verdict::retry(format!("stdout: {e}")),
+            Ok(Ok(Err(e))) => Verdict::retry(format!("stdout: {e}")),
+            Ok(Err(e)) => Verdict::retry(format!("stdout: the write failed: {e}")),
+            Err(_) => Verdict::retry(format!(
+                "stdout: not written within {:?} (is anything reading it?)",
+                self.timeout
+            )),
         }
     }
 }

@@ -292,9 +292,6 @@ conformance! {
         delivered_once,
         transient_failure_is_retried_once,
         delivery_id_is_the_idempotency_key,
-        // Run it with `--run-ignored only`: it fails (the attempt never returns).
-        #[ignore = "finding: Log::attempt writes stdout synchronously; a full pipe blocks it and \
-                    its runtime thread for good, past any timeout"]
         silent_receiver_is_retried_within_the_timeout,
     } skip {
         permanent_refusal_skipped_stdout_cannot_refuse =
