@@ -88,9 +88,16 @@ pub async fn send(req: reqwest::RequestBuilder) -> Verdict {
         }
         Err(e) if e.is_timeout() => Verdict::retry("timed out"),
         Err(e) => {
+            // The whole chain: the outer errors say what failed ("client error (Connect)"), the
+            // innermost why ("Connection refused").
             let mut why = e.to_string();
-            if let Some(s) = std::error::Error::source(&e) {
-                why = format!("{why}: {s}");
+            let mut src = std::error::Error::source(&e);
+            while let Some(s) = src {
+                let s_text = s.to_string();
+                if !why.contains(&s_text) {
+                    why = format!("{why}: {s_text}");
+                }
+                src = s.source();
             }
             Verdict::retry(clip(&why, 300))
         }

@@ -222,6 +222,12 @@ async fn nothing_listening_is_retried<R: Rig>() {
         };
         eprintln!("{at}: {v:?}");
         assert!(matches!(v, Verdict::Retry { .. }), "{at}: {v:?}");
+        // The detail names the cause, not only the layer that saw it fail.
+        let why = v.detail().to_lowercase();
+        assert!(
+            why.contains("refused") || why.contains("unreachable"),
+            "{at}: {v:?}"
+        );
         assert!(started.elapsed() < BOUND, "{at}: {:?}", started.elapsed());
     }
 }
