@@ -7,7 +7,10 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Server, create_key, http, read_partition};
+use common::{
+    Server, error_fields, get, http, json_at, metrics, post_events, read_partition, serve,
+    status_of,
+};
 use futures::StreamExt;
 use serde_json::{Value, json};
 
@@ -20,11 +23,7 @@ struct Env {
 }
 
 fn start(env: &[(&str, &str)]) -> Env {
-    let dir = tempfile::tempdir().unwrap();
-    let ingest = create_key(dir.path(), "ingest");
-    let read = create_key(dir.path(), "read");
-    let admin = create_key(dir.path(), "admin");
-    let server = Server::start(dir.path(), env);
+    let (dir, server, [ingest, read, admin]) = serve(["ingest", "read", "admin"], env);
     Env {
         _dir: dir,
         server,
@@ -35,16 +34,7 @@ fn start(env: &[(&str, &str)]) -> Env {
 }
 
 async fn post(env: &Env, ct: &str, body: impl Into<reqwest::Body>) -> (u16, Value) {
-    let r = http()
-        .post(format!("{}/v1/events", env.server.url))
-        .bearer_auth(&env.ingest)
-        .header("content-type", ct)
-        .body(body)
-        .send()
-        .await
-        .unwrap();
-    let status = r.status().as_u16();
-    (status, r.json().await.unwrap_or(Value::Null))
+    post_events(&env.server.url, &env.ingest, ct, body).await
 }
 
 async fn all_events(env: &Env) -> Vec<Value> {
@@ -211,12 +201,7 @@ async fn a_bad_event_rejects_the_whole_request_with_index_field_and_reason() {
     )
     .await;
     assert_eq!(s, 400);
-    let fields: Vec<&str> = b["error"]["details"]["errors"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| e["field"].as_str().unwrap())
-        .collect();
+    let fields = error_fields(&b);
     assert!(
         fields.contains(&"specversion") && fields.contains(&"id") && fields.contains(&"source"),
         "{b}"
@@ -311,14 +296,9 @@ async fn keys_and_scopes_are_enforced_with_clear_errors() {
         r.json::<Value>().await.unwrap()["error"]["code"],
         "unauthorized"
     );
-    let r = http()
-        .get(format!("{url}/v1/events"))
-        .bearer_auth(&env.ingest)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 403);
-    let b: Value = r.json().await.unwrap();
+    let r = get(url, &env.ingest, "/v1/events").await;
+    assert_eq!(r.status, 403);
+    let b = r.body;
     assert_eq!(b["error"]["details"]["required_scope"], "read");
     assert!(b["error"]["message"].as_str().unwrap().contains("'read'"));
     let r = http()
@@ -329,24 +309,12 @@ async fn keys_and_scopes_are_enforced_with_clear_errors() {
         .await
         .unwrap();
     assert_eq!(r.status(), 403);
-    let r = http()
-        .get(format!("{url}/v1/events"))
-        .bearer_auth(&env.admin)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200, "admin grants every scope");
+    let r = get(url, &env.admin, "/v1/events").await;
+    assert_eq!(r.status, 200, "admin grants every scope");
 
     // Revoking with the CLI while the server runs takes effect.
-    let out = std::process::Command::new(common::BIN)
-        .args(["keys", "revoke", &env.ingest[..8], "--data"])
-        .arg(&env.server.data)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    common::succeeds(
+        common::storeline(&["keys", "revoke", &env.ingest[..8], "--data"]).arg(&env.server.data),
     );
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let r = http()
@@ -369,13 +337,8 @@ async fn a_fresh_data_directory_prints_an_admin_key_once() {
         .find(|w| w.starts_with("sl_"))
         .expect("admin key printed")
         .to_owned();
-    let r = http()
-        .get(format!("{}/v1/events", server.url))
-        .bearer_auth(&key)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
+    let r = get(&server.url, &key, "/v1/events").await;
+    assert_eq!(r.status, 200);
     assert_eq!(server.terminate(), Some(0));
     let server = Server::start(dir.path(), &[]);
     assert!(
@@ -429,16 +392,12 @@ async fn history_pages_filter_and_the_stream_resumes_with_last_event_id() {
         }
     }
     assert_eq!(seen.len(), 250);
-    let page: Value = http()
-        .get(format!("{url}/v1/events"))
-        .bearer_auth(&env.read)
-        .query(&[("type", "order.*"), ("subject", "cus-0"), ("limit", "1000")])
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let page = common::get_body(
+        url,
+        &env.read,
+        "/v1/events?type=order.*&subject=cus-0&limit=1000",
+    )
+    .await;
     let ids: Vec<&str> = page["events"]
         .as_array()
         .unwrap()
@@ -450,13 +409,8 @@ async fn history_pages_filter_and_the_stream_resumes_with_last_event_id() {
         .map(|i| format!("h{i}"))
         .collect();
     assert_eq!(ids.len(), expected.len());
-    let r = http()
-        .get(format!("{url}/v1/events?limit=5000"))
-        .bearer_auth(&env.read)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 400);
+    let r = get(url, &env.read, "/v1/events?limit=5000").await;
+    assert_eq!(r.status, 400);
 
     // SSE: read 3 live events, reconnect with the last id, get the rest without repeats.
     let stream = |last: Option<String>| {
@@ -478,14 +432,7 @@ async fn history_pages_filter_and_the_stream_resumes_with_last_event_id() {
             for i in 0..6 {
                 let ev =
                     json!({"id": format!("l{i}"), "type": "live.tick", "subject": format!("s{i}")});
-                http()
-                    .post(format!("{url}/v1/events"))
-                    .bearer_auth(&key)
-                    .header("content-type", "application/json")
-                    .body(ev.to_string())
-                    .send()
-                    .await
-                    .unwrap();
+                post_events(&url, &key, "application/json", ev.to_string()).await;
                 if i == 2 {
                     tokio::time::sleep(Duration::from_millis(300)).await;
                 }
@@ -519,32 +466,9 @@ async fn operations_endpoints_report_health_and_metrics() {
         200
     );
     let _ = post(&env, "application/json", "{").await;
-    assert_eq!(
-        http()
-            .get(format!("{url}/healthz"))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        200
-    );
-    assert_eq!(
-        http()
-            .get(format!("{url}/readyz"))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        200
-    );
-    let text = http()
-        .get(format!("{url}/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    assert_eq!(status_of(url, "/healthz").await, 200);
+    assert_eq!(status_of(url, "/readyz").await, 200);
+    let text = metrics(url).await;
     for name in [
         "storeline_ingest_requests_total",
         "storeline_ingest_events_total",
@@ -556,14 +480,7 @@ async fn operations_endpoints_report_health_and_metrics() {
         assert!(text.contains(name), "/metrics lacks {name}");
     }
     assert!(text.contains("outcome=\"invalid_json\""));
-    let spec: Value = http()
-        .get(format!("{url}/v1/openapi.json"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let spec = json_at(&format!("{url}/v1/openapi.json")).await;
     assert!(spec["paths"]["/v1/events"]["post"].is_object());
     let r = http().get(format!("{url}/v1/nope")).send().await.unwrap();
     assert_eq!(r.status(), 404);

@@ -8,7 +8,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Server, create_key, http};
+use common::{get_body, http, post_json, serve, status_of};
 use serde_json::{Value, json};
 use storeline_log::partition_for;
 
@@ -171,11 +171,7 @@ fn corpus() -> Vec<Case> {
 
 #[tokio::test]
 async fn every_bad_input_gets_its_answer_and_nothing_stalls() {
-    let dir = tempfile::tempdir().unwrap();
-    let ingest = create_key(dir.path(), "ingest");
-    let read = create_key(dir.path(), "read");
-    let admin = create_key(dir.path(), "admin");
-    let server = Server::start(dir.path(), &[]);
+    let (_dir, server, [ingest, read, admin]) = serve(["ingest", "read", "admin"], &[]);
     let client = http();
     let mut failures = Vec::new();
     for c in corpus() {
@@ -238,19 +234,10 @@ async fn body_over_the_limit_is_refused_before_it_is_read(url: &str, key: &str) 
 /// The server answers, every partition applies a new event, and commands answer.
 async fn still_serving(url: &str, admin: &str, read: &str) {
     let client = http();
-    let h = client.get(format!("{url}/healthz")).send().await.unwrap();
-    assert_eq!(h.status(), 200);
+    assert_eq!(status_of(url, "/healthz").await, 200);
     let r = client.get(format!("{url}/readyz")).send().await.unwrap();
     assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
-    let engine: Value = client
-        .get(format!("{url}/v1/engine"))
-        .bearer_auth(read)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let engine = get_body(url, read, "/v1/engine").await;
     let n = engine["partitions"].as_array().unwrap().len() as u32;
     let mut cursor = Vec::new();
     let mut whos = Vec::new();
@@ -259,16 +246,8 @@ async fn still_serving(url: &str, admin: &str, read: &str) {
             .map(|i| format!("after-{i}"))
             .find(|s| partition_for(s.as_bytes(), n) == p)
             .unwrap();
-        let r: Value = client
-            .post(format!("{url}/v1/events"))
-            .bearer_auth(admin)
-            .json(&json!({ "type": "page.viewed", "subject": who, "data": { "url": "/" } }))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let ev = json!({ "type": "page.viewed", "subject": who, "data": { "url": "/" } });
+        let r = post_json(url, admin, "/v1/events", &ev).await.body;
         let e = &r["events"][0];
         cursor.push(format!("{}:{}", e["partition"], e["offset"]));
         whos.push(who);
@@ -286,12 +265,7 @@ async fn still_serving(url: &str, admin: &str, read: &str) {
             .unwrap();
         assert_eq!(r.status(), 200, "{who}: {}", r.text().await.unwrap());
     }
-    let r = client
-        .post(format!("{url}/v1/commands/inventory.adjust"))
-        .bearer_auth(admin)
-        .json(&json!({ "sku": "S-after", "delta": 3 }))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+    let adjust = json!({ "sku": "S-after", "delta": 3 });
+    let r = post_json(url, admin, "/v1/commands/inventory.adjust", &adjust).await;
+    assert_eq!(r.status, 200, "{}", r.body);
 }

@@ -179,14 +179,5 @@ async fn acknowledged_events_survive_kill_9_exactly_once_in_order() {
     );
     eprintln!("{n} acknowledged events survived {ROUNDS} kill -9s");
     // After the crashes, the log verifies clean (no corruption, at most a torn tail).
-    let out = std::process::Command::new(common::BIN)
-        .args(["log", "verify", "--data"])
-        .arg(dir.path())
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "log verify: {}",
-        String::from_utf8_lossy(&out.stdout)
-    );
+    common::succeeds(common::storeline(&["log", "verify", "--data"]).arg(dir.path()));
 }

@@ -7,19 +7,16 @@
 #![allow(clippy::unwrap_used)]
 
 mod common;
-#[path = "delivery/harness.rs"]
-mod harness;
 
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use common::http;
-use harness::{
-    Node, OLD_SECRET, Receiver, accepted, ms, per_id, signup, signup_trigger, wait_for, webhook,
+use common::receiver::{
+    FAST, OLD_SECRET, Receiver, accepted, check_fifo, per_id, signup, signup_hook, signup_trigger,
+    webhook,
 };
+use common::{Node, get, http, ms, post_json, wait_for};
 use serde_json::{Value, json};
-
-const FAST: &str = "retry_schedule = [\"0s\", \"200ms\", \"500ms\", \"1s\"]\njitter = 0.0";
 
 #[tokio::test(flavor = "multi_thread")]
 async fn deliveries_are_signed_and_verify_during_a_secret_rotation() {
@@ -163,23 +160,18 @@ async fn deliveries_are_signed_and_verify_during_a_secret_rotation() {
     assert_eq!(plain["pending"], 0, "{plain}");
 
     // A read key reads; only an admin key redrives or enables.
-    let client = http();
-    let r = client
-        .get(format!("{}/v1/deliveries", node.url))
-        .bearer_auth(&node.read_key)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
-    let r = client
-        .post(format!("{}/v1/deliveries/redrive", node.url))
-        .bearer_auth(&node.read_key)
-        .json(&json!({ "ids": [listed[0]["id"]] }))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 403);
-    let r = client
+    let r = get(&node.url, &node.read_key, "/v1/deliveries").await;
+    assert_eq!(r.status, 200);
+    let redrive = json!({ "ids": [listed[0]["id"]] });
+    let r = post_json(
+        &node.url,
+        &node.read_key,
+        "/v1/deliveries/redrive",
+        &redrive,
+    )
+    .await;
+    assert_eq!(r.status, 403);
+    let r = http()
         .post(format!("{}/v1/connectors/plain/enable", node.url))
         .bearer_auth(&node.read_key)
         .send()
@@ -191,11 +183,7 @@ async fn deliveries_are_signed_and_verify_during_a_secret_rotation() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_permanent_rejection_is_dead_at_once_and_a_redrive_delivers_it() {
     let rx = Receiver::start(&["--status", "400"]);
-    let triggers = format!(
-        "{}{}",
-        webhook("hooks", &format!("{}/hook", rx.url), FAST),
-        signup_trigger(&["hooks"])
-    );
+    let triggers = signup_hook("hooks", &rx, FAST);
     // Installed over the API this time (the worker is reconfigured while running).
     let node = Node::start("");
     node.put_triggers(&triggers).await;
@@ -203,19 +191,14 @@ async fn a_permanent_rejection_is_dead_at_once_and_a_redrive_delivers_it() {
     let events: Vec<Value> = (0..N).map(|i| signup(i, &format!("cus-{i}"))).collect();
     node.send(&events).await;
 
-    let dead = wait_for(
-        "the rejections to be dead",
-        Duration::from_secs(15),
-        || async {
-            let d = node.deliveries("status=dead").await;
-            if d.len() == N {
-                Ok(d)
-            } else {
-                Err(format!("{} dead", d.len()))
-            }
-        },
-    )
-    .await;
+    let dead = node
+        .wait_deliveries(
+            "the rejections to be dead",
+            "status=dead",
+            N,
+            Duration::from_secs(15),
+        )
+        .await;
     for d in &dead {
         assert_eq!(d["attempts"], 1, "a 400 is not retried: {d}");
         let full = node.delivery(d["id"].as_str().unwrap()).await;
@@ -280,19 +263,14 @@ async fn a_permanent_rejection_is_dead_at_once_and_a_redrive_delivers_it() {
     let out = node.cli(&["deliveries", "redrive", "--all"]);
     let said = String::from_utf8(out.stdout).unwrap();
     assert_eq!(said.trim(), format!("redriven: {N}"));
-    let done = wait_for(
-        "the redriven deliveries to be delivered",
-        Duration::from_secs(15),
-        || async {
-            let d = node.deliveries("status=delivered").await;
-            if d.len() == N {
-                Ok(d)
-            } else {
-                Err(format!("{} delivered", d.len()))
-            }
-        },
-    )
-    .await;
+    let done = node
+        .wait_deliveries(
+            "the redriven deliveries to be delivered",
+            "status=delivered",
+            N,
+            Duration::from_secs(15),
+        )
+        .await;
     for d in &done {
         assert_eq!(d["attempts"], 2, "{d}");
         assert_eq!(d["redriven"], 1, "{d}");
@@ -319,11 +297,7 @@ async fn retries_run_out_into_the_dead_letter_queue_and_retry_after_is_honoured(
     // The breaker is off so that it does not pause the second phase.
     let conn =
         "retry_schedule = [\"0s\", \"100ms\", \"100ms\"]\njitter = 0.0\ncircuit_failures = 0";
-    let triggers = format!(
-        "{}{}",
-        webhook("hooks", &format!("{}/hook", rx.url), conn),
-        signup_trigger(&["hooks"])
-    );
+    let triggers = signup_hook("hooks", &rx, conn);
     let node = Node::start(&triggers);
 
     // 503 every time: dead after exactly len(retry_schedule) attempts.
@@ -399,15 +373,10 @@ async fn retries_run_out_into_the_dead_letter_queue_and_retry_after_is_honoured(
 
     // Redriven by id over the API: a fresh round of the schedule, delivered at once.
     rx.mode(json!({ "status": 200, "retry_after": 0 })).await;
-    let r = http()
-        .post(format!("{}/v1/deliveries/redrive", node.url))
-        .bearer_auth(&node.key)
-        .json(&json!({ "ids": [id, id2, "dlv_nonexistent"] }))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
-    let said: Value = r.json().await.unwrap();
+    let redrive = json!({ "ids": [id, id2, "dlv_nonexistent"] });
+    let r = post_json(&node.url, &node.key, "/v1/deliveries/redrive", &redrive).await;
+    assert_eq!(r.status, 200);
+    let said = r.body;
     assert_eq!(said["redriven"], 2, "{said}");
     for id in [&id, &id2] {
         let d = wait_for("the redriven delivery", Duration::from_secs(10), || async {
@@ -431,11 +400,7 @@ async fn fifo_keeps_each_customers_order_despite_failures() {
     // Enough attempts that none dies (0.3^12), no breaker pausing everyone.
     let conn = "fifo = true\ncircuit_failures = 0\njitter = 0.0\nretry_schedule = [\"0s\", \"50ms\", \"100ms\", \
                 \"100ms\", \"200ms\", \"200ms\", \"200ms\", \"300ms\", \"300ms\", \"500ms\", \"500ms\", \"1s\"]";
-    let triggers = format!(
-        "{}{}",
-        webhook("ordered", &format!("{}/hook", rx.url), conn),
-        signup_trigger(&["ordered"])
-    );
+    let triggers = signup_hook("ordered", &rx, conn);
     let node = Node::start(&triggers);
     const CUSTOMERS: usize = 8;
     const PER: usize = 15;
@@ -469,7 +434,7 @@ async fn fifo_keeps_each_customers_order_despite_failures() {
 
     // Per customer: no request for event k before event k-1 was accepted, and first
     // acceptances in event order.
-    let done = harness::check_fifo(&recs, CUSTOMERS);
+    let done = check_fifo(&recs, CUSTOMERS);
     assert_eq!(done.len(), CUSTOMERS);
     assert!(done.values().all(|n| *n == PER), "{done:?}");
     let api = wait_for(

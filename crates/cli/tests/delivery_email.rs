@@ -7,15 +7,13 @@
 #![allow(clippy::unwrap_used)]
 
 mod common;
-#[path = "delivery/harness.rs"]
-mod harness;
 
 use std::io::BufRead;
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use harness::{Node, wait_for};
+use common::{Node, wait_for};
 use serde_json::{Value, json};
 
 struct Smtp {

@@ -8,16 +8,16 @@
 #![allow(clippy::unwrap_used)]
 
 mod common;
-#[path = "delivery/harness.rs"]
-mod harness;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
-use harness::{Node, Receiver, accepted, per_id, signup, signup_trigger, wait_for, webhook};
+use common::receiver::{
+    FAST, Receiver, accepted, check_fifo, per_id, signup, signup_hook, signup_trigger, wall,
+    webhook,
+};
+use common::{Node, wait_for};
 use serde_json::{Value, json};
-
-const FAST: &str = "retry_schedule = [\"0s\", \"200ms\", \"500ms\", \"1s\"]\njitter = 0.0";
 
 /// Waits until the connector shows `delivered` deliveries and nothing pending or dead.
 async fn all_delivered(node: &Node, name: &str, delivered: usize) -> Value {
@@ -43,11 +43,7 @@ async fn a_receiver_failing_half_the_time_gets_every_delivery_once_it_recovers()
     // the breaker (which a 50% failure rate trips now and then) only slows things down.
     let conn = "retry_schedule = [\"0s\", \"200ms\", \"500ms\", \"1s\", \"1s\", \"1s\", \"1s\", \"1s\", \"1s\", \"1s\"]\n\
                 circuit_cooldown = \"250ms\"";
-    let triggers = format!(
-        "{}{}",
-        webhook("flaky", &format!("{}/hook", rx.url), conn),
-        signup_trigger(&["flaky"])
-    );
+    let triggers = signup_hook("flaky", &rx, conn);
     let node = Node::start(&triggers);
     const N: usize = 300;
     let events: Vec<Value> = (0..N)
@@ -84,24 +80,9 @@ async fn a_receiver_failing_half_the_time_gets_every_delivery_once_it_recovers()
     eprintln!("circuit states seen while failing: {circuits:?}");
     rx.mode(json!({ "fail_rate": 0.0 })).await;
 
-    let recs = wait_for(
-        "every delivery to arrive",
-        Duration::from_secs(30),
-        || async {
-            let r = rx.received().await;
-            let ok = accepted(&r);
-            if ok.len() >= N {
-                Ok(r)
-            } else {
-                Err(format!(
-                    "{} of {N} delivery ids accepted, {} requests",
-                    ok.len(),
-                    r.len()
-                ))
-            }
-        },
-    )
-    .await;
+    let recs = rx
+        .wait_accepted("every delivery to arrive", N, Duration::from_secs(30))
+        .await;
     assert!(recs.iter().all(|r| r["verified"] == true));
     let ok = accepted(&recs);
     assert_eq!(ok.len(), N, "one id per event");
@@ -160,7 +141,7 @@ async fn a_hanging_receiver_does_not_delay_another_connector() {
         let events: Vec<Value> = (batch * 20..batch * 20 + 20)
             .map(|i| signup(i, &format!("cus-{i}")))
             .collect();
-        let t = harness::wall();
+        let t = wall();
         node.send(&events).await;
         for i in batch * 20..batch * 20 + 20 {
             sent_at.insert(i as u64, t);
@@ -168,20 +149,13 @@ async fn a_hanging_receiver_does_not_delay_another_connector() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 
-    let recs = wait_for(
-        "the healthy connector's deliveries",
-        Duration::from_secs(15),
-        || async {
-            let r = healthy.received().await;
-            let ok = accepted(&r).len();
-            if ok >= N {
-                Ok(r)
-            } else {
-                Err(format!("{ok} of {N} arrived"))
-            }
-        },
-    )
-    .await;
+    let recs = healthy
+        .wait_accepted(
+            "the healthy connector's deliveries",
+            N,
+            Duration::from_secs(15),
+        )
+        .await;
     let all_in = start.elapsed();
     // At this moment the stuck connector's deliveries are still waiting on its receiver.
     let s = node.connector("stuck").await;
@@ -238,11 +212,7 @@ async fn no_delivery_is_lost_to_a_kill_9_mid_delivery_on_postgres() {
 async fn kill_9_mid_delivery(env: &[(&str, &str)]) {
     let rx = Receiver::start(&[]);
     let conn = format!("rate_limit = 200\n{FAST}");
-    let triggers = format!(
-        "{}{}",
-        webhook("hooks", &format!("{}/hook", rx.url), &conn),
-        signup_trigger(&["hooks"])
-    );
+    let triggers = signup_hook("hooks", &rx, &conn);
     let mut node = Node::start_with(&triggers, env);
     const N: usize = 2000;
     let events: Vec<Value> = (0..N)
@@ -252,34 +222,22 @@ async fn kill_9_mid_delivery(env: &[(&str, &str)]) {
         node.send(chunk).await;
     }
     // At 200 a second the deliveries take ~10 s: kill half-way, while they flow.
-    let before = wait_for("deliveries to flow", Duration::from_secs(30), || async {
-        let ok = accepted(&rx.received().await).len();
-        if ok >= N / 2 {
-            Ok(ok)
-        } else {
-            Err(format!("{ok} arrived"))
-        }
-    })
-    .await;
+    let flowing = rx
+        .wait_accepted("deliveries to flow", N / 2, Duration::from_secs(30))
+        .await;
+    let before = accepted(&flowing).len();
     node.server.kill9();
     let at_kill = accepted(&rx.received().await).len();
     assert!(at_kill < N, "killed too late: {at_kill} of {N} had arrived");
     node.restart();
 
-    let recs = wait_for(
-        "every delivery after the restart",
-        Duration::from_secs(40),
-        || async {
-            let r = rx.received().await;
-            let ok = accepted(&r).len();
-            if ok >= N {
-                Ok(r)
-            } else {
-                Err(format!("{ok} of {N} delivery ids arrived"))
-            }
-        },
-    )
-    .await;
+    let recs = rx
+        .wait_accepted(
+            "every delivery after the restart",
+            N,
+            Duration::from_secs(40),
+        )
+        .await;
     let ids = accepted(&recs);
     let counts = per_id(&recs);
     let dups: usize = counts.values().map(|c| c - 1).sum();
@@ -330,11 +288,7 @@ async fn a_failing_connector_opens_its_circuit_is_disabled_and_resumes_when_enab
     let rx = Receiver::start(&["--status", "503"]);
     let conn = "circuit_failures = 3\ncircuit_cooldown = \"1s\"\ndisable_after = \"2s\"\njitter = 0.0\n\
                 retry_schedule = [\"0s\", \"200ms\", \"200ms\", \"200ms\", \"200ms\", \"200ms\", \"200ms\", \"200ms\", \"200ms\", \"200ms\", \"200ms\", \"200ms\"]";
-    let triggers = format!(
-        "{}{}",
-        webhook("hooks", &format!("{}/hook", rx.url), conn),
-        signup_trigger(&["hooks"])
-    );
+    let triggers = signup_hook("hooks", &rx, conn);
     let mut node = Node::start(&triggers);
     const N: usize = 50;
     let events: Vec<Value> = (0..N).map(|i| signup(i, &format!("cus-{i}"))).collect();
@@ -422,11 +376,7 @@ async fn a_failing_connector_opens_its_circuit_is_disabled_and_resumes_when_enab
 #[tokio::test(flavor = "multi_thread")]
 async fn a_bulk_request_larger_than_one_intake_batch_is_delivered_completely() {
     let rx = Receiver::start(&[]);
-    let triggers = format!(
-        "{}{}",
-        webhook("hooks", &format!("{}/hook", rx.url), FAST),
-        signup_trigger(&["hooks"])
-    );
+    let triggers = signup_hook("hooks", &rx, FAST);
     let node = Node::start(&triggers);
     // One request: every event gets the same receive time, and one customer keeps them in
     // one partition, so their outbox rows share one partition clock. More of them than the
@@ -464,11 +414,7 @@ async fn fifo_order_and_every_delivery_survive_a_kill_9() {
     let conn = "fifo = true\nrate_limit = 150\ncircuit_failures = 0\njitter = 0.0\n\
                 retry_schedule = [\"0s\", \"50ms\", \"100ms\", \"100ms\", \"200ms\", \"200ms\", \
                 \"200ms\", \"300ms\", \"300ms\", \"500ms\", \"500ms\", \"1s\"]";
-    let triggers = format!(
-        "{}{}",
-        webhook("ordered", &format!("{}/hook", rx.url), conn),
-        signup_trigger(&["ordered"])
-    );
+    let triggers = signup_hook("ordered", &rx, conn);
     let mut node = Node::start(&triggers);
     const CUSTOMERS: usize = 20;
     const PER: usize = 20;
@@ -477,15 +423,8 @@ async fn fifo_order_and_every_delivery_survive_a_kill_9() {
         .map(|i| signup(i, &format!("cus-{}", i % CUSTOMERS)))
         .collect();
     node.send(&events).await;
-    wait_for("deliveries to flow", Duration::from_secs(20), || async {
-        let ok = accepted(&rx.received().await).len();
-        if ok >= N / 4 {
-            Ok(())
-        } else {
-            Err(format!("{ok} arrived"))
-        }
-    })
-    .await;
+    rx.wait_accepted("deliveries to flow", N / 4, Duration::from_secs(20))
+        .await;
     node.server.kill9();
     let at_kill = accepted(&rx.received().await).len();
     assert!(at_kill < N, "killed too late: {at_kill} of {N} had arrived");
@@ -508,7 +447,7 @@ async fn fifo_order_and_every_delivery_survive_a_kill_9() {
         },
     )
     .await;
-    let done = harness::check_fifo(&got, CUSTOMERS);
+    let done = check_fifo(&got, CUSTOMERS);
     assert!(done.values().all(|n| *n == PER), "{done:?}");
     all_delivered(&node, "ordered", N).await;
 }

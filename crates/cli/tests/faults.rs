@@ -9,7 +9,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use common::{Server, create_key, http};
+use common::{Server, create_key, post_events, serve, status_of};
 use serde_json::{Value, json};
 
 /// A tmpfs of a few MiB: a real filesystem that really fills up.
@@ -48,15 +48,7 @@ fn batch(tag: &str, n: usize) -> String {
 }
 
 async fn send(url: &str, key: &str, body: String) -> (u16, Value) {
-    let r = http()
-        .post(format!("{url}/v1/events"))
-        .bearer_auth(key)
-        .header("content-type", "application/x-ndjson")
-        .body(body)
-        .send()
-        .await
-        .unwrap();
-    (r.status().as_u16(), r.json().await.unwrap_or(Value::Null))
+    post_events(url, key, "application/x-ndjson", body).await
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -100,15 +92,7 @@ async fn a_full_disk_answers_507_keeps_serving_and_recovers_when_space_returns()
     assert!(acked > 0);
     // Still serving: reads work, health is fine, every acknowledged event is there.
     assert_eq!(common::all_events(&server.url, &read).await.len(), acked);
-    assert_eq!(
-        http()
-            .get(format!("{}/healthz", server.url))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        200
-    );
+    assert_eq!(status_of(&server.url, "/healthz").await, 200);
     assert_eq!(
         send(&server.url, &ingest, refused.clone()).await.0,
         507,
@@ -131,10 +115,7 @@ async fn a_full_disk_answers_507_keeps_serving_and_recovers_when_space_returns()
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_client_that_disconnects_mid_request_stores_nothing_and_disturbs_nobody() {
-    let dir = tempfile::tempdir().unwrap();
-    let ingest = create_key(dir.path(), "ingest");
-    let read = create_key(dir.path(), "read");
-    let server = Server::start(dir.path(), &[]);
+    let (_dir, server, [ingest, read]) = serve(["ingest", "read"], &[]);
     let addr = server.url.trim_start_matches("http://").to_owned();
     for _ in 0..20 {
         let mut s = std::net::TcpStream::connect(&addr).unwrap();

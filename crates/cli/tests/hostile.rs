@@ -10,34 +10,12 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{BIN, Postgres, Server, create_key, http};
+use common::{
+    Postgres, Resp, Server, all_events, create_key, error_fields, get, http, metrics, post_json,
+    replay, send, serve,
+};
 use serde_json::{Value, json};
 use storeline_log::{EventLog, FileLog, FileLogConfig, Record, partition_for};
-
-/// A response's status and JSON body (Null if none).
-struct Resp {
-    status: u16,
-    body: Value,
-}
-
-impl Resp {
-    #[track_caller]
-    fn is(&self, status: u16, code: Option<&str>) -> &Value {
-        assert_eq!(self.status, status, "{}", self.body);
-        if let Some(c) = code {
-            assert_eq!(self.body["error"]["code"], c, "{}", self.body);
-        }
-        &self.body
-    }
-}
-
-async fn send(rb: reqwest::RequestBuilder) -> Resp {
-    let r = rb.send().await.unwrap();
-    let status = r.status().as_u16();
-    let text = r.text().await.unwrap();
-    let body = serde_json::from_str(&text).unwrap_or(Value::Null);
-    Resp { status, body }
-}
 
 struct Api {
     url: String,
@@ -53,22 +31,11 @@ impl Api {
     }
 
     async fn post(&self, path: &str, key: &str, body: &Value) -> Resp {
-        send(
-            self.client
-                .post(format!("{}{path}", self.url))
-                .bearer_auth(key)
-                .json(body),
-        )
-        .await
+        post_json(&self.url, key, path, body).await
     }
 
     async fn get(&self, path: &str, key: &str) -> Resp {
-        send(
-            self.client
-                .get(format!("{}{path}", self.url))
-                .bearer_auth(key),
-        )
-        .await
+        get(&self.url, key, path).await
     }
 
     /// Polls `GET path` until `done` holds for its body (up to 20 s).
@@ -119,11 +86,7 @@ then = [ { deliver = "exfil" } ]
 
 #[tokio::test]
 async fn every_reserved_type_is_refused_for_every_key_scope() {
-    let dir = tempfile::tempdir().unwrap();
-    let ingest = create_key(dir.path(), "ingest");
-    let read = create_key(dir.path(), "read");
-    let admin = create_key(dir.path(), "admin");
-    let server = Server::start(dir.path(), &[]);
+    let (_dir, server, [ingest, read, admin]) = serve(["ingest", "read", "admin"], &[]);
     let api = Api::new(&server);
     for ty in RESERVED {
         let ev = json!({ "type": ty, "source": "storeline/engine", "subject": "cus-1",
@@ -132,12 +95,7 @@ async fn every_reserved_type_is_refused_for_every_key_scope() {
         for key in [&ingest, &admin] {
             let r = api.post("/v1/events", key, &ev).await;
             let body = r.is(400, Some("reserved_type"));
-            let fields: Vec<&str> = body["error"]["details"]["errors"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|e| e["field"].as_str().unwrap())
-                .collect();
+            let fields = error_fields(body);
             assert!(
                 fields.contains(&"type") && fields.contains(&"source"),
                 "{ty}: {body}"
@@ -220,10 +178,7 @@ async fn every_reserved_type_is_refused_for_every_key_scope() {
 
 #[tokio::test]
 async fn the_public_ingest_key_cannot_run_commands() {
-    let dir = tempfile::tempdir().unwrap();
-    let ingest = create_key(dir.path(), "ingest");
-    let backend = create_key(dir.path(), "commands");
-    let server = Server::start(dir.path(), &[]);
+    let (_dir, server, [ingest, backend]) = serve(["ingest", "commands"], &[]);
     let api = Api::new(&server);
     let adjust = json!({ "sku": "S-1", "set": 0 });
     let r = api
@@ -396,15 +351,7 @@ async fn poison_and_recover(backend: &[(&str, &str)]) {
     let r = api.get("/readyz", &read).await;
     assert_eq!(r.is(200, None)["status"], "degraded", "{}", r.body);
     assert!(r.body["quarantined"].as_u64().unwrap() >= u64::from(n) + 3);
-    let metrics = api
-        .client
-        .get(format!("{}/metrics", api.url))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = metrics(&api.url).await;
     assert!(
         metrics.contains(
             "storeline_quarantine_records_total{origin=\"engine\",reason=\"overflow\"} 1"
@@ -436,12 +383,7 @@ async fn poison_and_recover(backend: &[(&str, &str)]) {
     .is(200, None);
     // A replay quarantines the same records: the digests are equal.
     assert_eq!(server.terminate(), Some(0));
-    let mut cmd = std::process::Command::new(BIN);
-    cmd.args(["replay", "--data"]).arg(dir.path());
-    for (k, v) in backend {
-        cmd.env(k, v);
-    }
-    let out = cmd.output().unwrap();
+    let out = replay(dir.path(), backend);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success() && stdout.contains("equal the live views"),
@@ -479,10 +421,7 @@ async fn poison_and_recover(backend: &[(&str, &str)]) {
 
 #[tokio::test]
 async fn a_segment_batch_keeps_its_good_messages_and_quarantines_the_bad_one() {
-    let dir = tempfile::tempdir().unwrap();
-    let ingest = create_key(dir.path(), "ingest");
-    let admin = create_key(dir.path(), "admin");
-    let server = Server::start(dir.path(), &[]);
+    let (_dir, server, [ingest, admin]) = serve(["ingest", "admin"], &[]);
     let api = Api::new(&server);
     // As RudderStack's and Segment's SDKs send it: 10 messages, one with a fractional quantity.
     let batch: Vec<Value> = (0..10)
@@ -493,13 +432,16 @@ async fn a_segment_batch_keeps_its_good_messages_and_quarantines_the_bad_one() {
                     "properties": { "sku": "S-1", "quantity": qty, "price": 9.99 } })
         })
         .collect();
-    let r = send(
-        api.client
-            .post(format!("{}/v1/batch", api.url))
-            .basic_auth(&ingest, Some(""))
-            .json(&json!({ "batch": batch })),
-    )
-    .await;
+    let post_batch = async || {
+        send(
+            api.client
+                .post(format!("{}/v1/batch", api.url))
+                .basic_auth(&ingest, Some(""))
+                .json(&json!({ "batch": batch })),
+        )
+        .await
+    };
+    let r = post_batch().await;
     let body = r.is(200, None);
     assert_eq!(body["accepted"], 9, "{body}");
     assert_eq!(body["rejected"][0]["index"], 4, "{body}");
@@ -507,7 +449,7 @@ async fn a_segment_batch_keeps_its_good_messages_and_quarantines_the_bad_one() {
         body["rejected"][0]["errors"][0]["field"], "properties.quantity",
         "{body}"
     );
-    let events = common::all_events(&api.url, &admin).await;
+    let events = all_events(&api.url, &admin).await;
     let carts = events
         .iter()
         .filter(|e| e["type"] == "cart.item_added")
@@ -527,22 +469,13 @@ async fn a_segment_batch_keeps_its_good_messages_and_quarantines_the_bad_one() {
     assert_eq!(e["details"]["index"], 4, "{e}");
     assert!(e["raw"].as_str().unwrap().contains("0.5"), "{e}");
     // A retry of the same batch stores nothing twice.
-    let r = send(
-        api.client
-            .post(format!("{}/v1/batch", api.url))
-            .basic_auth(&ingest, Some(""))
-            .json(&json!({ "batch": batch })),
-    )
-    .await;
+    let r = post_batch().await;
     assert_eq!(r.is(200, None)["duplicates"], 9, "{}", r.body);
 }
 
 #[tokio::test]
 async fn rudderstack_identify_traits_and_sessions_belong_to_the_person() {
-    let dir = tempfile::tempdir().unwrap();
-    let ingest = create_key(dir.path(), "ingest");
-    let read = create_key(dir.path(), "read");
-    let server = Server::start(dir.path(), &[]);
+    let (_dir, server, [ingest, read]) = serve(["ingest", "read"], &[]);
     let api = Api::new(&server);
     // RudderStack's identify: the traits are in context.traits.
     let r = send(
@@ -589,32 +522,11 @@ async fn rudderstack_identify_traits_and_sessions_belong_to_the_person() {
 #[tokio::test]
 async fn a_store_that_keeps_failing_is_retried_and_shown_not_ready_until_it_heals() {
     let pg = Postgres::schema("hostile_heal");
-    let dir = tempfile::tempdir().unwrap();
-    let admin = create_key(dir.path(), "admin");
-    let server = Server::start(dir.path(), &pg.env());
+    let (_dir, server, [admin]) = serve(["admin"], &pg.env());
     let api = Api::new(&server);
-    let schema = pg
-        .env()
-        .into_iter()
-        .find(|(k, _)| *k == "STORELINE_STATE__POSTGRES__SCHEMA")
-        .unwrap()
-        .1
-        .to_owned();
-    let url = std::env::var("STORELINE_TEST_PG")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
-    let psql = |sql: &str| {
-        let out = std::process::Command::new("psql")
-            .args([url.as_str(), "-q", "-v", "ON_ERROR_STOP=1", "-c", sql])
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    };
+    let schema = pg.name();
     // Every commit fails, as when the database refuses writes for a while.
-    psql(&format!(
+    pg.psql(&format!(
         "CREATE FUNCTION {schema}.refuse() RETURNS trigger AS $$ BEGIN RAISE EXCEPTION 'the disk is on fire'; END $$ LANGUAGE plpgsql; \
          CREATE TRIGGER refuse BEFORE INSERT OR UPDATE ON {schema}.offsets FOR EACH ROW EXECUTE FUNCTION {schema}.refuse();"
     ));
@@ -638,20 +550,12 @@ async fn a_store_that_keeps_failing_is_retried_and_shown_not_ready_until_it_heal
     );
     // Nothing was quarantined: the failure can heal, so it is retried.
     assert_eq!(not_ready["quarantined"], 0, "{not_ready}");
-    psql(&format!("DROP TRIGGER refuse ON {schema}.offsets;"));
+    pg.psql(&format!("DROP TRIGGER refuse ON {schema}.offsets;"));
     api.until("/readyz", &admin, |b| b["status"] == "ready")
         .await;
     api.until("/v1/customers/cus-heal", &admin, |b| b["id"] == "cus-heal")
         .await;
-    let metrics = api
-        .client
-        .get(format!("{}/metrics", api.url))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = metrics(&api.url).await;
     assert!(
         metrics.contains("storeline_engine_retries_total"),
         "the retries are counted"

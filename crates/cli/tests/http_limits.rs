@@ -10,10 +10,11 @@ mod common;
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::TcpStream;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{BIN, Server, create_key, http};
+use common::receiver::{SECRET, webhook};
+use common::{BIN, Server, create_key, http, serve};
 use serde_json::{Value, json};
 
 /// Generous: the limits under test are a second or two, and machines are noisy.
@@ -115,8 +116,7 @@ fn closed_by_server(s: &mut TcpStream) -> bool {
 }
 
 fn start(env: &[(&str, &str)]) -> (tempfile::TempDir, Server) {
-    let dir = tempfile::tempdir().unwrap();
-    let server = Server::start(dir.path(), env);
+    let (dir, server, []) = serve([], env);
     (dir, server)
 }
 
@@ -255,35 +255,15 @@ fn beyond_max_connections_a_new_connection_is_answered_503() {
 fn at_a_low_open_file_limit_idle_connections_do_not_stop_the_server_answering() {
     // The issue's case scaled down: more idle connections than the process may open files.
     let dir = tempfile::tempdir().unwrap();
-    let mut child = Command::new("sh")
-        .arg("-c")
+    let mut cmd = Command::new("sh");
+    cmd.arg("-c")
         .arg("ulimit -n 200 && exec \"$0\" \"$@\"")
         .arg(BIN)
         .args(["serve", "--listen", "127.0.0.1:0", "--data"])
         .arg(dir.path())
         .env("RUST_LOG", "warn")
-        .env("STORELINE_SERVER__HEADER_READ_TIMEOUT", "60s")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(child.stdout.take().unwrap()));
-    let url = loop {
-        let line = lines
-            .next()
-            .expect("server exited before listening")
-            .unwrap();
-        if let Some(a) = line.strip_prefix("storeline listening on ") {
-            break a.trim().to_owned();
-        }
-    };
-    std::thread::spawn(move || for _ in lines {});
-    let server = Server {
-        child,
-        url,
-        data: dir.path().to_owned(),
-        stdout_head: Vec::new(),
-    };
+        .env("STORELINE_SERVER__HEADER_READ_TIMEOUT", "60s");
+    let server = Server::spawn(cmd, dir.path());
     let _held = idle_connections(&server, 300);
     // max_connections (768) was lowered to 200 - 128 = 72, so the server is over its cap
     // but still has descriptors to answer with.
@@ -336,11 +316,8 @@ async fn assert_rate_limited(r: reqwest::Response) {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn past_its_rate_an_ingest_key_gets_429_and_an_admin_key_does_not() {
-    let dir = tempfile::tempdir().unwrap();
-    let ingest = create_key(dir.path(), "ingest");
-    let admin = create_key(dir.path(), "admin");
-    let server = Server::start(
-        dir.path(),
+    let (_dir, server, [ingest, admin]) = serve(
+        ["ingest", "admin"],
         &[
             ("STORELINE_SERVER__RATE_LIMIT__INGEST__PER_SECOND", "1"),
             ("STORELINE_SERVER__RATE_LIMIT__INGEST__BURST", "5"),
@@ -419,9 +396,6 @@ fn during_shutdown_a_request_on_an_open_connection_gets_503_and_close() {
     assert!(status.success(), "{status:?}");
 }
 
-/// The Standard Webhooks specification's example secret.
-const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
-
 #[tokio::test(flavor = "multi_thread")]
 async fn metrics_can_require_a_read_key_and_never_name_connector_urls_or_secrets() {
     let dir = tempfile::tempdir().unwrap();
@@ -429,11 +403,13 @@ async fn metrics_can_require_a_read_key_and_never_name_connector_urls_or_secrets
     std::fs::write(
         &triggers,
         format!(
-            "[[connector]]\nname = \"hooks\"\ntype = \"webhook\"\n\
-             url = \"http://127.0.0.1:1/private-path-4711\"\nsecret = \"{SECRET}\"\n\
-             allow_private_network = true\nheaders = {{ \"X-Token\" = \"header-token-0815\" }}\n\
-             [[trigger]]\nname = \"signup\"\non = \"customer.signed_up\"\n\
-             then = [ {{ deliver = \"hooks\" }} ]\n"
+            "{}[[trigger]]\nname = \"signup\"\non = \"customer.signed_up\"\n\
+             then = [ {{ deliver = \"hooks\" }} ]\n",
+            webhook(
+                "hooks",
+                "http://127.0.0.1:1/private-path-4711",
+                "headers = { \"X-Token\" = \"header-token-0815\" }"
+            )
         ),
     )
     .unwrap();

@@ -9,10 +9,13 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{Server, create_key, http};
+use common::{Node, get_json as get, install_triggers, ms, post_json, send_ndjson as send, serve};
 use serde_json::{Value, json};
 
-const FILE: &str = r#"
+/// The abandoned-cart trigger: a log message `within` after a cart add without an order.
+fn abandoned_cart(within: &str) -> String {
+    format!(
+        r#"
 [[connector]]
 name = "mail"
 type = "log"
@@ -20,77 +23,77 @@ type = "log"
 [[trigger]]
 name = "abandoned-cart"
 on = "cart.item_added"
-wait = { for = "order.placed", within = "4s" }
-on_timeout = [ { deliver = "mail", channel = "email", template = "abandoned_cart" } ]
-"#;
-
-async fn get(url: &str, key: &str, path: &str) -> Value {
-    common::get_json(url, key, path).await
-}
-
-async fn send(url: &str, key: &str, events: &[Value]) {
-    common::send_ndjson(url, key, events).await;
+wait = {{ for = "order.placed", within = "{within}" }}
+on_timeout = [ {{ deliver = "mail", channel = "email", template = "abandoned_cart" }} ]
+"#
+    )
 }
 
 fn ev(id: String, ty: &str, subject: &str, data: Value) -> Value {
     json!({ "id": id, "source": "shop", "type": ty, "subject": subject, "data": data })
 }
 
+/// Shopper `i`'s anonymous cart add, then the identify of `cus-i`, then its e-mail consent.
+fn cart_then_identify(i: usize) -> [Value; 3] {
+    let (anon, user) = (format!("anon-{i}"), format!("cus-{i}"));
+    [
+        ev(
+            format!("c-{i}"),
+            "cart.item_added",
+            &anon,
+            json!({ "sku": "A", "quantity": 1 }),
+        ),
+        ev(
+            format!("i-{i}"),
+            "customer.identified",
+            &user,
+            json!({ "user_id": user, "anonymous_id": anon }),
+        ),
+        ev(
+            format!("k-{i}"),
+            "customer.consent_changed",
+            &user,
+            json!({ "channel": "email", "granted": true }),
+        ),
+    ]
+}
+
+/// An `order.placed` event `id` of one 10.00 EUR line for `customer`.
+fn order_placed(id: String, customer: &str) -> Value {
+    let data = json!({ "order_id": id, "customer_id": customer,
+        "total": { "amount": 1000, "currency": "EUR" },
+        "lines": [ { "sku": "A", "quantity": 1, "unit_price": { "amount": 1000, "currency": "EUR" } } ] });
+    ev(id, "order.placed", customer, data)
+}
+
+/// The customers of the abandoned-cart deliveries on the first page (of 100), sorted.
+async fn reminded(url: &str, key: &str) -> Vec<String> {
+    let d = get(url, key, "/v1/deliveries?limit=100").await;
+    let mut got: Vec<String> = d["deliveries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|d| d["trigger"] == "abandoned-cart")
+        .map(|d| d["customer"].as_str().unwrap_or("").to_owned())
+        .collect();
+    got.sort();
+    got
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn anonymous_carts_follow_the_person_to_their_order() {
-    let dir = tempfile::tempdir().unwrap();
-    let key = create_key(dir.path(), "admin");
-    let server = Server::start(dir.path(), &[]);
+    let (dir, server, [key]) = serve(["admin"], &[]);
     let url = server.url.clone();
-    let r = http()
-        .put(format!("{url}/v1/triggers"))
-        .bearer_auth(&key)
-        .header("content-type", "application/toml")
-        .body(FILE)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+    let file = abandoned_cart("4s");
+    install_triggers(&url, &key, &file).await;
 
     let shoppers = 20;
     for i in 0..shoppers {
-        let (anon, user) = (format!("anon-{i}"), format!("cus-{i}"));
-        send(
-            &url,
-            &key,
-            &[
-                ev(
-                    format!("c-{i}"),
-                    "cart.item_added",
-                    &anon,
-                    json!({ "sku": "A", "quantity": 1 }),
-                ),
-                ev(
-                    format!("i-{i}"),
-                    "customer.identified",
-                    &user,
-                    json!({ "user_id": user, "anonymous_id": anon }),
-                ),
-                ev(
-                    format!("k-{i}"),
-                    "customer.consent_changed",
-                    &user,
-                    json!({ "channel": "email", "granted": true }),
-                ),
-            ],
-        )
-        .await;
+        send(&url, &key, &cart_then_identify(i)).await;
         if i % 2 == 0 {
             // Checkout right after identify: the order races the hand-over of the cart's run.
-            let order = json!({ "order_id": format!("o-{i}"), "customer_id": user,
-                "total": { "amount": 1000, "currency": "EUR" },
-                "lines": [ { "sku": "A", "quantity": 1, "unit_price": { "amount": 1000, "currency": "EUR" } } ] });
-            send(
-                &url,
-                &key,
-                &[ev(format!("o-{i}"), "order.placed", &user, order)],
-            )
-            .await;
+            let user = format!("cus-{i}");
+            send(&url, &key, &[order_placed(format!("o-{i}"), &user)]).await;
         }
     }
     // The waits end 4 s after the cart adds; then the deliveries are recorded.
@@ -99,33 +102,16 @@ async fn anonymous_carts_follow_the_person_to_their_order() {
         .map(|i| format!("cus-{i}"))
         .collect();
     let deadline = Instant::now() + Duration::from_secs(60);
-    let mut got: Vec<String>;
     loop {
         tokio::time::sleep(Duration::from_millis(500)).await;
-        let d = get(&url, &key, "/v1/deliveries?limit=100").await;
-        got = d["deliveries"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .filter(|d| d["trigger"] == "abandoned-cart")
-            .map(|d| d["customer"].as_str().unwrap_or("").to_owned())
-            .collect();
-        got.sort();
+        let got = reminded(&url, &key).await;
         if got.len() >= expected.len() || Instant::now() > deadline {
             break;
         }
     }
     // A little longer: nothing more may come (no buyer, no second reminder).
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let d = get(&url, &key, "/v1/deliveries?limit=100").await;
-    let mut again: Vec<String> = d["deliveries"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|d| d["trigger"] == "abandoned-cart")
-        .map(|d| d["customer"].as_str().unwrap_or("").to_owned())
-        .collect();
-    again.sort();
+    let again = reminded(&url, &key).await;
     let mut expected_sorted = expected.clone();
     expected_sorted.sort();
     assert_eq!(again, expected_sorted, "reminders by customer");
@@ -140,9 +126,9 @@ async fn anonymous_carts_follow_the_person_to_their_order() {
     let live = common::comparable(&get(&url, &key, "/v1/triggers").await["stats"]);
     let mut server = server;
     assert_eq!(server.terminate(), Some(0));
-    let file = dir.path().join("backtest.toml");
-    std::fs::write(&file, FILE).unwrap();
-    let report = common::backtest(dir.path(), &file);
+    let path = dir.path().join("backtest.toml");
+    std::fs::write(&path, file).unwrap();
+    let report = common::backtest(dir.path(), &path);
     let counts = common::comparable(&report["counts"]);
     eprintln!("live: {live:?}\nbacktest: {counts:?}");
     assert_eq!(counts["abandoned-cart"]["sent"], expected.len() as u64);
@@ -152,52 +138,18 @@ async fn anonymous_carts_follow_the_person_to_their_order() {
     );
 }
 
-const DEADLINE_FILE: &str = r#"
-[[connector]]
-name = "mail"
-type = "log"
-
-[[trigger]]
-name = "abandoned-cart"
-on = "cart.item_added"
-wait = { for = "order.placed", within = "2s" }
-on_timeout = [ { deliver = "mail", channel = "email", template = "abandoned_cart" } ]
-"#;
-
-fn ms(t: &Value) -> i64 {
-    chrono::DateTime::parse_from_rfc3339(t.as_str().unwrap())
-        .unwrap()
-        .timestamp_millis()
-}
-
 /// Orders placed around the deadline of each shopper's wait, half through `order.place`, half
 /// as plain events: each is decided by the log's `received_at` of the order against the wait's
 /// deadline, although the order is stored in the commerce partition and reaches the shopper's
 /// partition as a forwarded copy.
 #[tokio::test(flavor = "multi_thread")]
 async fn orders_around_the_deadline_are_decided_by_when_they_were_received() {
-    let dir = tempfile::tempdir().unwrap();
-    let key = create_key(dir.path(), "admin");
-    let server = Server::start(dir.path(), &[]);
+    let (_dir, server, [key]) = serve(["admin"], &[]);
     let url = server.url.clone();
-    let client = http();
-    let r = client
-        .put(format!("{url}/v1/triggers"))
-        .bearer_auth(&key)
-        .header("content-type", "application/toml")
-        .body(DEADLINE_FILE)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
-    let r = client
-        .post(format!("{url}/v1/commands/inventory.adjust"))
-        .bearer_auth(&key)
-        .json(&json!({ "sku": "A", "location": "main", "delta": 1000, "reason": "test" }))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
+    install_triggers(&url, &key, &abandoned_cart("2s")).await;
+    let adjust = json!({ "sku": "A", "location": "main", "delta": 1000, "reason": "test" });
+    let r = post_json(&url, &key, "/v1/commands/inventory.adjust", &adjust).await;
+    assert_eq!(r.status, 200);
     let shoppers = 40;
     let mut tasks = Vec::new();
     for i in 0..shoppers {
@@ -208,8 +160,18 @@ async fn orders_around_the_deadline_are_decided_by_when_they_were_received() {
                 &url,
                 &key,
                 &[
-                    ev(format!("k-{i}"), "customer.consent_changed", &who, json!({ "channel": "email", "granted": true })),
-                    ev(format!("c-{i}"), "cart.item_added", &who, json!({ "sku": "A", "quantity": 1 })),
+                    ev(
+                        format!("k-{i}"),
+                        "customer.consent_changed",
+                        &who,
+                        json!({ "channel": "email", "granted": true }),
+                    ),
+                    ev(
+                        format!("c-{i}"),
+                        "cart.item_added",
+                        &who,
+                        json!({ "sku": "A", "quantity": 1 }),
+                    ),
                 ],
             )
             .await;
@@ -218,20 +180,12 @@ async fn orders_around_the_deadline_are_decided_by_when_they_were_received() {
             tokio::time::sleep(Duration::from_millis((2000 + delta) as u64)).await;
             let order = format!("o-t{i}");
             if i % 2 == 0 {
-                let r = http()
-                    .post(format!("{url}/v1/commands/order.place"))
-                    .bearer_auth(&key)
-                    .json(&json!({ "order_id": order, "customer_id": who, "currency": "EUR",
-                        "lines": [ { "sku": "A", "quantity": 1, "unit_price": 1000 } ] }))
-                    .send()
-                    .await
-                    .unwrap();
-                assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+                let place = json!({ "order_id": order, "customer_id": who, "currency": "EUR",
+                    "lines": [ { "sku": "A", "quantity": 1, "unit_price": 1000 } ] });
+                let r = post_json(&url, &key, "/v1/commands/order.place", &place).await;
+                assert_eq!(r.status, 200, "{}", r.body);
             } else {
-                let data = json!({ "order_id": order, "customer_id": who,
-                    "total": { "amount": 1000, "currency": "EUR" },
-                    "lines": [ { "sku": "A", "quantity": 1, "unit_price": { "amount": 1000, "currency": "EUR" } } ] });
-                send(&url, &key, &[ev(order.clone(), "order.placed", &who, data)]).await;
+                send(&url, &key, &[order_placed(order.clone(), &who)]).await;
             }
         }));
         tokio::time::sleep(Duration::from_millis(7)).await;
@@ -338,41 +292,20 @@ async fn orders_around_the_deadline_are_decided_by_when_they_were_received() {
     assert!(wrong.is_empty(), "decided wrongly:\n{}", wrong.join("\n"));
 }
 
-const CRASH_FILE: &str = r#"
-[[connector]]
-name = "mail"
-type = "log"
-
-[[trigger]]
-name = "abandoned-cart"
-on = "cart.item_added"
-wait = { for = "order.placed", within = "4s" }
-on_timeout = [ { deliver = "mail", channel = "email", template = "abandoned_cart" } ]
-"#;
-
 /// Every delivery of the abandoned-cart trigger: `(customer, delivery id)`.
-async fn reminders(url: &str, key: &str) -> Vec<(String, String)> {
-    let mut out = Vec::new();
-    let mut after: Option<String> = None;
-    loop {
-        let path = match &after {
-            Some(a) => format!("/v1/deliveries?limit=1000&after={a}"),
-            None => "/v1/deliveries?limit=1000".to_owned(),
-        };
-        let page = get(url, key, &path).await;
-        for d in page["deliveries"].as_array().unwrap() {
-            if d["trigger"] == "abandoned-cart" {
-                out.push((
-                    d["customer"].as_str().unwrap().to_owned(),
-                    d["id"].as_str().unwrap().to_owned(),
-                ));
-            }
-        }
-        match page["next"].as_str() {
-            Some(n) => after = Some(n.to_owned()),
-            None => break,
-        }
-    }
+async fn reminders(node: &Node) -> Vec<(String, String)> {
+    let mut out: Vec<(String, String)> = node
+        .deliveries("")
+        .await
+        .iter()
+        .filter(|d| d["trigger"] == "abandoned-cart")
+        .map(|d| {
+            (
+                d["customer"].as_str().unwrap().to_owned(),
+                d["id"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
     out.sort();
     out
 }
@@ -382,61 +315,28 @@ async fn reminders(url: &str, key: &str) -> Vec<(String, String)> {
 /// the live state.
 #[tokio::test(flavor = "multi_thread")]
 async fn merges_waits_and_forwarded_orders_survive_kill_9() {
-    let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
-    std::fs::create_dir_all(&data).unwrap();
-    let file = dir.path().join("triggers.toml");
-    std::fs::write(&file, CRASH_FILE).unwrap();
-    let env = [("STORELINE_TRIGGERS__FILE", file.to_str().unwrap())];
-    let key = create_key(&data, "admin");
-    let mut server = Server::start(&data, &env);
+    let mut node = Node::start(&abandoned_cart("4s"));
     let shoppers = 300;
     let started = Instant::now();
     for chunk in (0..shoppers).collect::<Vec<_>>().chunks(20) {
-        let mut evs = Vec::new();
-        for &i in chunk {
-            let (anon, user) = (format!("anon-{i}"), format!("cus-{i}"));
-            evs.push(ev(
-                format!("c-{i}"),
-                "cart.item_added",
-                &anon,
-                json!({ "sku": "A", "quantity": 1 }),
-            ));
-            evs.push(ev(
-                format!("i-{i}"),
-                "customer.identified",
-                &user,
-                json!({ "user_id": user, "anonymous_id": anon }),
-            ));
-            evs.push(ev(
-                format!("k-{i}"),
-                "customer.consent_changed",
-                &user,
-                json!({ "channel": "email", "granted": true }),
-            ));
-        }
-        send(&server.url, &key, &evs).await;
+        let evs: Vec<Value> = chunk.iter().flat_map(|&i| cart_then_identify(i)).collect();
+        node.send(&evs).await;
         let orders: Vec<Value> = chunk
             .iter()
             .filter(|i| *i % 3 == 0)
-            .map(|i| {
-                let user = format!("cus-{i}");
-                ev(format!("o-{i}"), "order.placed", &user, json!({ "order_id": format!("o-{i}"), "customer_id": user,
-                    "total": { "amount": 1000, "currency": "EUR" },
-                    "lines": [ { "sku": "A", "quantity": 1, "unit_price": { "amount": 1000, "currency": "EUR" } } ] }))
-            })
+            .map(|i| order_placed(format!("o-{i}"), &format!("cus-{i}")))
             .collect();
-        send(&server.url, &key, &orders).await;
+        node.send(&orders).await;
     }
     // First kill: merges, hand-overs and forwarded orders in flight.
-    server.kill9();
-    server = Server::start(&data, &env);
+    node.server.kill9();
+    node.restart();
     // Second kill: around the deadlines, while timers fire.
     if let Some(wait) = Duration::from_millis(4100).checked_sub(started.elapsed()) {
         tokio::time::sleep(wait).await;
     }
-    server.kill9();
-    server = Server::start(&data, &env);
+    node.server.kill9();
+    node.restart();
 
     let expected: Vec<String> = {
         let mut v: Vec<String> = (0..shoppers)
@@ -447,12 +347,12 @@ async fn merges_waits_and_forwarded_orders_survive_kill_9() {
         v
     };
     let deadline = Instant::now() + Duration::from_secs(90);
-    while Instant::now() < deadline && reminders(&server.url, &key).await.len() < expected.len() {
+    while Instant::now() < deadline && reminders(&node).await.len() < expected.len() {
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     // A little longer: nothing more may come.
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let got = reminders(&server.url, &key).await;
+    let got = reminders(&node).await;
     let customers: Vec<String> = got.iter().map(|(c, _)| c.clone()).collect();
     let ids: std::collections::BTreeSet<&String> = got.iter().map(|(_, id)| id).collect();
     assert_eq!(ids.len(), got.len(), "no delivery id twice");
@@ -461,17 +361,6 @@ async fn merges_waits_and_forwarded_orders_survive_kill_9() {
         "one reminder per shopper who did not buy, none for buyers"
     );
 
-    assert_eq!(server.terminate(), Some(0));
-    let out = std::process::Command::new(common::BIN)
-        .args(["replay", "--data"])
-        .arg(&data)
-        .envs(env.iter().copied())
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "replay must equal the live state:\n{}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_eq!(node.server.terminate(), Some(0));
+    node.assert_replay_equals_live();
 }

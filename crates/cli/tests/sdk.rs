@@ -8,7 +8,7 @@ mod common;
 
 use std::process::Command;
 
-use common::{Server, create_key};
+use common::serve;
 
 fn python(script: &str, url: &str, key: &str) {
     let path = format!("{}/tests/sdk/{script}", env!("CARGO_MANIFEST_DIR"));
@@ -28,10 +28,7 @@ fn python(script: &str, url: &str, key: &str) {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_segment_python_library_stores_events_mapped_onto_the_catalog() {
-    let dir = tempfile::tempdir().unwrap();
-    let ingest = create_key(dir.path(), "ingest");
-    let read = create_key(dir.path(), "read");
-    let server = Server::start(dir.path(), &[]);
+    let (_dir, server, [ingest, read]) = serve(["ingest", "read"], &[]);
     python("segment_send.py", &server.url, &ingest);
     let events = common::all_events(&server.url, &read).await;
     let types: Vec<&str> = events.iter().map(|e| e["type"].as_str().unwrap()).collect();
@@ -72,10 +69,7 @@ async fn the_segment_python_library_stores_events_mapped_onto_the_catalog() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_cloudevents_python_sdk_structured_and_binary_modes_are_stored() {
-    let dir = tempfile::tempdir().unwrap();
-    let ingest = create_key(dir.path(), "ingest");
-    let read = create_key(dir.path(), "read");
-    let server = Server::start(dir.path(), &[]);
+    let (_dir, server, [ingest, read]) = serve(["ingest", "read"], &[]);
     python("cloudevents_send.py", &server.url, &ingest);
     let events = common::all_events(&server.url, &read).await;
     assert_eq!(

@@ -8,18 +8,16 @@
 #![allow(clippy::unwrap_used)]
 
 mod common;
-#[path = "delivery/harness.rs"]
-mod harness;
 
 use std::path::Path;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{BIN, Server, create_key, http};
-use harness::{Node, OLD_SECRET, Receiver, SECRET, accepted, signup, signup_trigger, wait_for};
+use common::receiver::{
+    FAST, OLD_SECRET, Receiver, SECRET, accepted, signup, signup_trigger, webhook,
+};
+use common::{Node, Server, create_key, http, post_events, put_triggers, storeline, wait_for};
 use serde_json::Value;
 
-const FAST: &str = "retry_schedule = [\"0s\", \"200ms\", \"500ms\", \"1s\"]\njitter = 0.0";
 const HEADER_TOKEN: &str = "hdr-token-7Qx2";
 const SMTP_PASSWORD: &str = "smtp-pass-9Zk4";
 const FAILOVER_PASSWORD: &str = "failover-pass-3Wm8";
@@ -349,41 +347,30 @@ async fn env_references_sign_and_sealing_survives_restarts() {
     }
 }
 
+/// The 422's first problem is at the `erp` connector's secret and its message says `why`.
+#[track_caller]
+fn assert_erp_secret_problem(body: &Value, why: &str) {
+    let problem = &body["error"]["details"]["problems"][0];
+    assert_eq!(problem["at"], "connector[0] \"erp\".secret", "{body}");
+    assert!(problem["message"].as_str().unwrap().contains(why), "{body}");
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn what_cannot_be_resolved_or_opened_is_a_422_naming_the_key() {
     let node = Node::start("[[connector]]\nname = \"dev\"\ntype = \"log\"\n");
-    let put = |src: String| {
-        let url = node.url.clone();
-        let key = node.key.clone();
-        async move {
-            let r = http()
-                .put(format!("{url}/v1/triggers"))
-                .bearer_auth(key)
-                .body(src)
-                .send()
-                .await
-                .unwrap();
-            (r.status().as_u16(), r.json::<Value>().await.unwrap())
-        }
+    let put = async |src: String| {
+        let r = put_triggers(&node.url, &node.key, src).await;
+        (r.status, r.body)
     };
     let missing = "[[connector]]\nname = \"erp\"\ntype = \"webhook\"\nurl = \"https://erp.example.com/h\"\n\
                    secret = { env = \"STORELINE_TEST_SURELY_UNSET\" }\n";
     let (status, body) = put(missing.into()).await;
     assert_eq!(status, 422, "{body}");
-    let problem = &body["error"]["details"]["problems"][0];
-    assert_eq!(problem["at"], "connector[0] \"erp\".secret", "{body}");
-    assert!(
-        problem["message"]
-            .as_str()
-            .unwrap()
-            .contains("STORELINE_TEST_SURELY_UNSET is not set"),
-        "{body}"
-    );
+    assert_erp_secret_problem(&body, "STORELINE_TEST_SURELY_UNSET is not set");
     // `storeline triggers check` says the same.
     let file = node.dir.path().join("missing.toml");
     std::fs::write(&file, missing).unwrap();
-    let out = Command::new(BIN)
-        .args(["triggers", "check"])
+    let out = storeline(&["triggers", "check"])
         .arg(&file)
         .env_remove("STORELINE_TEST_SURELY_UNSET")
         .output()
@@ -405,8 +392,7 @@ async fn what_cannot_be_resolved_or_opened_is_a_422_naming_the_key() {
     // `storeline triggers check --data` knows the version the server gave it.
     let plain_file = node.dir.path().join("plain.toml");
     std::fs::write(&plain_file, &plain).unwrap();
-    let out = Command::new(BIN)
-        .args(["triggers", "check", "--json", "--data"])
+    let out = storeline(&["triggers", "check", "--json", "--data"])
         .arg(&node.data)
         .arg(&plain_file)
         .output()
@@ -425,8 +411,8 @@ async fn what_cannot_be_resolved_or_opened_is_a_422_naming_the_key() {
     let sealed = node.dir.path().join("sealed.toml");
     std::fs::write(&sealed, &stored).unwrap();
     let check = |data: Option<&Path>| {
-        let mut cmd = Command::new(BIN);
-        cmd.args(["triggers", "check"]).arg(&sealed);
+        let mut cmd = storeline(&["triggers", "check"]);
+        cmd.arg(&sealed);
         if let Some(d) = data {
             cmd.arg("--data").arg(d);
         }
@@ -458,15 +444,7 @@ async fn what_cannot_be_resolved_or_opened_is_a_422_naming_the_key() {
     changed.replace_range(start..start + 1, c);
     let (status, body) = put(changed).await;
     assert_eq!(status, 422, "{body}");
-    let problem = &body["error"]["details"]["problems"][0];
-    assert_eq!(problem["at"], "connector[0] \"erp\".secret", "{body}");
-    assert!(
-        problem["message"]
-            .as_str()
-            .unwrap()
-            .contains("does not open with this data directory's key"),
-        "{body}"
-    );
+    assert_erp_secret_problem(&body, "does not open with this data directory's key");
     // Nothing was installed by the refused files.
     let t = node.get("/v1/triggers").await;
     assert_eq!(t["version"], first["version"]);
@@ -482,7 +460,7 @@ async fn a_plain_secret_stored_before_sealing_still_delivers_and_is_redacted() {
     // in plain text, one record per partition.
     let old = format!(
         "{}{}",
-        harness::webhook("old", &format!("{}/old", rx.url), FAST),
+        webhook("old", &format!("{}/old", rx.url), FAST),
         signup_trigger(&["old"])
     );
     let version = write_old_install(&data, &old).await;
@@ -508,15 +486,8 @@ async fn a_plain_secret_stored_before_sealing_still_delivers_and_is_redacted() {
     server.terminate();
     let server = Server::start(&data, &[]);
     let body = signup(1, "cus-1").to_string();
-    let r = http()
-        .post(format!("{}/v1/events", server.url))
-        .bearer_auth(&key)
-        .body(body)
-        .header("content-type", "application/json")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
+    let (status, _) = post_events(&server.url, &key, "application/json", body).await;
+    assert_eq!(status, 200);
     wait_for(
         "the delivery to verify",
         Duration::from_secs(20),

@@ -8,38 +8,13 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{BIN, Server, create_key, http};
+use common::{get_json as get, put_triggers, send_ndjson as send, serve, storeline, succeeds};
 use serde_json::{Value, json};
 
 fn starter_set() -> String {
     format!("{}/../../config/triggers.toml", env!("CARGO_MANIFEST_DIR"))
-}
-
-async fn get(url: &str, key: &str, path: &str) -> Value {
-    let r = http()
-        .get(format!("{url}{path}"))
-        .bearer_auth(key)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200, "GET {path}");
-    r.json().await.unwrap()
-}
-
-async fn send(url: &str, key: &str, events: &[Value]) {
-    let body: Vec<String> = events.iter().map(Value::to_string).collect();
-    let r = http()
-        .post(format!("{url}/v1/events"))
-        .bearer_auth(key)
-        .header("content-type", "application/x-ndjson")
-        .body(body.join("\n"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
 }
 
 /// Waits until every partition has applied its log (and what that caused), twice in a row.
@@ -79,23 +54,14 @@ on_timeout = [ { deliver = "email", template = "nudge_v1" } ]
 
 #[tokio::test(flavor = "multi_thread")]
 async fn triggers_are_replaced_over_the_api_and_journeys_explain_each_decision() {
-    let dir = tempfile::tempdir().unwrap();
-    let key = create_key(dir.path(), "admin");
-    let server = Server::start(dir.path(), &[]);
-    let (url, client) = (server.url.clone(), http());
+    let (dir, server, [key]) = serve(["admin"], &[]);
+    let url = server.url.clone();
 
     // A broken file: every problem, each with its location; nothing changes.
     let broken = "[[trigger]]\nname = \"x\"\non = \"Cart Added\"\nwhen = \"event.data.\"\nwait = { for = \"order.placed\", within = \"soon\" }\n";
-    let r = client
-        .put(format!("{url}/v1/triggers"))
-        .bearer_auth(&key)
-        .header("content-type", "application/toml")
-        .body(broken)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 422);
-    let body: Value = r.json().await.unwrap();
+    let r = put_triggers(&url, &key, broken).await;
+    assert_eq!(r.status, 422);
+    let body = r.body;
     assert_eq!(body["error"]["code"], "invalid_triggers");
     let at: Vec<&str> = body["error"]["details"]["problems"]
         .as_array()
@@ -109,14 +75,7 @@ async fn triggers_are_replaced_over_the_api_and_journeys_explain_each_decision()
         at.contains(&"trigger[0] \"x\".wait.within (line 5)"),
         "{at:?}"
     );
-    let syntax = client
-        .put(format!("{url}/v1/triggers"))
-        .bearer_auth(&key)
-        .body("[[trigger]\nname=")
-        .send()
-        .await
-        .unwrap();
-    let body: Value = syntax.json().await.unwrap();
+    let body = put_triggers(&url, &key, "[[trigger]\nname=").await.body;
     assert!(
         body["error"]["details"]["problems"][0]["at"]
             .as_str()
@@ -124,26 +83,14 @@ async fn triggers_are_replaced_over_the_api_and_journeys_explain_each_decision()
             .starts_with("line 1"),
         "{body}"
     );
-    let read_key = create_key(dir.path(), "read");
-    let denied = client
-        .put(format!("{url}/v1/triggers"))
-        .bearer_auth(&read_key)
-        .body(V1)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(denied.status(), 403);
+    let read_key = common::create_key(dir.path(), "read");
+    let denied = put_triggers(&url, &read_key, V1).await;
+    assert_eq!(denied.status, 403);
 
     // Version 1, and a run waiting on it.
-    let r = client
-        .put(format!("{url}/v1/triggers"))
-        .bearer_auth(&key)
-        .body(V1)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
-    let v1: Value = r.json().await.unwrap();
+    let r = put_triggers(&url, &key, V1).await;
+    assert_eq!(r.status, 200);
+    let v1 = r.body;
     assert_eq!(v1["added"], json!(["nudge"]));
     let ev = |id: &str, ty: &str, who: &str, data: Value| json!({ "specversion": "1.0", "id": id, "source": "t", "type": ty, "subject": who, "data": data });
     send(
@@ -169,14 +116,7 @@ async fn triggers_are_replaced_over_the_api_and_journeys_explain_each_decision()
 
     // Version 2 of the trigger: the waiting run is reported and stays on version 1.
     let v2_src = V1.replace("nudge_v1", "nudge_v2");
-    let r = client
-        .put(format!("{url}/v1/triggers"))
-        .bearer_auth(&key)
-        .body(v2_src.clone())
-        .send()
-        .await
-        .unwrap();
-    let v2: Value = r.json().await.unwrap();
+    let v2 = put_triggers(&url, &key, v2_src.clone()).await.body;
     assert_eq!(v2["replaced"][0]["name"], "nudge", "{v2}");
     assert_eq!(v2["replaced"][0]["runs_on_old_version"], 1, "{v2}");
     assert_eq!(v2["applied"], true);
@@ -237,32 +177,17 @@ async fn triggers_are_replaced_over_the_api_and_journeys_explain_each_decision()
     assert_eq!(a["value"], 1);
     let all = get(&url, &key, "/v1/aggregates/adds").await;
     assert_eq!(all["values"].as_object().unwrap().len(), 3, "{all}");
-    let missing = client
-        .get(format!("{url}/v1/aggregates/nope"))
-        .bearer_auth(&key)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(missing.status(), 404);
+    let missing = common::get(&url, &key, "/v1/aggregates/nope").await;
+    assert_eq!(missing.status, 404);
 }
 
 #[test]
 fn triggers_check_reports_every_problem_and_accepts_the_starter_set() {
-    let out = Command::new(BIN)
-        .args(["triggers", "check"])
-        .arg(starter_set())
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    succeeds(storeline(&["triggers", "check"]).arg(starter_set()));
     let dir = tempfile::tempdir().unwrap();
     let bad = dir.path().join("bad.toml");
     std::fs::write(&bad, "[[trigger]]\nname = \"a\"\non = \"x.y\"\nthen = [ { deliver = \"email\", emit = \"z\" } ]\ndebounce = \"often\"\n").unwrap();
-    let out = Command::new(BIN)
-        .args(["triggers", "check"])
+    let out = storeline(&["triggers", "check"])
         .arg(&bad)
         .output()
         .unwrap();
@@ -291,24 +216,14 @@ fn deep_file() -> String {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_when_twenty_thousand_deep_is_refused_with_its_trigger_and_line_and_the_server_stays_up()
 {
-    let dir = tempfile::tempdir().unwrap();
-    let key = create_key(dir.path(), "admin");
-    let server = Server::start(dir.path(), &[]);
-    let (url, client) = (server.url.clone(), http());
-    let put = |body: String| {
-        client
-            .put(format!("{url}/v1/triggers"))
-            .bearer_auth(&key)
-            .header("content-type", "application/toml")
-            .body(body)
-            .send()
-    };
-    assert_eq!(put(V1.to_owned()).await.unwrap().status(), 200);
+    let (_dir, server, [key]) = serve(["admin"], &[]);
+    let url = server.url.clone();
+    assert_eq!(put_triggers(&url, &key, V1).await.status, 200);
     let before = get(&url, &key, "/v1/triggers").await["version"].clone();
 
-    let r = put(deep_file()).await.unwrap();
-    assert_eq!(r.status(), 422);
-    let body: Value = r.json().await.unwrap();
+    let r = put_triggers(&url, &key, deep_file()).await;
+    assert_eq!(r.status, 422);
+    let body = r.body;
     assert_eq!(body["error"]["code"], "invalid_triggers", "{body}");
     let problems = body["error"]["details"]["problems"].as_array().unwrap();
     assert_eq!(problems.len(), 1, "{body}");
@@ -321,8 +236,7 @@ async fn a_when_twenty_thousand_deep_is_refused_with_its_trigger_and_line_and_th
     );
 
     // The server is still up, and the file in force is the one before.
-    let health = client.get(format!("{url}/healthz")).send().await.unwrap();
-    assert_eq!(health.status(), 200);
+    assert_eq!(common::status_of(&url, "/healthz").await, 200);
     assert_eq!(get(&url, &key, "/v1/triggers").await["version"], before);
 }
 
@@ -343,7 +257,7 @@ fn triggers_check_and_config_check_name_an_expression_over_the_limits() {
         } else {
             &config
         };
-        let out = Command::new(BIN).args(args).arg(target).output().unwrap();
+        let out = storeline(&args).arg(target).output().unwrap();
         assert!(!out.status.success(), "{args:?}");
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(
@@ -355,24 +269,20 @@ fn triggers_check_and_config_check_name_an_expression_over_the_limits() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_backtest_of_the_starter_set_counts_what_the_live_engine_counted() {
-    let dir = tempfile::tempdir().unwrap();
-    let key = create_key(dir.path(), "admin");
     let file = starter_set();
     let env = [("STORELINE_TRIGGERS__FILE", file.as_str())];
-    let mut server = Server::start(dir.path(), &env);
+    let (dir, mut server, [key]) = serve(["admin"], &env);
     let url = server.url.clone();
-    let out = Command::new(BIN)
-        .args([
-            "gen",
-            "--events",
-            "20000",
-            "--customers",
-            "400",
-            "--seed",
-            "7",
-        ])
-        .output()
-        .unwrap();
+    let gen_args = [
+        "gen",
+        "--events",
+        "20000",
+        "--customers",
+        "400",
+        "--seed",
+        "7",
+    ];
+    let out = storeline(&gen_args).output().unwrap();
     let lines: Vec<Value> = String::from_utf8(out.stdout)
         .unwrap()
         .lines()

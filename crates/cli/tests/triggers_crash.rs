@@ -6,10 +6,9 @@
 
 mod common;
 
-use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{BIN, Postgres, Server, create_key, http, read_partition};
+use common::{Node, Postgres, get_body, read_partition};
 use serde_json::{Value, json};
 
 const TIMERS: usize = 3000;
@@ -24,15 +23,7 @@ then = [ { emit = "test.fired", data = { k = "trigger.data.k" } } ]
 "#;
 
 async fn stats(url: &str, key: &str) -> Value {
-    let r: Value = http()
-        .get(format!("{url}/v1/triggers"))
-        .bearer_auth(key)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let r = get_body(url, key, "/v1/triggers").await;
     r["stats"]
         .as_object()
         .unwrap()
@@ -54,52 +45,34 @@ async fn pending_timers_fire_exactly_once_across_kill_9_on_postgres() {
 }
 
 async fn pending_timers_fire_exactly_once_on(backend: &[(&str, &str)]) {
-    let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
-    std::fs::create_dir_all(&data).unwrap();
-    let file = dir.path().join("triggers.toml");
-    std::fs::write(&file, TRIGGERS).unwrap();
-    let mut env = vec![("STORELINE_TRIGGERS__FILE", file.to_str().unwrap())];
-    env.extend_from_slice(backend);
-    let key = create_key(&data, "admin");
-    let mut server = Server::start(&data, &env);
-    let client = http();
+    let mut node = Node::start_with(TRIGGERS, backend);
 
     // Thousands of runs, each with a timer 4 s out, over 200 customers.
-    let lines: Vec<String> = (0..TIMERS)
+    let pings: Vec<Value> = (0..TIMERS)
         .map(|i| {
             json!({ "specversion": "1.0", "id": format!("p{i}"), "source": "test", "type": "test.ping",
                     "subject": format!("cus-{}", i % 200), "data": { "k": format!("k{i}") } })
-            .to_string()
         })
         .collect();
-    for chunk in lines.chunks(500) {
-        let r = client
-            .post(format!("{}/v1/events", server.url))
-            .bearer_auth(&key)
-            .header("content-type", "application/x-ndjson")
-            .body(chunk.join("\n"))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status(), 200);
+    for chunk in pings.chunks(500) {
+        node.send(chunk).await;
     }
     let sent_at = Instant::now();
     // First kill: while every timer is pending.
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    server.kill9();
-    server = Server::start(&data, &env);
+    node.server.kill9();
+    node.restart();
     // Second kill: around the due time, while timers are firing.
     let due = Duration::from_millis(4000);
     if let Some(wait) = due.checked_sub(sent_at.elapsed()) {
         tokio::time::sleep(wait + Duration::from_millis(150)).await;
     }
-    server.kill9();
-    server = Server::start(&data, &env);
+    node.server.kill9();
+    node.restart();
 
     let deadline = Instant::now() + Duration::from_secs(60);
     let s = loop {
-        let s = stats(&server.url, &key).await;
+        let s = stats(&node.url, &node.key).await;
         if s["finished"].as_u64() == Some(TIMERS as u64) || Instant::now() > deadline {
             break s;
         }
@@ -113,7 +86,7 @@ async fn pending_timers_fire_exactly_once_on(backend: &[(&str, &str)]) {
     // The log holds exactly one emitted event per timer.
     let mut fired = std::collections::BTreeMap::<String, usize>::new();
     for p in 0..8 {
-        for e in read_partition(&server.url, &key, p).await {
+        for e in read_partition(&node.url, &node.key, p).await {
             if e["type"] == "test.fired" {
                 *fired
                     .entry(e["data"]["k"].as_str().unwrap().to_owned())
@@ -128,17 +101,6 @@ async fn pending_timers_fire_exactly_once_on(backend: &[(&str, &str)]) {
     );
     assert!(fired.values().all(|n| *n == 1), "no emitted event twice");
 
-    assert_eq!(server.terminate(), Some(0));
-    let out = Command::new(BIN)
-        .args(["replay", "--data"])
-        .arg(&data)
-        .envs(env.iter().copied())
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "replay must equal the live state:\n{}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_eq!(node.server.terminate(), Some(0));
+    node.assert_replay_equals_live();
 }

@@ -7,13 +7,12 @@
 
 mod common;
 
-use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::{BIN, Server, create_key, http};
-use serde_json::{Value, json};
+use common::{Server, create_key, get_body as get, http, post_json, storeline};
+use serde_json::json;
 
 const KILLS: usize = 4;
 
@@ -28,8 +27,7 @@ const SKUS: usize = 5;
 
 /// Sends generated traffic in batches until told to stop (errors are expected around kills).
 async fn traffic(url: String, key: String, seed: u64, stop: Arc<AtomicBool>) {
-    let out = Command::new(BIN)
-        .args(["gen", "--events", "20000", "--customers", "300", "--seed"])
+    let out = storeline(&["gen", "--events", "20000", "--customers", "300", "--seed"])
         .arg(seed.to_string())
         .output()
         .unwrap();
@@ -111,18 +109,6 @@ async fn orders(
     }
 }
 
-async fn get(url: &str, key: &str, path: &str) -> Value {
-    http()
-        .get(format!("{url}{path}"))
-        .bearer_auth(key)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap()
-}
-
 async fn wait_caught_up(url: &str, key: &str) {
     for _ in 0..600 {
         let s = get(url, key, "/v1/engine").await;
@@ -148,14 +134,9 @@ async fn views_survive_kill_9_and_equal_a_replay() {
     ];
     let mut server = Server::start(&data, &env);
     for s in 0..SKUS {
-        let r = http()
-            .post(format!("{}/v1/commands/inventory.adjust", server.url))
-            .bearer_auth(&key)
-            .json(&json!({ "sku": format!("CRASH-{s}"), "delta": 400 }))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status(), 200);
+        let adjust = json!({ "sku": format!("CRASH-{s}"), "delta": 400 });
+        let r = post_json(&server.url, &key, "/v1/commands/inventory.adjust", &adjust).await;
+        assert_eq!(r.status, 200);
     }
     let next = Arc::new(AtomicU64::new(0));
     let placed = Arc::new(Mutex::new(Vec::new()));
@@ -250,11 +231,7 @@ async fn views_survive_kill_9_and_equal_a_replay() {
         );
     }
     assert_eq!(server.terminate(), Some(0));
-    let out = Command::new(BIN)
-        .args(["replay", "--data"])
-        .arg(&data)
-        .output()
-        .unwrap();
+    let out = common::replay(&data, &[]);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),

@@ -1,29 +1,73 @@
-//! Test harness: runs the real `storeline` binary on a temporary data directory and port 0.
+//! What the integration tests of the `storeline` package share: the real binary serving a
+//! temporary data directory on port 0 (`Server`, `serve`, `create_key`), the CLI run as a command
+//! (`storeline`, `succeeds`, `replay`, `backtest`), waiting with a deadline (`wait_for`), and a
+//! PostgreSQL schema per test. The HTTP calls are in `http`, a server on a trigger file in
+//! `node`, a server driven by commands in `shop`, the webhook receiver in `receiver`.
 #![allow(dead_code)]
 #![allow(clippy::unwrap_used)]
 
+mod http;
+mod node;
+pub mod receiver;
+mod shop;
+
+use std::collections::BTreeMap;
 use std::io::BufRead;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::Duration;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+// Each test uses its own part of these (as of the rest, hence `dead_code` above).
+#[allow(unused_imports)]
+pub use http::*;
+#[allow(unused_imports)]
+pub use node::Node;
+#[allow(unused_imports)]
+pub use shop::{Shop, check_stock_sums, totals};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_storeline");
 
-/// Creates a key in `data` with the real CLI and returns it.
-pub fn create_key(data: &Path, scopes: &str) -> String {
-    let out = Command::new(BIN)
-        .args([
-            "keys", "create", "--scope", scopes, "--name", "test", "--data",
-        ])
-        .arg(data)
-        .output()
-        .expect("run storeline keys create");
+/// The real CLI: `storeline ARGS…` (more with `.arg`), not run yet.
+pub fn storeline(args: &[&str]) -> Command {
+    let mut cmd = Command::new(BIN);
+    cmd.args(args);
+    cmd
+}
+
+/// Runs `cmd`; asserts it exits 0 (showing what it printed) and returns its output.
+#[track_caller]
+pub fn succeeds(cmd: &mut Command) -> Output {
+    let out = cmd.output().expect("run storeline");
     assert!(
         out.status.success(),
-        "keys create failed: {}",
+        "{cmd:?} failed:\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
+    out
+}
+
+/// Creates a key in `data` with the real CLI and returns it.
+pub fn create_key(data: &Path, scopes: &str) -> String {
+    let out = succeeds(
+        storeline(&[
+            "keys", "create", "--scope", scopes, "--name", "test", "--data",
+        ])
+        .arg(data),
+    );
     String::from_utf8(out.stdout).unwrap().trim().to_owned()
+}
+
+/// A server on a fresh data directory with a key of each of `scopes` (made first, in order).
+/// Keep the directory alive as long as the server: `let (_dir, server, [key]) = …`.
+pub fn serve<const N: usize>(
+    scopes: [&str; N],
+    env: &[(&str, &str)],
+) -> (tempfile::TempDir, Server, [String; N]) {
+    let dir = tempfile::tempdir().unwrap();
+    let keys = scopes.map(|s| create_key(dir.path(), s));
+    let server = Server::start(dir.path(), env);
+    (dir, server, keys)
 }
 
 pub struct Server {
@@ -36,15 +80,18 @@ pub struct Server {
 impl Server {
     /// Starts `storeline serve` on `data` with extra env vars; waits until it listens.
     pub fn start(data: &Path, env: &[(&str, &str)]) -> Server {
-        let mut cmd = Command::new(BIN);
-        cmd.args(["serve", "--listen", "127.0.0.1:0", "--data"])
-            .arg(data)
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null());
+        let mut cmd = storeline(&["serve", "--listen", "127.0.0.1:0", "--data"]);
+        cmd.arg(data).env("RUST_LOG", "warn");
         for (k, v) in env {
             cmd.env(k, v);
         }
+        Server::spawn(cmd, data)
+    }
+
+    /// Runs `cmd`, a `storeline serve` on `data` however it is started; waits until it listens
+    /// (what it printed before is `stdout_head`).
+    pub fn spawn(mut cmd: Command, data: &Path) -> Server {
+        cmd.stdout(Stdio::piped()).stderr(Stdio::null());
         let mut child = cmd.spawn().expect("start storeline serve");
         let stdout = child.stdout.take().unwrap();
         let mut lines = std::io::BufReader::new(stdout).lines();
@@ -97,54 +144,71 @@ impl Drop for Server {
     }
 }
 
-pub fn http() -> reqwest::Client {
-    reqwest::Client::builder()
-        .timeout(Duration::from_secs(30))
-        .build()
+/// `storeline replay --data DATA` with the server's env vars (the server stopped): its output,
+/// whatever the exit status.
+pub fn replay(data: &Path, env: &[(&str, &str)]) -> Output {
+    storeline(&["replay", "--data"])
+        .arg(data)
+        .envs(env.iter().copied())
+        .output()
         .unwrap()
 }
 
-/// Every stored event, per partition, read through `GET /v1/events?partition=P`.
-pub async fn read_partition(url: &str, key: &str, partition: u32) -> Vec<serde_json::Value> {
-    let client = http();
-    let mut out = Vec::new();
-    let mut offset = 0u64;
-    loop {
-        let page: serde_json::Value = client
-            .get(format!("{url}/v1/events"))
-            .bearer_auth(key)
-            .query(&[
-                ("partition", partition.to_string()),
-                ("offset", offset.to_string()),
-                ("limit", "1000".into()),
-            ])
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        let events = page["events"].as_array().unwrap().clone();
-        if events.is_empty() {
-            return out;
+/// `storeline triggers backtest FILE --data DATA --json` (the server stopped); its report.
+pub fn backtest(data: &Path, file: &Path) -> serde_json::Value {
+    let out = succeeds(
+        storeline(&["triggers", "backtest"])
+            .arg(file)
+            .arg("--data")
+            .arg(data)
+            .arg("--json"),
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// Counters per trigger (`GET /v1/triggers` stats) without the bookkeeping ones a backtest
+/// does not report: what a backtest's `counts` must equal.
+pub fn comparable(counts: &serde_json::Value) -> BTreeMap<String, BTreeMap<String, u64>> {
+    let mut out: BTreeMap<String, BTreeMap<String, u64>> = BTreeMap::new();
+    for (id, c) in counts.as_object().unwrap() {
+        let name = id.split('@').next().unwrap().to_owned();
+        for (k, v) in c.as_object().unwrap() {
+            if k == "active" || k == "waiting" || v.as_i64() == Some(0) {
+                continue;
+            }
+            *out.entry(name.clone())
+                .or_default()
+                .entry(k.clone())
+                .or_default() += v.as_u64().unwrap();
         }
-        offset = events.last().unwrap()["offset"].as_u64().unwrap() + 1;
-        out.extend(events);
+    }
+    out
+}
+
+/// Polls `probe` every 100 ms until it returns `Ok`, or panics after `within` with what `what`
+/// was waiting for and the probe's last account of why not.
+pub async fn wait_for<T>(
+    what: &str,
+    within: Duration,
+    mut probe: impl AsyncFnMut() -> Result<T, String>,
+) -> T {
+    let deadline = Instant::now() + within;
+    loop {
+        match probe().await {
+            Ok(v) => return v,
+            Err(why) if Instant::now() >= deadline => {
+                panic!("timed out after {within:?} waiting for {what}: {why}")
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
     }
 }
 
-/// The first page (up to 1000) of `GET /v1/events`, across partitions in arrival order.
-pub async fn all_events(url: &str, key: &str) -> Vec<serde_json::Value> {
-    let page: serde_json::Value = http()
-        .get(format!("{url}/v1/events?limit=1000"))
-        .bearer_auth(key)
-        .send()
-        .await
+/// An RFC 3339 time of the API as ms since the epoch.
+pub fn ms(t: &serde_json::Value) -> i64 {
+    chrono::DateTime::parse_from_rfc3339(t.as_str().unwrap())
         .unwrap()
-        .json()
-        .await
-        .unwrap();
-    page["events"].as_array().unwrap().clone()
+        .timestamp_millis()
 }
 
 /// A PostgreSQL schema of its own for one test (dropped at the end), as server env vars.
@@ -168,11 +232,30 @@ impl Postgres {
             ("STORELINE_STATE__POSTGRES__SCHEMA", self.schema.as_str()),
         ]
     }
+
+    /// The schema's name.
+    pub fn name(&self) -> &str {
+        &self.schema
+    }
+
+    /// Runs `sql` with `psql` (stopping at the first error); asserts it succeeded.
+    #[track_caller]
+    pub fn psql(&self, sql: &str) {
+        let out = Command::new("psql")
+            .args([self.url.as_str(), "-q", "-v", "ON_ERROR_STOP=1", "-c", sql])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
 }
 
 impl Drop for Postgres {
     fn drop(&mut self) {
-        let _ = std::process::Command::new("psql")
+        let _ = Command::new("psql")
             .args([self.url.as_str(), "-q", "-c"])
             .arg(format!(
                 "DROP SCHEMA IF EXISTS {0} CASCADE; DROP SCHEMA IF EXISTS {0}_delivery CASCADE",
@@ -180,70 +263,4 @@ impl Drop for Postgres {
             ))
             .output();
     }
-}
-
-/// `GET path` with the key; asserts 200 and returns the JSON body.
-pub async fn get_json(url: &str, key: &str, path: &str) -> serde_json::Value {
-    let r = http()
-        .get(format!("{url}{path}"))
-        .bearer_auth(key)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200, "GET {path}");
-    r.json().await.unwrap()
-}
-
-/// Posts `events` as one NDJSON request; asserts 200.
-pub async fn send_ndjson(url: &str, key: &str, events: &[serde_json::Value]) {
-    let body: Vec<String> = events.iter().map(|e| e.to_string()).collect();
-    let r = http()
-        .post(format!("{url}/v1/events"))
-        .bearer_auth(key)
-        .header("content-type", "application/x-ndjson")
-        .body(body.join("\n"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
-}
-
-/// Counters per trigger (`GET /v1/triggers` stats) without the bookkeeping ones a backtest
-/// does not report: what a backtest's `counts` must equal.
-pub fn comparable(
-    counts: &serde_json::Value,
-) -> std::collections::BTreeMap<String, std::collections::BTreeMap<String, u64>> {
-    let mut out: std::collections::BTreeMap<String, std::collections::BTreeMap<String, u64>> =
-        std::collections::BTreeMap::new();
-    for (id, c) in counts.as_object().unwrap() {
-        let name = id.split('@').next().unwrap().to_owned();
-        for (k, v) in c.as_object().unwrap() {
-            if k == "active" || k == "waiting" || v.as_i64() == Some(0) {
-                continue;
-            }
-            *out.entry(name.clone())
-                .or_default()
-                .entry(k.clone())
-                .or_default() += v.as_u64().unwrap();
-        }
-    }
-    out
-}
-
-/// `storeline triggers backtest FILE --data DATA --json` (the server stopped); its report.
-pub fn backtest(data: &Path, file: &Path) -> serde_json::Value {
-    let out = Command::new(BIN)
-        .args(["triggers", "backtest"])
-        .arg(file)
-        .arg("--data")
-        .arg(data)
-        .arg("--json")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap()
 }
