@@ -2,6 +2,8 @@
 //! suppressed, dropped), and the runs still going at the end, besides the outcome counts.
 #![allow(clippy::unwrap_used)]
 
+mod common;
+
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -42,28 +44,18 @@ wait = { for = "order.placed", within = "1h" }
 on_timeout = [ { deliver = "mail", template = "forgot" } ]
 "#;
 
+/// The log's record of a stored event, keyed by its subject.
 fn record(n: usize, ty: &str, subject: &str, time: i64, data: Value) -> Record {
-    let t = chrono::DateTime::from_timestamp_millis(time).unwrap();
-    let at = storeline_event::format_time(&t);
-    let value = json!({
-        "specversion": "1.0", "id": format!("e{n}"), "source": "test", "type": ty, "time": at,
-        "subject": subject, "data": data, "received_at": at,
-    });
     Record {
         timestamp: time,
         key: Bytes::from(subject.to_owned()),
-        value: Bytes::from(serde_json::to_vec(&value).unwrap()),
+        value: Bytes::from(common::stored(n, ty, subject, time, data)),
     }
 }
 
 #[test]
 fn the_report_counts_messages_per_connector_and_state_and_runs_still_going() {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(async {
+    common::runtime().block_on(async {
         let dir = tempfile::tempdir().unwrap();
         let log = Arc::new(MemoryLog::new(1));
         let t0 = 1_772_409_600_000; // 2026-03-02 00:00 UTC

@@ -4,66 +4,17 @@
 //! the engine causes can be held back and released later, so the hand-over races an order.
 #![allow(clippy::unwrap_used)]
 
-use std::collections::VecDeque;
+mod common;
 
+use common::{MIN, World, day0};
 use serde_json::{Value, json};
-use storeline_engine::Ev;
-use storeline_engine::ProjectionConfig;
-use storeline_engine::testkit::Views;
-use storeline_engine::testkit::project;
-use storeline_engine::testkit::{FORWARDED, Registry, Stage, TICK};
-use storeline_engine::triggers::TriggerSet;
+use storeline_engine::testkit::FORWARDED;
 use storeline_log::partition_for;
 
 const PARTITIONS: u32 = 8;
-const MIN: i64 = 60_000;
 
 fn commerce() -> u32 {
     partition_for(storeline_event::COMMERCE_KEY.as_bytes(), PARTITIONS)
-}
-
-fn day0() -> i64 {
-    chrono::DateTime::parse_from_rfc3339("2026-03-02T00:00:00Z")
-        .unwrap()
-        .timestamp_millis()
-}
-
-fn stored(id: String, ty: &str, at: i64, subject: Option<String>, data: Value) -> Ev {
-    Ev {
-        id,
-        ty: ty.into(),
-        time: at,
-        received: at,
-        subject,
-        data,
-        anonymous_id: None,
-        command: None,
-        internal: ty.starts_with("storeline."),
-        reserved_source: false,
-        partition: 0,
-        offset: 0,
-    }
-}
-
-struct Part {
-    views: Views,
-    stage: Stage,
-    offset: u64,
-}
-
-struct World {
-    parts: Vec<Part>,
-    queue: VecDeque<(u32, Ev)>,
-    /// Records the engine caused, held back while `hold` is set.
-    held: Vec<(u32, Ev)>,
-    hold: bool,
-    /// Ticks carry a watermark, as the live writers' do.
-    watermarks: bool,
-    sent: Vec<Value>,
-    /// `(type, subject)` of every record the engine emitted.
-    emitted: Vec<(String, Option<String>)>,
-    now: i64,
-    n: u64,
 }
 
 const FILE: &str = r#"
@@ -109,29 +60,14 @@ fn route(ty: &str, subject: Option<&str>) -> u32 {
     }
 }
 
+/// Eight partitions routed as the engine routes (commerce events to the commerce partition,
+/// the rest by subject), on the file above, with watermarks; what a test does not hold back is
+/// applied at once.
 impl World {
     fn new() -> World {
-        let parts = (0..PARTITIONS)
-            .map(|p| Part {
-                views: Views::new(p),
-                stage: Stage::new(
-                    Registry::new(TriggerSet::parse(FILE).unwrap()),
-                    Some(commerce()),
-                ),
-                offset: 0,
-            })
-            .collect();
-        World {
-            parts,
-            queue: VecDeque::new(),
-            held: Vec::new(),
-            hold: false,
-            watermarks: true,
-            sent: Vec::new(),
-            emitted: Vec::new(),
-            now: day0(),
-            n: 0,
-        }
+        let mut w = World::build(FILE, PARTITIONS, commerce(), route);
+        w.watermarks = true;
+        w
     }
 
     /// An event `min` minutes after day0.
@@ -144,76 +80,12 @@ impl World {
         if tick {
             self.tick(at);
         }
-        self.n += 1;
-        let ev = stored(
-            format!("evt-{}", self.n),
-            ty,
-            at,
-            Some(subject.into()),
-            data,
-        );
-        self.queue.push_back((route(ty, Some(subject)), ev));
-        self.drain();
+        self.event(at, ty, subject, data);
     }
 
     fn tick(&mut self, at: i64) {
         self.now = self.now.max(at);
-        for p in 0..PARTITIONS {
-            // Every partition has applied everything up to `at` here, so the watermark is `at`
-            // (the live writers compute it from each other's clocks).
-            let data = if self.watermarks {
-                json!({ "watermark": at })
-            } else {
-                Value::Null
-            };
-            let ev = stored(format!("tick-{at}-{p}"), TICK, at, None, data);
-            self.queue.push_back((p, ev));
-        }
-        self.drain();
-    }
-
-    fn release(&mut self) {
-        self.hold = false;
-        let held = std::mem::take(&mut self.held);
-        self.queue.extend(held);
-        self.drain();
-    }
-
-    fn drain(&mut self) {
-        while let Some((p, mut ev)) = self.queue.pop_front() {
-            let part = &mut self.parts[p as usize];
-            ev.partition = p;
-            ev.offset = part.offset;
-            part.offset += 1;
-            let clock = part.stage.clock().max(ev.received);
-            let mut emits = Vec::new();
-            part.stage.fire_due(&mut part.views, p, clock, &mut emits);
-            part.stage.set_clock(clock);
-            project::apply(
-                &mut part.views,
-                &ev,
-                &ProjectionConfig::default(),
-                &mut emits,
-            )
-            .unwrap();
-            part.stage.apply(&mut part.views, &ev, p, &mut emits);
-            part.stage.fire_due(&mut part.views, p, clock, &mut emits);
-            for (_, entry) in std::mem::take(&mut part.views.outbox) {
-                self.sent.push(serde_json::to_value(entry).unwrap());
-            }
-            part.stage.take_outcomes();
-            for e in emits {
-                self.emitted.push((e.ty.clone(), e.subject.clone()));
-                let mut out = stored(e.id, &e.ty, clock, e.subject.clone(), e.data);
-                out.time = e.time;
-                let to = route(&out.ty, e.subject.as_deref());
-                if self.hold {
-                    self.held.push((to, out));
-                } else {
-                    self.queue.push_back((to, out));
-                }
-            }
-        }
+        self.ticks(at, |p| format!("tick-{at}-{p}"));
     }
 
     fn sent_to(&self, template: &str) -> Vec<String> {
@@ -405,8 +277,8 @@ fn conditions_see_what_the_anonymous_identity_did_before_the_merge() {
     let gold: Vec<&Option<String>> = w
         .emitted
         .iter()
-        .filter(|(ty, _)| ty == "customer.gold_order")
-        .map(|(_, subject)| subject)
+        .filter(|e| e.ty == "customer.gold_order")
+        .map(|e| &e.subject)
         .collect();
     assert_eq!(
         gold,

@@ -3,11 +3,14 @@
 //! reserved + available = on hand after every event of the log.
 #![allow(clippy::unwrap_used)]
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use common::stored;
 use proptest::prelude::*;
 use rand::{Rng, SeedableRng};
 use serde_json::{Value, json};
@@ -58,17 +61,6 @@ impl Appender for MemAppender {
         }
         Ok(out)
     }
-}
-
-/// A stored event as the log holds it.
-fn stored(n: usize, ty: &str, subject: &str, time: i64, data: Value) -> Vec<u8> {
-    let t = chrono::DateTime::from_timestamp_millis(time).unwrap();
-    serde_json::to_vec(&json!({
-        "specversion": "1.0", "id": format!("e{n}"), "source": "test", "type": ty,
-        "time": storeline_event::format_time(&t), "subject": subject, "data": data,
-        "received_at": storeline_event::format_time(&t),
-    }))
-    .unwrap()
 }
 
 /// A random but plausible history touching every projection: browsing, carts, identities,
@@ -295,12 +287,7 @@ fn check_every_offset(records: &[StoredRecord], partition: u32) -> usize {
 /// 64 clients on 3 hot SKUs: places, cancels, pays, restocks and lapsing holds, all at once.
 #[test]
 fn concurrent_commands_never_oversell() {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(async {
+    common::runtime().block_on(async {
         let dir = tempfile::tempdir().unwrap();
         let log = Arc::new(MemoryLog::new(PARTITIONS));
         let store = fresh(&dir, "live.db").await;
