@@ -264,14 +264,7 @@ struct ConnMetrics {
 impl Conn {
     /// An attempt of this connector ended with `verdict`, decided as `next`: its slot is free,
     /// a retry is remembered as due work, and the breaker and the latency metric learn of it.
-    fn attempt_ended(
-        &mut self,
-        name: &str,
-        verdict: &Verdict,
-        next: &Next,
-        created_at: i64,
-        now: i64,
-    ) {
+    fn attempt_ended(&mut self, verdict: &Verdict, next: &Next, created_at: i64, now: i64) {
         self.in_flight = self.in_flight.saturating_sub(1);
         if let Next::Retry { at } = *next {
             self.wake_at = Some(self.wake_at.map_or(at, |w| w.min(at)));
@@ -288,7 +281,7 @@ impl Conn {
             Verdict::Retry { detail, .. } => {
                 if self.breaker.failure(now) {
                     tracing::warn!(
-                        connector = name,
+                        connector = self.def.name,
                         cooldown_s = self.def.circuit_cooldown.as_secs(),
                         last = clip(detail, 200),
                         "circuit opened: attempts paused"

@@ -138,26 +138,29 @@ async fn delivered_once<R: Rig>() {
 /// (2) A transient failure: `Retry`, after exactly one request (where the receiver can see a
 /// request it did not take; a broker or a closed pipe keeps none: then nothing was taken).
 async fn transient_failure_is_retried_once<R: Rig>() {
-    for &variant in R::VARIANTS {
-        let at = label::<R>(variant);
-        let rig = R::start(variant, Answer::Transient).await;
-        let v = rig.attempt(&rig.delivery("dlv_01JCONF0000TRANSIENT")).await;
-        eprintln!("{at}: {v:?}");
-        assert!(matches!(v, Verdict::Retry { .. }), "{at}: {v:?}");
-        let got = rig.got().await;
-        assert_eq!(got.len(), usize::from(R::SEES_UNTAKEN), "{at}: {got:?}");
-        assert!(got.iter().all(|g| !g.taken), "{at}: {got:?}");
-    }
+    not_taken::<R>(Answer::Transient, "dlv_01JCONF0000TRANSIENT", |v| {
+        matches!(v, Verdict::Retry { .. })
+    })
+    .await;
 }
 
 /// (3) A permanent refusal: `Reject`, after at most one request.
 async fn permanent_refusal_is_rejected<R: Rig>() {
+    not_taken::<R>(Answer::Refuse, "dlv_01JCONF0000REFUSED", |v| {
+        matches!(v, Verdict::Reject { .. })
+    })
+    .await;
+}
+
+/// Checks (2) and (3): the receiver answers `answer`, the verdict is what `expected` says, and
+/// the one request made (if the receiver can see one) was not taken.
+async fn not_taken<R: Rig>(answer: Answer, id: &str, expected: fn(&Verdict) -> bool) {
     for &variant in R::VARIANTS {
         let at = label::<R>(variant);
-        let rig = R::start(variant, Answer::Refuse).await;
-        let v = rig.attempt(&rig.delivery("dlv_01JCONF0000REFUSED")).await;
+        let rig = R::start(variant, answer).await;
+        let v = rig.attempt(&rig.delivery(id)).await;
         eprintln!("{at}: {v:?}");
-        assert!(matches!(v, Verdict::Reject { .. }), "{at}: {v:?}");
+        assert!(expected(&v), "{at}: {v:?}");
         let got = rig.got().await;
         assert_eq!(got.len(), usize::from(R::SEES_UNTAKEN), "{at}: {got:?}");
         assert!(got.iter().all(|g| !g.taken), "{at}: {got:?}");

@@ -316,7 +316,7 @@ impl Writer {
         self.dirty_states.insert(name.clone());
         settle(&mut rec, st, &d, now);
         if let Some(c) = self.conns.get_mut(&name) {
-            c.attempt_ended(&name, &o.verdict, &d.next, rec.created_at, now);
+            c.attempt_ended(&o.verdict, &d.next, rec.created_at, now);
         }
         let attempt = Attempt {
             n: rec.attempts,

@@ -128,45 +128,26 @@ pub fn apply(views: &mut Views, ev: &Ev) -> Result<(), Overflow> {
     let f = views.frag.upsert(&who);
     f.is_user |= ids[0].1;
     activity(f, ev);
-    let trait_changes = match ev.ty.as_str() {
-        "page.viewed" => {
-            f.page_views += 1;
-            Vec::new()
-        }
+    let mut trait_changes = Vec::new();
+    match ev.ty.as_str() {
+        "page.viewed" => f.page_views += 1,
         "product.viewed" => {
             f.product_views += 1;
             if let Some(c) = ev.str("category") {
                 *f.categories.entry(c.to_owned()).or_default() += 1;
             }
-            Vec::new()
         }
-        "cart.item_added" | "cart.item_removed" => {
-            cart_line(f, ev)?;
-            Vec::new()
+        "cart.item_added" | "cart.item_removed" => cart_line(f, ev)?,
+        "cart.viewed" | "checkout.started" => replace_cart(f, ev),
+        "order.placed" => order_placed(f, ev)?,
+        "order.cancelled" => order_cancelled(f, order_before)?,
+        "order.refunded" => order_refunded(f, ev, order_before)?,
+        "customer.consent_changed" => consent_changed(f, ev),
+        "customer.signed_up" | "customer.identified" | "customer.updated" => {
+            trait_changes = set_traits(f, ev);
         }
-        "cart.viewed" | "checkout.started" => {
-            replace_cart(f, ev);
-            Vec::new()
-        }
-        "order.placed" => {
-            order_placed(f, ev)?;
-            Vec::new()
-        }
-        "order.cancelled" => {
-            order_cancelled(f, order_before)?;
-            Vec::new()
-        }
-        "order.refunded" => {
-            order_refunded(f, ev, order_before)?;
-            Vec::new()
-        }
-        "customer.consent_changed" => {
-            consent_changed(f, ev);
-            Vec::new()
-        }
-        "customer.signed_up" | "customer.identified" | "customer.updated" => set_traits(f, ev),
-        _ => Vec::new(),
-    };
+        _ => {}
+    }
     for (name, old, new) in trait_changes {
         if let Some(old) = old.as_ref().and_then(|v| trait_index_key(&name, v, &who)) {
             views.traits.insert(old, false);
