@@ -18,6 +18,8 @@ use http_body_util::{BodyExt, Full};
 use hyper::Request;
 use hyper_util::rt::TokioIo;
 
+mod compare;
+
 #[derive(clap::Args, Clone)]
 pub struct IngestArgs {
     /// Seconds per scenario.
@@ -35,6 +37,17 @@ pub struct IngestArgs {
     /// Keep the server's data directory here instead of a temporary one.
     #[arg(long)]
     data: Option<std::path::PathBuf>,
+    /// Instead of the scenarios, measure side by side in one run: Redis with `appendfsync
+    /// always` (started on a temporary directory here) against single events, and raw
+    /// write + fdatasync of 1000-event batches against NDJSON batches of 1000.
+    #[arg(long)]
+    compare_redis: bool,
+    /// The Redis server binary for --compare-redis.
+    #[arg(long, default_value = "redis-server")]
+    redis_server: std::path::PathBuf,
+    /// The redis-benchmark binary for --compare-redis.
+    #[arg(long, default_value = "redis-benchmark")]
+    redis_benchmark: std::path::PathBuf,
 }
 
 /// A server started as a child process; dropping it stops it (SIGTERM, then waits).
@@ -355,6 +368,9 @@ pub async fn ingest(args: IngestArgs) -> Result<()> {
     );
     // Warm up connections, page cache and the dedup index.
     closed_loop(&server, "warm", 4, 100, 1).await?;
+    if args.compare_redis {
+        return compare::run(&server, &args).await;
+    }
     println!(
         "{:<52} {:>11} {:>9} {:>8} {:>8} {:>9} {:>10} {:>10}",
         "scenario", "events/s", "req/s", "p50 ms", "p99 ms", "fsyncs/s", "ev/batch", "srv>100ms"
