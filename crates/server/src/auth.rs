@@ -106,9 +106,17 @@ pub enum KeyError {
     NotFound(String),
 }
 
+/// SHA-256 of the key in lower-case hex: what `keys.json` stores. On every request's path, so
+/// the hex is written into one buffer rather than formatted byte by byte.
 fn hash(key: &str) -> String {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
     let digest = Sha256::digest(key.as_bytes());
-    digest.iter().map(|b| format!("{b:02x}")).collect()
+    let mut out = String::with_capacity(digest.len() * 2);
+    for b in digest {
+        out.push(HEX[usize::from(b >> 4)] as char);
+        out.push(HEX[usize::from(b & 0xf)] as char);
+    }
+    out
 }
 
 fn new_secret() -> String {
@@ -436,6 +444,15 @@ fn key_from_headers(headers: &HeaderMap) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// keys.json files written before stay readable: the hash is plain SHA-256 hex.
+    #[test]
+    fn the_key_hash_is_sha256_in_lower_case_hex() {
+        assert_eq!(
+            hash("abc"),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
+    }
 
     #[test]
     fn keys_are_stored_hashed_and_checked_by_scope() {
