@@ -93,3 +93,49 @@ async fn a_missing_directory_is_a_clear_error() {
     let err = SqliteStore::open(&path).await.err().unwrap();
     assert!(err.to_string().contains("state.sqlite"), "{err}");
 }
+
+/// Commits are copied back from the WAL into the database file by the checkpoint thread, not
+/// by the commit that crosses SQLite's threshold (the writer's threshold is far above what this
+/// test writes), and closing leaves no WAL behind.
+#[tokio::test]
+async fn the_checkpoint_thread_copies_commits_back_and_close_removes_the_wal() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("state.sqlite");
+    let wal = dir.path().join("state.sqlite-wal");
+    let s = SqliteStore::open(&path).await.unwrap();
+    let empty = std::fs::metadata(&path).unwrap().len();
+    let value = bytes::Bytes::from(vec![b'x'; 2000]);
+    for i in 0..50u64 {
+        let writes = (0..20)
+            .map(|k| storeline_state::Write::Put {
+                ns: "cust".into(),
+                key: format!("c-{i}-{k}"),
+                value: value.clone(),
+            })
+            .collect();
+        s.commit(storeline_state::Commit {
+            partition: 0,
+            from_offset: i,
+            to_offset: i + 1,
+            writes,
+        })
+        .await
+        .unwrap();
+    }
+    // ~2 MB of rows: the database file grows only when a checkpoint copies them back.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while std::fs::metadata(&path).unwrap().len() < empty + 1_000_000 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no checkpoint within 10 s: the database file is {} bytes, the WAL {} bytes",
+            std::fs::metadata(&path).unwrap().len(),
+            std::fs::metadata(&wal).map_or(0, |m| m.len())
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert!(wal.exists(), "the store is open: its WAL is in use");
+    s.close().await;
+    assert!(!wal.exists(), "close left {} behind", wal.display());
+    let s = SqliteStore::open(&path).await.unwrap();
+    assert_eq!(s.offsets().await.unwrap().get(&0), Some(&50));
+}
