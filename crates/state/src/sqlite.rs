@@ -316,9 +316,10 @@ impl Checkpointer {
                 }
                 // Then let more gather; a close cuts this short.
                 let until = std::time::Instant::now() + CHECKPOINT_EVERY;
-                while !inner.closed.load(Ordering::Acquire)
-                    && !inner.checkpoint_wake.wait_until(&mut n, until).timed_out()
-                {
+                while !inner.closed.load(Ordering::Acquire) {
+                    if inner.checkpoint_wake.wait_until(&mut n, until).timed_out() {
+                        break;
+                    }
                 }
                 *n = 0;
             }
