@@ -12,7 +12,7 @@
 //! It is a benchmark that prints figures, not a timed test: the aims are checked and reported,
 //! never asserted.
 
-mod counters;
+pub(crate) mod counters;
 mod figures;
 mod load;
 mod receiver;

@@ -1,6 +1,9 @@
 //! `storeline bench ingest`: starts a real server (a child process, fsync on, its own data
 //! directory) and drives it over HTTP from this process with raw keep-alive HTTP/1.1
-//! connections, printing events/s and ack latency percentiles per scenario.
+//! connections, printing events/s and ack latency percentiles per scenario, and what the server
+//! spent: fsyncs, events per fsync, its CPU (% of one core) and CPU microseconds per event. When
+//! the CPU per event times the events/s fills the cores the server can have, the scenario is
+//! CPU-bound, not disk-bound.
 //!
 //! Closed-loop scenarios find the maximum; the last one is open-loop at half the single-event
 //! maximum, with latency measured from each request's *scheduled* send time, so a stall is
@@ -335,9 +338,19 @@ async fn open_loop(
     collect(tasks, started).await
 }
 
-/// Reads `storeline_log_fsync_seconds_count`, `storeline_log_batch_records_{sum,count}` and how
-/// many requests took the server over 100 ms.
-async fn server_counters(server: &Server) -> (f64, f64, f64, f64) {
+/// What a scenario is measured by on the server's side, read before and after it.
+struct Counters {
+    fsyncs: f64,
+    batch_records: f64,
+    batches: f64,
+    slow_requests: f64,
+    /// The server process's CPU time (user + system), seconds.
+    cpu: f64,
+}
+
+/// Reads `storeline_log_fsync_seconds_count`, `storeline_log_batch_records_{sum,count}`, how
+/// many requests took the server over 100 ms, and the server's CPU time.
+async fn server_counters(server: &Server) -> Counters {
     let text = match reqwest::get(format!("http://{}/metrics", server.addr)).await {
         Ok(r) => r.text().await.unwrap_or_default(),
         Err(_) => String::new(),
@@ -348,13 +361,14 @@ async fn server_counters(server: &Server) -> (f64, f64, f64, f64) {
             .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
             .sum()
     };
-    (
-        get("storeline_log_fsync_seconds_count"),
-        get("storeline_log_batch_records_sum"),
-        get("storeline_log_batch_records_count"),
-        get("storeline_ingest_request_seconds_count")
+    Counters {
+        fsyncs: get("storeline_log_fsync_seconds_count"),
+        batch_records: get("storeline_log_batch_records_sum"),
+        batches: get("storeline_log_batch_records_count"),
+        slow_requests: get("storeline_ingest_request_seconds_count")
             - get("storeline_ingest_request_seconds_bucket{le=\"0.1\"}"),
-    )
+        cpu: crate::delivery::counters::cpu_seconds(&server.child.id().to_string()).unwrap_or(0.0),
+    }
 }
 
 pub async fn ingest(args: IngestArgs) -> Result<()> {
@@ -372,8 +386,17 @@ pub async fn ingest(args: IngestArgs) -> Result<()> {
         return compare::run(&server, &args).await;
     }
     println!(
-        "{:<52} {:>11} {:>9} {:>8} {:>8} {:>9} {:>10} {:>10}",
-        "scenario", "events/s", "req/s", "p50 ms", "p99 ms", "fsyncs/s", "ev/batch", "srv>100ms"
+        "{:<52} {:>11} {:>9} {:>8} {:>8} {:>9} {:>10} {:>10} {:>8} {:>10}",
+        "scenario",
+        "events/s",
+        "req/s",
+        "p50 ms",
+        "p99 ms",
+        "fsyncs/s",
+        "ev/batch",
+        "srv>100ms",
+        "srv CPU",
+        "µs/event"
     );
     let mut max = [0.0f64; 3];
     let scenarios: [(&str, usize, usize); 3] = [
@@ -423,18 +446,15 @@ pub async fn ingest(args: IngestArgs) -> Result<()> {
     Ok(())
 }
 
-fn print_row(
-    name: &str,
-    o: &mut Outcome,
-    before: (f64, f64, f64, f64),
-    after: (f64, f64, f64, f64),
-) {
+fn print_row(name: &str, o: &mut Outcome, before: Counters, after: Counters) {
     let secs = o.elapsed.as_secs_f64().max(1e-9);
-    let fsyncs = (after.0 - before.0) / secs;
-    let per_batch = (after.1 - before.1) / (after.2 - before.2).max(1.0);
+    let fsyncs = (after.fsyncs - before.fsyncs) / secs;
+    let per_batch =
+        (after.batch_records - before.batch_records) / (after.batches - before.batches).max(1.0);
+    let cpu = after.cpu - before.cpu;
     let (p50, p99) = (o.pct(0.5), o.pct(0.99));
     println!(
-        "{:<52} {:>11.0} {:>9.0} {:>8.2} {:>8.2} {:>9.0} {:>10.1} {:>10.0}",
+        "{:<52} {:>11.0} {:>9.0} {:>8.2} {:>8.2} {:>9.0} {:>10.1} {:>10.0} {:>7.0}% {:>10.1}",
         name,
         o.rate(),
         o.requests as f64 / secs,
@@ -442,6 +462,8 @@ fn print_row(
         p99,
         fsyncs,
         per_batch,
-        after.3 - before.3
+        after.slow_requests - before.slow_requests,
+        cpu / secs * 100.0,
+        cpu * 1e6 / (o.events.max(1) as f64)
     );
 }

@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 
 use super::{IngestArgs, Outcome, Server, Template, closed_loop, push_event};
+use crate::delivery::counters::cpu_seconds;
 
 /// Clients for Redis and connections for Storeline's single events: the issue's setting.
 const CLIENTS: usize = 50;
@@ -29,8 +30,12 @@ pub(super) async fn run(server: &Server, args: &IngestArgs) -> Result<()> {
         args.seconds
     );
     let redis = redis(args).await?;
+    let cpu = || cpu_seconds(&server.child.id().to_string()).unwrap_or(0.0);
+    let before = cpu();
     let mut single = closed_loop(server, "cmp1", CLIENTS, 1, args.seconds).await?;
+    let single_cpu = cpu() - before;
     let raw = raw_ceiling(args.seconds, 1000)?;
+    let before = cpu();
     let mut batches = closed_loop(
         server,
         "cmp1000",
@@ -39,21 +44,32 @@ pub(super) async fn run(server: &Server, args: &IngestArgs) -> Result<()> {
         args.seconds,
     )
     .await?;
+    let batches_cpu = cpu() - before;
 
     println!(
-        "{:<60} {:>10} {:>8} {:>8} {:>7} {:>14}",
-        "durable ingest, one run, one disk", "events/s", "p50 ms", "p99 ms", "ratio", "aim"
+        "{:<60} {:>10} {:>8} {:>8} {:>7} {:>14} {:>12}",
+        "durable ingest, one run, one disk",
+        "events/s",
+        "p50 ms",
+        "p99 ms",
+        "ratio",
+        "aim",
+        "srv µs/event"
     );
     println!(
-        "{:<60} {:>10.0} {:>8.2} {:>8.2}",
+        "{:<60} {:>10.0} {:>8.2} {:>8.2} {:>7} {:>14} {:>12.1}",
         format!("Redis XADD, appendfsync always, {CLIENTS} clients, P=1"),
         redis.rps,
         redis.p50_ms,
-        redis.p99_ms
+        redis.p99_ms,
+        "",
+        "",
+        redis.cpu_us_per_op
     );
     row(
         &format!("Storeline single events, {CLIENTS} connections"),
         &mut single,
+        single_cpu,
         redis.rps,
         1.5,
     );
@@ -67,23 +83,30 @@ pub(super) async fn run(server: &Server, args: &IngestArgs) -> Result<()> {
             args.batch_connections
         ),
         &mut batches,
+        batches_cpu,
         raw,
         0.5,
+    );
+    println!(
+        "(srv µs/event: CPU time of the server process per event; the bench client and \
+         redis-benchmark run on the same cores)"
     );
     Ok(())
 }
 
-fn row(name: &str, o: &mut Outcome, peer: f64, aim: f64) {
+/// One Storeline row: its rate against `peer`'s, and the server's CPU seconds `cpu` per event.
+fn row(name: &str, o: &mut Outcome, cpu: f64, peer: f64, aim: f64) {
     let ratio = o.rate() / peer.max(1e-9);
     let verdict = if ratio >= aim { "met" } else { "not met" };
     println!(
-        "{:<60} {:>10.0} {:>8.2} {:>8.2} {:>6.2}× {:>14}",
+        "{:<60} {:>10.0} {:>8.2} {:>8.2} {:>6.2}× {:>14} {:>12.1}",
         name,
         o.rate(),
         o.pct(0.5),
         o.pct(0.99),
         ratio,
-        format!("≥ {aim}× {verdict}")
+        format!("≥ {aim}× {verdict}"),
+        cpu * 1e6 / o.events.max(1) as f64
     );
 }
 
@@ -91,6 +114,8 @@ struct RedisFigures {
     rps: f64,
     p50_ms: f64,
     p99_ms: f64,
+    /// Redis's CPU time per `XADD` in the measured run, µs.
+    cpu_us_per_op: f64,
 }
 
 /// A `redis-server` child with AOF `appendfsync always` in a temporary directory.
@@ -186,7 +211,11 @@ async fn redis(args: &IngestArgs) -> Result<RedisFigures> {
     };
     let calibration = tokio::task::block_in_place(|| bench(10_000))?;
     let n = (calibration.rps * args.seconds as f64).max(10_000.0) as u64;
-    tokio::task::block_in_place(|| bench(n))
+    let pid = redis.child.id().to_string();
+    let before = cpu_seconds(&pid).unwrap_or(0.0);
+    let mut figures = tokio::task::block_in_place(|| bench(n))?;
+    figures.cpu_us_per_op = (cpu_seconds(&pid).unwrap_or(0.0) - before) * 1e6 / n as f64;
+    Ok(figures)
 }
 
 /// The last line of `redis-benchmark --csv`: `"name","rps","avg","min","p50","p95","p99","max"`.
@@ -211,6 +240,7 @@ fn parse_csv(out: &str) -> Result<RedisFigures> {
         rps: fields[6],
         p50_ms: fields[3],
         p99_ms: fields[1],
+        cpu_us_per_op: 0.0,
     })
 }
 
