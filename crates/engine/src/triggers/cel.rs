@@ -45,6 +45,9 @@ pub struct Expr {
     pub uses_agg: bool,
     /// With a comprehension, the variables it reads (checked against [`limits::MAX_ITEMS`]).
     comprehension_reads: Option<Vec<String>>,
+    /// For a plain path into the event (`event.customer`, `event.data.card_fingerprint`), its
+    /// fields after `event`: [`EventScope::key`] reads it from the JSON without CEL.
+    event_path: Option<Vec<String>>,
 }
 
 impl std::fmt::Debug for Expr {
@@ -73,6 +76,50 @@ impl Scope {
     pub fn set(&mut self, name: &'static str, value: Cel) {
         self.vars.retain(|(n, _)| *n != name);
         self.vars.push((name, value));
+    }
+}
+
+/// `event.a.b…` with identifiers only: the fields after `event`.
+fn event_path(source: &str) -> Option<Vec<String>> {
+    let mut parts = source.trim().split('.');
+    if parts.next()? != "event" {
+        return None;
+    }
+    let fields: Vec<String> = parts.map(str::to_owned).collect();
+    let ident = |f: &String| {
+        f.chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+            && f.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+    };
+    (!fields.is_empty() && fields.iter().all(ident)).then_some(fields)
+}
+
+/// The scope `event` alone makes, built on first use: most aggregate keys are plain paths that
+/// need no CEL value of the whole event (building it was a tenth of the engine's CPU with one
+/// windowed count per customer).
+pub struct EventScope<'a> {
+    event: &'a Value,
+    scope: Option<Scope>,
+}
+
+impl<'a> EventScope<'a> {
+    pub fn new(event: &'a Value) -> EventScope<'a> {
+        EventScope { event, scope: None }
+    }
+
+    pub fn scope(&mut self) -> &Scope {
+        let event = self.event;
+        self.scope
+            .get_or_insert_with(|| Scope::default().with("event", event))
+    }
+
+    /// [`Expr::key`] over `event`, without CEL for a plain path.
+    pub fn key(&mut self, e: &Expr) -> Result<Option<String>, String> {
+        match e.path_key(self.event) {
+            Some(k) => k,
+            None => e.key(self.scope()),
+        }
     }
 }
 
@@ -121,8 +168,29 @@ impl Expr {
             uses_customer: refs.has_variable("customer"),
             uses_agg: refs.has_variable("agg"),
             comprehension_reads,
+            event_path: event_path(source),
             program,
         })
+    }
+
+    /// [`key`](Self::key) of a plain event path, read from the event's JSON: `None` when the
+    /// expression is not one, or its value is a list or a map (those go through CEL). A missing
+    /// field, or a field of something that is not a map, is an error, as in CEL.
+    fn path_key(&self, event: &Value) -> Option<Result<Option<String>, String>> {
+        let path = self.event_path.as_ref()?;
+        let mut v = event;
+        for field in path {
+            match v.as_object().map(|o| o.get(field)) {
+                Some(Some(next)) => v = next,
+                _ => return Some(Err(format!("'{}': no such key: {field}", self.source))),
+            }
+        }
+        Some(Ok(match v {
+            Value::Null => None,
+            Value::String(s) => Some(s.clone()),
+            Value::Bool(_) | Value::Number(_) => Some(v.to_string()),
+            Value::Array(_) | Value::Object(_) => return None,
+        }))
     }
 
     fn run(&self, scope: &Scope) -> Result<Cel, String> {
@@ -221,6 +289,59 @@ mod tests {
     use super::*;
     use serde_json::json;
 
+    /// A plain path read from the JSON gives what CEL gives: the same key, and an error where
+    /// CEL errs; lists and maps still go through CEL.
+    #[test]
+    fn a_plain_event_path_keys_as_cel_does() {
+        let events = [
+            json!({"customer": "c-1", "data": {"card": "fp", "n": 5, "f": 2.5, "w": 3.0,
+                    "b": true, "z": null, "big": 18446744073709551615u64, "l": [1], "m": {"a": 1},
+                    "s": "x"}}),
+            json!({"customer": null, "data": "not a map"}),
+            json!({}),
+        ];
+        let exprs = [
+            "event.customer",
+            "event.data.card",
+            "event.data.n",
+            "event.data.f",
+            "event.data.w",
+            "event.data.b",
+            "event.data.z",
+            "event.data.big",
+            "event.data.l",
+            "event.data.m",
+            "event.data.missing",
+            "event.data.s.deeper",
+            "event.nope",
+            " event.data.card ",
+        ];
+        for ev in &events {
+            for src in exprs {
+                let e = Expr::compile(src).unwrap();
+                assert!(e.event_path.is_some(), "{src} is a plain path");
+                let by_cel = e.key(&Scope::default().with("event", ev));
+                let fast = EventScope::new(ev).key(&e);
+                assert_eq!(
+                    fast.is_ok(),
+                    by_cel.is_ok(),
+                    "{src} on {ev}: {fast:?} vs {by_cel:?}"
+                );
+                if let (Ok(a), Ok(b)) = (&fast, &by_cel) {
+                    assert_eq!(a, b, "{src} on {ev}");
+                }
+            }
+        }
+        for src in [
+            "event.data.n + 1",
+            "event['customer']",
+            "customer.id",
+            "event",
+            "agg.x",
+        ] {
+            assert!(Expr::compile(src).unwrap().event_path.is_none(), "{src}");
+        }
+    }
     #[test]
     fn conditions_see_event_customer_and_agg() {
         let scope = Scope::default()

@@ -12,7 +12,7 @@
 use serde_json::{Map, Value, json};
 
 use super::arbitrate::next_local_time;
-use super::cel::Scope;
+use super::cel::{EventScope, Scope};
 use super::def::{AggFn, Continue, Match, Step, Trigger};
 use super::rows::{self, Decision, Phase, Run, Status, Target, Window};
 use super::window::{add_to_window, combine};
@@ -44,22 +44,22 @@ impl Machine<'_> {
     /// Updates aggregates with `doc`: the stored original into `agg`, a forwarded copy into
     /// `aggf` (`copy`).
     pub fn aggregate(&mut self, doc: &Doc, copy: bool) {
-        let scope = Scope::default().with("event", &doc.value);
+        let mut scope = EventScope::new(&doc.value);
         for a in &self.reg.current.aggregates {
             if !a.on.contains(&doc.ty) {
                 continue;
             }
             if let Some(w) = &a.when
-                && w.test(&scope) != Ok(true)
+                && w.test(scope.scope()) != Ok(true)
             {
                 continue;
             }
-            let Ok(Some(key)) = a.key.key(&scope) else {
+            let Ok(Some(key)) = scope.key(&a.key) else {
                 continue;
             };
             let value = match (&a.value, a.func) {
                 (_, AggFn::Count) => None,
-                (Some(v), _) => match v.value(&scope) {
+                (Some(v), _) => match v.value(scope.scope()) {
                     Ok(v) => Some(v),
                     Err(_) => continue,
                 },
@@ -77,10 +77,10 @@ impl Machine<'_> {
 
     /// `agg` for a condition: every aggregate's value for this event's key.
     pub(super) fn agg_scope(&self, doc: &Doc) -> Value {
-        let scope = Scope::default().with("event", &doc.value);
+        let mut scope = EventScope::new(&doc.value);
         let mut out = Map::new();
         for a in &self.reg.current.aggregates {
-            let v = match a.key.key(&scope) {
+            let v = match scope.key(&a.key) {
                 Ok(Some(key)) => {
                     let k = format!("{}{}{key}", a.name, rows::SEP);
                     let windows: Vec<Window> = [self.views.agg.get(&k), self.views.aggf.get(&k)]

@@ -246,11 +246,11 @@ impl Stage {
         let Some((doc, here)) = doc_of(ev) else {
             return;
         };
-        let scope = cel::Scope::default().with("event", &doc.value);
+        let mut scope = cel::EventScope::new(&doc.value);
         if let Some(copy) = self.counts(ev, partition) {
             for a in &self.reg.current.aggregates {
                 if a.on.contains(&doc.ty)
-                    && let Ok(Some(k)) = a.key.key(&scope)
+                    && let Ok(Some(k)) = scope.key(&a.key)
                 {
                     let k = format!("{}{}{k}", a.name, rows::SEP);
                     if copy {
@@ -288,12 +288,12 @@ impl Stage {
             }
             let k = match &t.key {
                 None => String::new(),
-                Some(e) => e.key(&scope).ok().flatten().unwrap_or_default(),
+                Some(e) => scope.key(e).ok().flatten().unwrap_or_default(),
             };
             keys.run.insert(rows::run_key(&customer, &t.name, &k));
             if t.when.as_ref().is_some_and(|w| w.uses_agg) {
                 for a in &self.reg.current.aggregates {
-                    if let Ok(Some(k)) = a.key.key(&scope) {
+                    if let Ok(Some(k)) = scope.key(&a.key) {
                         let k = format!("{}{}{k}", a.name, rows::SEP);
                         keys.agg.insert(k.clone());
                         keys.aggf.insert(k);
