@@ -237,7 +237,7 @@ fn init_tracing(format: &str) {
 /// touch of a 2 MiB region then makes the kernel zero all of it, and the engine's churn of
 /// short-lived buffers kept faulting fresh ones in: `clear_page_erms` under
 /// `do_huge_pmd_anonymous_page` was 16% of `bench engine`'s CPU. With 4 KiB pages, views and
-/// replay ran 20–30% faster on this machine (README, Performance).
+/// replay ran 1.18× and 1.10× as fast on this machine (README, Performance).
 fn no_huge_pages() {
     if std::env::var_os("MIMALLOC_ALLOW_THP").is_some() {
         return;
