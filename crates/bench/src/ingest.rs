@@ -190,36 +190,57 @@ fn push_event(out: &mut Vec<u8>, run: &str, n: u64) {
 }
 
 /// A request body of `batch` events, built once; [`Template::render`] gives each request fresh
-/// ids by rewriting only the id digits, so the client spends its CPU on HTTP, not on JSON.
+/// ids (and subjects) by rewriting only their digits, so the client spends its CPU on HTTP, not
+/// on JSON.
 struct Template {
     body: Vec<u8>,
     id_at: Vec<usize>,
+    subject_at: Vec<usize>,
 }
+
+/// Digits of the subject `cus-NNNNNN` that [`push_event`] writes.
+const SUBJECT_DIGITS: usize = 6;
 
 impl Template {
     fn new(run: &str, batch: usize) -> Template {
         let mut body = Vec::with_capacity(batch * 420);
         let mut id_at = Vec::with_capacity(batch);
+        let mut subject_at = Vec::with_capacity(batch);
+        const SUBJECT: &[u8] = br#""subject":"cus-"#;
         for i in 0..batch {
             let start = body.len();
             push_event(&mut body, run, i as u64);
             id_at.push(start + r#"{"id":""#.len() + run.len() + 1);
+            let subject = body[start..]
+                .windows(SUBJECT.len())
+                .position(|w| w == SUBJECT)
+                .map_or(0, |p| start + p + SUBJECT.len());
+            subject_at.push(subject);
             if batch > 1 {
                 body.push(b'\n');
             }
         }
-        Template { body, id_at }
+        Template {
+            body,
+            id_at,
+            subject_at,
+        }
     }
 
-    /// The body with event ids `first..first + batch`.
+    /// The body with event ids `first..first + batch`, and the subjects [`push_event`] gives
+    /// them (so consecutive single events belong to different customers and partitions).
     fn render(&self, first: u64) -> Vec<u8> {
-        let mut body = self.body.clone();
-        for (i, &at) in self.id_at.iter().enumerate() {
-            let mut n = first + i as u64;
-            for d in body[at..at + ID_DIGITS].iter_mut().rev() {
+        fn digits(out: &mut [u8], mut n: u64) {
+            for d in out.iter_mut().rev() {
                 *d = b'0' + (n % 10) as u8;
                 n /= 10;
             }
+        }
+        let mut body = self.body.clone();
+        for (i, (&id, &subject)) in self.id_at.iter().zip(&self.subject_at).enumerate() {
+            let n = first + i as u64;
+            digits(&mut body[id..id + ID_DIGITS], n);
+            digits(&mut body[subject..subject + SUBJECT_DIGITS], n % 100_000);
         }
         body
     }
@@ -466,4 +487,37 @@ fn print_row(name: &str, o: &mut Outcome, before: Counters, after: Counters) {
         cpu / secs * 100.0,
         cpu * 1e6 / (o.events.max(1) as f64)
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A rendered body numbers the ids and the subjects that go with them, so single events
+    /// spread over customers and partitions (the cart and SKU stay those of the template).
+    #[test]
+    fn a_rendered_template_numbers_ids_and_subjects() {
+        for batch in [1usize, 3] {
+            let t = Template::new("run", batch);
+            for first in [0u64, 7, 123_456, 999_999_999] {
+                let body = t.render(first);
+                let events: Vec<serde_json::Value> = body
+                    .split(|&b| b == b'\n')
+                    .filter(|line| !line.is_empty())
+                    .map(|line| serde_json::from_slice(line).unwrap_or_default())
+                    .collect();
+                assert_eq!(events.len(), batch);
+                for (i, e) in events.iter().enumerate() {
+                    let n = first + i as u64;
+                    assert_eq!(
+                        e["id"],
+                        format!("run-{n:012}"),
+                        "batch {batch}, first {first}"
+                    );
+                    assert_eq!(e["subject"], format!("cus-{:06}", n % 100_000));
+                    assert_eq!(e["type"], "cart.item_added");
+                }
+            }
+        }
+    }
 }
