@@ -481,6 +481,13 @@ fn verify(data: PathBuf, json: bool) -> Result<()> {
     }
     if !json {
         println!("every batch checksum is valid");
+        if report.journal_batches > 0 {
+            println!(
+                "{} batch(es) are in the journal (log/journal.wal) and not yet in their segments; \
+                 the next start writes them back",
+                report.journal_batches
+            );
+        }
     }
     Ok(())
 }

@@ -202,11 +202,12 @@ pub enum LogBackend {
 #[serde(deny_unknown_fields, default)]
 pub struct LogConfig {
     pub backend: LogBackend,
-    /// See [`FileLogConfig`] for these four.
+    /// See [`FileLogConfig`] for these five.
     pub partitions: u32,
     pub segment_bytes: u64,
     pub max_batch_bytes: u64,
     pub fsync: bool,
+    pub journal_bytes: u64,
     /// How long events are kept: whole segments older than this are deleted. `"forever"` keeps
     /// everything. Must be at least `ingest.dedup_window`.
     #[serde(with = "retention_str")]
@@ -222,6 +223,7 @@ impl Default for LogConfig {
             segment_bytes: f.segment_bytes,
             max_batch_bytes: f.max_batch_bytes,
             fsync: f.fsync,
+            journal_bytes: f.journal_bytes,
             retention: None,
         }
     }
@@ -234,6 +236,7 @@ impl LogConfig {
             segment_bytes: self.segment_bytes,
             max_batch_bytes: self.max_batch_bytes,
             fsync: self.fsync,
+            journal_bytes: self.journal_bytes,
         }
     }
 }

@@ -3,20 +3,25 @@
 //!
 //! ```text
 //!  <dir>/log.json                      format version and partition count
+//!  <dir>/journal.wal                   shared journal: one sync for all partitions' rounds
 //!  <dir>/p-003/00000000000000000000.log   sealed segment (exact size) + .idx
 //!  <dir>/p-003/00000000000000184467.log   active segment (preallocated, zero-filled)
 //! ```
 //!
 //! Each partition has one writer thread ([`writer`]): appends queue up while it is busy, and each
 //! round writes everything queued as ONE batch with one write and one fdatasync, then
-//! acknowledges all of them. One batch per sync is what makes recovery exact: a crash can only
-//! tear the last batch, so a bad batch followed by any valid one is corruption, not a torn tail.
+//! acknowledges all of them. The fdatasync is the shared journal's ([`journal`]): one sync for
+//! the rounds of all partitions, replayed into the segments on open. A writer waits for its
+//! round's sync before it writes the next batch, which is what makes recovery exact: a crash can
+//! only tear the last batch, so a bad batch followed by any valid one is corruption, not a torn
+//! tail.
 //!
 //! The one case recovery cannot tell apart: bit rot inside the *last* batch looks exactly like a
 //! torn write, so it is truncated like one (and logged with the byte count). Everything before
 //! the last batch is protected by the "a valid batch follows" rule.
 
 pub mod format;
+pub mod journal;
 pub mod segment;
 pub mod verify;
 mod writer;
@@ -32,6 +37,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{oneshot, watch};
 
 use self::format::HEADER_LEN;
+use self::journal::Journal;
 use self::segment::{Scan, Segment, scan, segment_path, valid_header_after};
 use crate::{AppendAck, Bounds, Error, EventLog, Record, Result, StoredRecord};
 
@@ -53,6 +59,10 @@ pub struct FileLogConfig {
     /// fdatasync every batch before acknowledging. Turning this off loses acknowledged events on
     /// a machine crash; it exists for benchmarks that want to see the cost.
     pub fsync: bool,
+    /// Size of the shared journal (`journal.wal`, preallocated), through which one fdatasync
+    /// makes the rounds of all partitions durable. 0 turns it off: each partition writer then
+    /// syncs its own segment file.
+    pub journal_bytes: u64,
 }
 
 impl Default for FileLogConfig {
@@ -62,6 +72,7 @@ impl Default for FileLogConfig {
             segment_bytes: 32 << 20,
             max_batch_bytes: 8 << 20,
             fsync: true,
+            journal_bytes: 64 << 20,
         }
     }
 }
@@ -92,6 +103,14 @@ impl FileLogConfig {
             problems.push(format!(
                 "{prefix}max_batch_bytes: must be between 4096 and segment_bytes ({}), got {}",
                 self.segment_bytes, self.max_batch_bytes
+            ));
+        }
+        if self.journal_bytes != 0
+            && !(64 * 1024..=u64::from(u32::MAX)).contains(&self.journal_bytes)
+        {
+            problems.push(format!(
+                "{prefix}journal_bytes: must be 0 (off) or between 65536 and 4 GiB, got {}",
+                self.journal_bytes
             ));
         }
         problems
@@ -136,6 +155,7 @@ struct Partition {
     spare: Arc<Mutex<Spare>>,
     sealed_bytes: AtomicU64,
     bytes_gauge: metrics::Gauge,
+    journal: Option<Arc<Journal>>,
 }
 
 impl Partition {
@@ -200,6 +220,8 @@ struct Inner {
     lock: Mutex<Option<File>>,
     partitions: Vec<Arc<Partition>>,
     writers: Mutex<Vec<std::thread::JoinHandle<()>>>,
+    journal: Option<Arc<Journal>>,
+    journal_thread: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
 
 impl std::fmt::Debug for FileLog {
@@ -365,9 +387,27 @@ impl FileLog {
             Err(e) => return Err(Error::io(&meta_path, e)),
         }
 
+        // Batches acknowledged through the journal may not be in their segments yet: put them
+        // back before the partitions are scanned (also when the journal is now turned off).
+        let contents = journal::replay(&dir)?;
+        let journal = if config.fsync && config.journal_bytes > 0 {
+            Some(Arc::new(Journal::open(
+                &dir,
+                config.journal_bytes,
+                contents.next_seq,
+            )?))
+        } else {
+            let path = dir.join(journal::JOURNAL_FILE);
+            match std::fs::remove_file(&path) {
+                Ok(()) => sync_dir(&dir)?,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(Error::io(&path, e)),
+            }
+            None
+        };
         let mut partitions = Vec::new();
         for p in 0..config.partitions {
-            partitions.push(Arc::new(open_partition(&dir, p, &config)?));
+            partitions.push(Arc::new(open_partition(&dir, p, &config, journal.clone())?));
         }
         // The partition directories' entries must survive a power loss like their contents.
         sync_dir(&dir)?;
@@ -380,12 +420,26 @@ impl FileLog {
                 .map_err(|e| Error::io(&dir, e))?;
             writers.push(handle);
         }
+        let journal_thread = match &journal {
+            Some(j) => {
+                let j = Arc::clone(j);
+                Some(
+                    std::thread::Builder::new()
+                        .name("log-journal".into())
+                        .spawn(move || j.run())
+                        .map_err(|e| Error::io(&dir, e))?,
+                )
+            }
+            None => None,
+        };
         Ok(FileLog {
             inner: Arc::new(Inner {
                 lock: Mutex::new(Some(lock)),
                 dir,
                 partitions,
                 writers: Mutex::new(writers),
+                journal,
+                journal_thread: Mutex::new(journal_thread),
             }),
         })
     }
@@ -401,7 +455,12 @@ impl FileLog {
     }
 }
 
-fn open_partition(dir: &Path, p: u32, config: &FileLogConfig) -> Result<Partition> {
+fn open_partition(
+    dir: &Path,
+    p: u32,
+    config: &FileLogConfig,
+    journal: Option<Arc<Journal>>,
+) -> Result<Partition> {
     let pdir = partition_dir(dir, p);
     std::fs::create_dir_all(&pdir).map_err(|e| Error::io(&pdir, e))?;
     // Leftovers of an interrupted segment creation or roll are never part of the log.
@@ -508,6 +567,7 @@ fn open_partition(dir: &Path, p: u32, config: &FileLogConfig) -> Result<Partitio
         spare: Arc::new(Mutex::new(Spare::Empty)),
         sealed_bytes: AtomicU64::new(sealed_bytes),
         bytes_gauge,
+        journal,
     };
     part.update_bytes_gauge();
     Ok(part)
@@ -727,8 +787,15 @@ impl EventLog for FileLog {
             p.wake.notify_all();
         }
         let handles: Vec<_> = std::mem::take(&mut *self.inner.writers.lock());
+        let journal = self.inner.journal.clone();
+        let journal_thread = self.inner.journal_thread.lock().take();
         tokio::task::spawn_blocking(move || {
             for h in handles {
+                let _ = h.join();
+            }
+            // The writers are done: the journal syncs the segments and starts over empty.
+            if let (Some(j), Some(h)) = (journal, journal_thread) {
+                j.close();
                 let _ = h.join();
             }
         })

@@ -6,6 +6,9 @@
 //!  append() ──push──► queue ──┘      (appends arriving meanwhile wait for the next round)
 //! ```
 //!
+//! With the shared journal on (the default, see [`super::journal`]) the sync is the journal's,
+//! shared with the other partitions' rounds; without it the writer syncs its own segment.
+//!
 //! No timer: the time one round spends in fdatasync is the batching window, so a lone append is
 //! acknowledged after one sync and a busy partition gets big batches. An fsync error stops the
 //! writer for good: after a failed fsync the kernel may have dropped the dirty pages, so a retry
@@ -164,14 +167,21 @@ fn write_round(p: &Partition, round: &[Pending], bytes: u64, buf: &mut Vec<u8>) 
     }
     if p.config.fsync {
         let t = Instant::now();
-        if let Err(e) = active.file.sync_data() {
-            return Err(stop(
-                p,
-                format!("fdatasync of {} failed: {e}", active.path.display()),
-            ));
+        if let Some(journal) = &p.journal {
+            // The journal thread syncs this round together with the other partitions' rounds.
+            journal
+                .commit(p.id, &active, pos, buf)
+                .map_err(|why| stop(p, why))?;
+        } else {
+            if let Err(e) = active.file.sync_data() {
+                return Err(stop(
+                    p,
+                    format!("fdatasync of {} failed: {e}", active.path.display()),
+                ));
+            }
+            metrics::histogram!("storeline_log_fsync_seconds").record(t.elapsed().as_secs_f64());
         }
         let took = t.elapsed();
-        metrics::histogram!("storeline_log_fsync_seconds").record(took.as_secs_f64());
         if took.as_millis() >= 100 {
             tracing::warn!(
                 partition = p.id,
