@@ -223,13 +223,10 @@ impl Inner {
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(&e)?;
         let partition = i64::from(c.partition);
+        // Cached statements: compiling SQL at each commit showed in profiles of small batches.
         let stored: Option<i64> = tx
-            .query_row(
-                "SELECT next FROM offsets WHERE partition = ?1",
-                [partition],
-                |r| r.get(0),
-            )
-            .optional()
+            .prepare_cached("SELECT next FROM offsets WHERE partition = ?1")
+            .and_then(|mut st| st.query_row([partition], |r| r.get(0)).optional())
             .map_err(&e)?;
         let stored: u64 = from_db(stored.unwrap_or(0), "offset")?;
         if stored != c.from_offset {
@@ -253,11 +250,11 @@ impl Inner {
         }
         // `validate` checked the offset fits in i64.
         let next = i64::try_from(c.to_offset).unwrap_or(i64::MAX);
-        tx.execute(
+        tx.prepare_cached(
             "INSERT INTO offsets (partition, next) VALUES (?1, ?2) \
              ON CONFLICT (partition) DO UPDATE SET next = excluded.next",
-            [partition, next],
         )
+        .and_then(|mut st| st.execute([partition, next]))
         .map_err(&e)?;
         tx.commit().map_err(&e)?;
         drop(guard);
