@@ -71,6 +71,9 @@ pub struct EngineConfig {
     pub projection: ProjectionConfig,
     /// Most records applied and committed at once.
     pub batch_max: usize,
+    /// While records keep arriving, how long a writer gathers them after its last batch before
+    /// it applies the next (see `Runner::linger`). Zero applies at once.
+    pub linger: Duration,
     /// How long an unpaid order holds its stock unless the command says otherwise.
     pub reservation_ttl: Duration,
 }
@@ -80,6 +83,7 @@ impl Default for EngineConfig {
         EngineConfig {
             projection: ProjectionConfig::default(),
             batch_max: 16384,
+            linger: Duration::from_millis(2),
             reservation_ttl: Duration::from_secs(15 * 60),
         }
     }
@@ -152,6 +156,7 @@ impl<S: StateStore> Engine<S> {
         let mut rx = Some(rx);
         let rcfg = Arc::new(RunnerConfig {
             batch_max: config.batch_max,
+            linger: config.linger,
             reservation_ttl_ms: config.reservation_ttl.as_millis() as i64,
             source: "storeline/commands".into(),
         });
@@ -179,6 +184,7 @@ impl<S: StateStore> Engine<S> {
                 status: st,
                 marks: marks.clone(),
                 self_tick: None,
+                last_step: None,
             };
             runner.applier.load_triggers(Some(commerce)).await?;
             let stage = &runner.applier.triggers;

@@ -62,6 +62,7 @@ pub struct CommandOutcome {
 /// How a runner is set up.
 pub struct RunnerConfig {
     pub batch_max: usize,
+    pub linger: Duration,
     pub reservation_ttl_ms: i64,
     pub source: String,
 }
@@ -86,7 +87,12 @@ pub struct Runner<L, S, A> {
     pub marks: Arc<crate::watermark::Marks>,
     /// The clock another writer asked for that a tick of this one's is on its way to.
     pub self_tick: Option<i64>,
+    /// When the last batch was applied (for [`Runner::linger`]).
+    pub last_step: Option<std::time::Instant>,
 }
+
+/// A writer lingers only while fewer records than this wait: a backlog is applied at once.
+const LINGER_RECORDS: u64 = 256;
 
 fn now_ms() -> i64 {
     chrono::Utc::now().timestamp_millis()
@@ -142,7 +148,13 @@ impl<L: EventLog, S: StateStore, A: Appender> Runner<L, S, A> {
                 .unwrap_or(self.applier.next);
             self.report_lag(end);
             if self.applier.next < end {
-                match self.step(end).await {
+                if let Some(wait) = self.linger(end) {
+                    tokio::time::sleep(wait).await;
+                    continue;
+                }
+                let result = self.step(end).await;
+                self.last_step = Some(std::time::Instant::now());
+                match result {
                     Ok(()) => {
                         backoff = Duration::from_millis(50);
                         self.status.succeeded();
@@ -187,6 +199,19 @@ impl<L: EventLog, S: StateStore, A: Appender> Runner<L, S, A> {
                 _ = shutdown.changed() => {}
             }
         }
+    }
+
+    /// How long to wait before applying the records up to `end`: while records keep arriving
+    /// one or two at a time (single events spread over all partitions), each batch costs a
+    /// state-store commit and several thread hand-offs for almost no records. A writer that
+    /// applied a batch less than `linger` ago, and has only a few records waiting, gathers
+    /// until `linger` has passed since that batch. A writer that was idle, or has a backlog,
+    /// applies at once, so a lone event is not delayed.
+    fn linger(&self, end: u64) -> Option<Duration> {
+        let linger = self.cfg.linger;
+        let since = self.last_step?.elapsed();
+        (!linger.is_zero() && since < linger && end - self.applier.next < LINGER_RECORDS)
+            .then(|| linger - since)
     }
 
     /// How long until the earliest pending timer is due (`None`: no timer, or its tick is out).

@@ -371,3 +371,70 @@ fn concurrent_commands_never_oversell() {
         assert_eq!(storeline_state::digest(&*store).await.unwrap(), storeline_state::digest(&*replayed).await.unwrap());
     });
 }
+
+/// `linger`: a writer whose last batch was moments ago gathers a few more records before it
+/// applies them, while a writer that was idle for longer, or one with a backlog, applies at
+/// once. The linger here is long (5 s) so that the checks need no tight timing.
+#[test]
+fn a_busy_writer_lingers_but_an_idle_one_or_a_backlog_applies_at_once() {
+    common::runtime().block_on(async {
+        let dir = tempfile::tempdir().unwrap();
+        let log = Arc::new(MemoryLog::new(PARTITIONS));
+        let store = fresh(&dir, "linger.db").await;
+        let (_stop, stop_rx) = tokio::sync::watch::channel(false);
+        let linger = Duration::from_secs(5);
+        let cfg = EngineConfig {
+            linger,
+            ..EngineConfig::default()
+        };
+        let engine = Engine::start(
+            log.clone(),
+            store,
+            Arc::new(MemAppender(log.clone())),
+            cfg,
+            stop_rx,
+        )
+        .await
+        .unwrap();
+        let p = (engine.commerce_partition() + 1) % PARTITIONS;
+        let record = |n: usize| Record {
+            timestamp: 1_000,
+            key: Bytes::from_static(b"cus-1"),
+            value: Bytes::from(stored(
+                n,
+                "page.viewed",
+                "cus-1",
+                1_000,
+                json!({ "url": "/" }),
+            )),
+        };
+
+        // A writer that has applied nothing yet applies at once.
+        log.append(p, vec![record(0)]).await.unwrap();
+        assert!(
+            engine.wait_applied(p, 0, Duration::from_secs(4)).await,
+            "a first record waited"
+        );
+        // Right after a batch, a lone record waits for the linger.
+        log.append(p, vec![record(1)]).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert_eq!(engine.applied()[p as usize], 1, "a busy writer lingers");
+        assert!(
+            engine.wait_applied(p, 1, Duration::from_secs(10)).await,
+            "the linger ends"
+        );
+        // Idle for longer than the linger: the next record is applied at once.
+        tokio::time::sleep(linger + Duration::from_millis(500)).await;
+        log.append(p, vec![record(2)]).await.unwrap();
+        assert!(
+            engine.wait_applied(p, 2, Duration::from_secs(4)).await,
+            "an idle writer waited"
+        );
+        // A backlog right after a batch is applied at once too.
+        log.append(p, (3..300).map(record).collect()).await.unwrap();
+        assert!(
+            engine.wait_applied(p, 299, Duration::from_secs(4)).await,
+            "a backlog waited"
+        );
+    });
+}

@@ -307,6 +307,10 @@ impl Default for PostgresSection {
 pub struct EngineSection {
     /// Most events a partition's writer applies and commits in one transaction.
     pub batch_max: usize,
+    /// While events keep arriving, how long a partition's writer gathers them after a batch
+    /// before it applies the next; an idle writer applies at once. "0s" turns it off.
+    #[serde(with = "humantime_serde_str")]
+    pub linger: Duration,
     /// How long an unpaid order holds its stock (order.place may set its own).
     #[serde(with = "humantime_serde_str")]
     pub reservation_ttl: Duration,
@@ -319,6 +323,7 @@ impl Default for EngineSection {
     fn default() -> Self {
         EngineSection {
             batch_max: 16384,
+            linger: Duration::from_millis(2),
             reservation_ttl: Duration::from_secs(15 * 60),
             read_wait: Duration::from_secs(5),
         }
@@ -577,6 +582,12 @@ impl Config {
         problems.extend(self.log.file().validate("log."));
         if self.engine.batch_max == 0 || self.engine.batch_max > 100_000 {
             problems.push("engine.batch_max: must be between 1 and 100000".into());
+        }
+        if self.engine.linger > Duration::from_secs(1) {
+            problems.push(format!(
+                "engine.linger: must be at most 1s (it delays views and triggers), got {}",
+                humantime::format_duration(self.engine.linger)
+            ));
         }
         if self.engine.reservation_ttl < Duration::from_secs(1) {
             problems.push("engine.reservation_ttl: must be at least 1s".into());

@@ -42,6 +42,7 @@ pub fn engine_config(config: &Config) -> storeline_engine::EngineConfig {
             low_stock_threshold: config.inventory.low_stock_threshold,
         },
         batch_max: config.engine.batch_max,
+        linger: config.engine.linger,
         reservation_ttl: config.engine.reservation_ttl,
     }
 }
