@@ -62,6 +62,8 @@ async fn a_full_disk_answers_507_keeps_serving_and_recovers_when_space_returns()
         ("STORELINE_LOG__PARTITIONS", "1"),
         ("STORELINE_LOG__SEGMENT_BYTES", "262144"),
         ("STORELINE_LOG__MAX_BATCH_BYTES", "65536"),
+        // The journal is preallocated, so its writes never meet the full disk; it must fit.
+        ("STORELINE_LOG__JOURNAL_BYTES", "262144"),
         ("STORELINE_INGEST__MAX_BODY_BYTES", "65536"),
         ("STORELINE_INGEST__MAX_EVENT_BYTES", "16384"),
     ];
