@@ -12,6 +12,9 @@
 //! appended to `journal.wal`, and the journal thread syncs everything queued by all partitions
 //! at once. A writer publishes and acknowledges its round only after that sync.
 //!
+//! Rounds of 32 KiB and more skip the journal and sync their own segment (which also makes the
+//! partition's earlier, journaled batches durable): they already carry many events per sync.
+//!
 //! The journal is a preallocated file (its size never changes, so fdatasync needs no metadata
 //! commit). When the next write would not fit, the thread runs a *checkpoint* instead: it syncs
 //! every segment written since the last one (which holds every journaled batch, since a writer
