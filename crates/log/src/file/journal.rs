@@ -114,37 +114,60 @@ fn encode_entry(
     out[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());
 }
 
-/// Parses a journal file's bytes. A bad header means the crash hit a reset, which happens only
-/// after every journaled batch was synced into its segment: there is nothing to replay.
+/// Parses a journal file's bytes (see [`parse_with`]).
 pub fn parse(data: &[u8]) -> Contents {
-    if data.len() < FILE_HEADER
-        || u32_at(data, 0) != FILE_MAGIC
-        || crc32c::crc32c(&data[8..FILE_HEADER]) != u32_at(data, 4)
+    parse_with(|at, buf| {
+        let from = usize::try_from(at).unwrap_or(usize::MAX);
+        match data.get(from..).and_then(|d| d.get(..buf.len())) {
+            Some(src) => {
+                buf.copy_from_slice(src);
+                true
+            }
+            None => false,
+        }
+    })
+}
+
+/// Reads a journal through `read_at(position, buf)` (false: not that many bytes there), only as
+/// far as its valid entries go: an almost empty 64 MiB journal costs a few small reads. A bad
+/// header means the crash hit a reset, which happens only after every journaled batch was synced
+/// into its segment: there is nothing to replay.
+fn parse_with(mut read_at: impl FnMut(u64, &mut [u8]) -> bool) -> Contents {
+    let mut h = [0u8; FILE_HEADER];
+    if !read_at(0, &mut h)
+        || u32_at(&h, 0) != FILE_MAGIC
+        || crc32c::crc32c(&h[8..FILE_HEADER]) != u32_at(&h, 4)
     {
         return Contents::default();
     }
-    let mut next_seq = u64_at(data, 8);
+    let mut next_seq = u64_at(&h, 8);
     let mut entries = Vec::new();
-    let mut at = FILE_HEADER;
-    while at + ENTRY_HEADER <= data.len() {
-        let h = &data[at..at + ENTRY_HEADER];
-        let len = u32_at(h, 20) as usize;
-        if u32_at(h, 0) != ENTRY_MAGIC
-            || u64_at(h, 8) != next_seq
-            || at + ENTRY_HEADER + len > data.len()
-            || crc32c::crc32c(&data[at + 8..at + ENTRY_HEADER + len]) != u32_at(h, 4)
+    let mut at = FILE_HEADER as u64;
+    let mut entry = vec![0u8; ENTRY_HEADER];
+    loop {
+        entry.truncate(ENTRY_HEADER);
+        if !read_at(at, &mut entry)
+            || u32_at(&entry, 0) != ENTRY_MAGIC
+            || u64_at(&entry, 8) != next_seq
+        {
+            break;
+        }
+        let len = u32_at(&entry, 20) as usize;
+        entry.resize(ENTRY_HEADER + len, 0);
+        if !read_at(at + ENTRY_HEADER as u64, &mut entry[ENTRY_HEADER..])
+            || crc32c::crc32c(&entry[8..]) != u32_at(&entry, 4)
         {
             break;
         }
         entries.push(Entry {
             seq: next_seq,
-            partition: u32_at(h, 16),
-            segment_base: u64_at(h, 24),
-            position: u64_at(h, 32),
-            batch: data[at + ENTRY_HEADER..at + ENTRY_HEADER + len].to_vec(),
+            partition: u32_at(&entry, 16),
+            segment_base: u64_at(&entry, 24),
+            position: u64_at(&entry, 32),
+            batch: entry[ENTRY_HEADER..].to_vec(),
         });
         next_seq += 1;
-        at += ENTRY_HEADER + len;
+        at += (ENTRY_HEADER + len) as u64;
     }
     Contents { entries, next_seq }
 }
@@ -152,8 +175,29 @@ pub fn parse(data: &[u8]) -> Contents {
 /// Reads the journal of the log in `dir` without changing anything (an absent journal is empty).
 pub fn read(dir: &Path) -> Result<Contents> {
     let path = dir.join(JOURNAL_FILE);
-    match std::fs::read(&path) {
-        Ok(data) => Ok(parse(&data)),
+    match File::open(&path) {
+        Ok(f) => {
+            let len = f.metadata().map_err(|e| Error::io(&path, e))?.len();
+            // A length past the file's end (a torn header) ends the parse, like a bad CRC; a
+            // read error is an error (skipping the replay would lose acknowledged batches).
+            let mut failed = None;
+            let contents = parse_with(|at, buf| {
+                if at + buf.len() as u64 > len {
+                    return false;
+                }
+                match f.read_exact_at(buf, at) {
+                    Ok(()) => true,
+                    Err(e) => {
+                        failed = Some(e);
+                        false
+                    }
+                }
+            });
+            match failed {
+                Some(e) => Err(Error::io(&path, e)),
+                None => Ok(contents),
+            }
+        }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Contents::default()),
         Err(e) => Err(Error::io(&path, e)),
     }
