@@ -116,7 +116,7 @@ fn encode_entry(
 
 /// Parses a journal file's bytes (see [`parse_with`]).
 pub fn parse(data: &[u8]) -> Contents {
-    parse_with(|at, buf| {
+    parse_with(data.len() as u64, |at, buf| {
         let from = usize::try_from(at).unwrap_or(usize::MAX);
         match data.get(from..).and_then(|d| d.get(..buf.len())) {
             Some(src) => {
@@ -128,11 +128,13 @@ pub fn parse(data: &[u8]) -> Contents {
     })
 }
 
-/// Reads a journal through `read_at(position, buf)` (false: not that many bytes there), only as
-/// far as its valid entries go: an almost empty 64 MiB journal costs a few small reads. A bad
-/// header means the crash hit a reset, which happens only after every journaled batch was synced
-/// into its segment: there is nothing to replay.
-fn parse_with(mut read_at: impl FnMut(u64, &mut [u8]) -> bool) -> Contents {
+/// Reads a journal of `total` bytes through `read_at(position, buf)` (false: not that many bytes
+/// there), only as far as its valid entries go: an almost empty 64 MiB journal costs a few small
+/// reads. A bad header means the crash hit a reset, which happens only after every journaled
+/// batch was synced into its segment: there is nothing to replay. An entry whose length runs
+/// past `total` ends the parse before anything is allocated for it (a damaged length field
+/// with an intact magic and sequence would otherwise ask for up to 4 GiB).
+fn parse_with(total: u64, mut read_at: impl FnMut(u64, &mut [u8]) -> bool) -> Contents {
     let mut h = [0u8; FILE_HEADER];
     if !read_at(0, &mut h)
         || u32_at(&h, 0) != FILE_MAGIC
@@ -153,6 +155,9 @@ fn parse_with(mut read_at: impl FnMut(u64, &mut [u8]) -> bool) -> Contents {
             break;
         }
         let len = u32_at(&entry, 20) as usize;
+        if at + (ENTRY_HEADER + len) as u64 > total {
+            break;
+        }
         entry.resize(ENTRY_HEADER + len, 0);
         if !read_at(at + ENTRY_HEADER as u64, &mut entry[ENTRY_HEADER..])
             || crc32c::crc32c(&entry[8..]) != u32_at(&entry, 4)
@@ -181,7 +186,7 @@ pub fn read(dir: &Path) -> Result<Contents> {
             // A length past the file's end (a torn header) ends the parse, like a bad CRC; a
             // read error is an error (skipping the replay would lose acknowledged batches).
             let mut failed = None;
-            let contents = parse_with(|at, buf| {
+            let contents = parse_with(len, |at, buf| {
                 if at + buf.len() as u64 > len {
                     return false;
                 }
@@ -479,5 +484,34 @@ mod tests {
         // A torn header: nothing to replay (a reset happens only after the segments synced).
         data[10] ^= 1;
         assert!(parse(&data).entries.is_empty());
+    }
+
+    #[test]
+    fn a_damaged_length_ends_the_parse_without_asking_for_more_than_the_file() {
+        let mut data = encode_header(1).to_vec();
+        encode_entry(&mut data, 1, 0, 0, 0, b"kept");
+        let second = data.len();
+        encode_entry(&mut data, 2, 0, 0, 64, b"its length is damaged");
+        // The length field (bytes 20..24 of the entry header) says 4 GiB; magic and seq intact.
+        data[second + 20..second + 24].copy_from_slice(&u32::MAX.to_le_bytes());
+        let total = data.len() as u64;
+        let mut largest = 0;
+        let c = parse_with(total, |at, buf| {
+            largest = largest.max(buf.len());
+            let from = at as usize;
+            match data.get(from..from + buf.len()) {
+                Some(src) => {
+                    buf.copy_from_slice(src);
+                    true
+                }
+                None => false,
+            }
+        });
+        assert_eq!(c.entries.len(), 1);
+        assert_eq!(c.next_seq, 2);
+        assert!(
+            largest as u64 <= total,
+            "asked for {largest} bytes of a {total}-byte journal"
+        );
     }
 }
