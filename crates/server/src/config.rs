@@ -699,6 +699,33 @@ mod tests {
     }
 
     #[test]
+    fn validation_names_a_bad_journal_size_and_linger() {
+        let problems = |journal_bytes: u64, linger: Duration| {
+            let mut c = Config::default();
+            c.log.journal_bytes = journal_bytes;
+            c.engine.linger = linger;
+            match c.validate() {
+                Ok(_) => Vec::new(),
+                Err(ConfigError::Invalid(p)) => p,
+                Err(e) => panic!("{e}"),
+            }
+        };
+        // Off, the smallest and the largest journal, and a linger of at most 1 s are accepted.
+        for ok in [0, 65536, u64::from(u32::MAX)] {
+            assert_eq!(problems(ok, Duration::ZERO), Vec::<String>::new(), "{ok}");
+        }
+        assert!(problems(0, Duration::from_secs(1)).is_empty());
+        for bad in [1, 65535, u64::from(u32::MAX) + 1] {
+            let p = problems(bad, Duration::ZERO);
+            assert_eq!(p.len(), 1, "{p:?}");
+            assert!(p[0].starts_with("log.journal_bytes: must be 0 (off)"), "{p:?}");
+        }
+        let p = problems(0, Duration::from_millis(1001));
+        assert_eq!(p.len(), 1, "{p:?}");
+        assert!(p[0].starts_with("engine.linger: must be at most 1s"), "{p:?}");
+    }
+
+    #[test]
     fn unknown_keys_are_refused() {
         let e = toml::from_str::<Config>("[server]\nlisten = \"127.0.0.1:1\"\nlistne = 1\n")
             .unwrap_err();
