@@ -718,11 +718,17 @@ mod tests {
         for bad in [1, 65535, u64::from(u32::MAX) + 1] {
             let p = problems(bad, Duration::ZERO);
             assert_eq!(p.len(), 1, "{p:?}");
-            assert!(p[0].starts_with("log.journal_bytes: must be 0 (off)"), "{p:?}");
+            assert!(
+                p[0].starts_with("log.journal_bytes: must be 0 (off)"),
+                "{p:?}"
+            );
         }
         let p = problems(0, Duration::from_millis(1001));
         assert_eq!(p.len(), 1, "{p:?}");
-        assert!(p[0].starts_with("engine.linger: must be at most 1s"), "{p:?}");
+        assert!(
+            p[0].starts_with("engine.linger: must be at most 1s"),
+            "{p:?}"
+        );
     }
 
     #[test]
