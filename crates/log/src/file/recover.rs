@@ -152,7 +152,7 @@ fn recover_sealed(
     len: u64,
     min_ts: i64,
 ) -> Result<(Scan, Option<Error>)> {
-    let (mut result, data_from) = match segment::load_index(path, base, len) {
+    let mut result = match segment::load_index(path, base, len) {
         Some(index) => {
             let last = *index.last().expect("load_index returns a non-empty index");
             let data = read_all(file, path, last.position, len)?;
@@ -162,21 +162,18 @@ fn recover_sealed(
                 *p += last.position;
             }
             s.index = index;
-            (s, last.position)
+            s
         }
         None => {
             let data = read_all(file, path, 0, len)?;
-            (scan(&data, 0, base, min_ts), 0)
+            scan(&data, 0, base, min_ts)
         }
     };
-    let bad = result.bad.take().map(|(position, why)| {
-        let _ = data_from;
-        Error::Corrupt {
-            segment: path.to_owned(),
-            position,
-            offset: result.next_offset,
-            reason: format!("{why:?} in a sealed segment"),
-        }
+    let bad = result.bad.take().map(|(position, why)| Error::Corrupt {
+        segment: path.to_owned(),
+        position,
+        offset: result.next_offset,
+        reason: format!("{why:?} in a sealed segment"),
     });
     Ok((result, bad))
 }
