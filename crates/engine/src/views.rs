@@ -281,24 +281,29 @@ impl Views {
         }
     }
 
-    /// Fetches the rows of `keys` that are not cached yet.
+    /// Fetches the rows of `keys` that are not cached yet: one request per namespace with
+    /// missing keys, all in flight at once (each table is a field of its own), so a batch waits
+    /// for about one store round trip instead of one per namespace (PostgreSQL), and SQLite's
+    /// read connections work in parallel.
     pub async fn load<S: StateStore>(&mut self, store: &S, keys: &Keys) -> Result<()> {
         let o = self.owner;
-        self.frag.load(store, o, &keys.frag).await?;
-        self.link.load(store, o, &keys.link).await?;
-        self.order.load(store, o, &keys.order).await?;
-        self.inv.load(store, o, &keys.inv).await?;
-        self.resv.load(store, o, &keys.resv).await?;
-        self.idem.load(store, o, &keys.idem).await?;
-        self.run.load(store, o, &keys.run).await?;
-        self.wait.load(store, o, &keys.wait).await?;
-        self.arb.load(store, o, &keys.arb).await?;
-        self.jrnl.load(store, o, &keys.jrnl).await?;
-        self.agg.load(store, o, &keys.agg).await?;
-        self.aggf.load(store, o, &keys.aggf).await?;
-        self.tstat.load(store, o, &keys.tstat).await?;
-        self.quarix.load(store, o, &keys.quarix).await?;
-        self.person.load(store, o, &keys.person).await?;
+        tokio::try_join!(
+            self.frag.load(store, o, &keys.frag),
+            self.link.load(store, o, &keys.link),
+            self.order.load(store, o, &keys.order),
+            self.inv.load(store, o, &keys.inv),
+            self.resv.load(store, o, &keys.resv),
+            self.idem.load(store, o, &keys.idem),
+            self.run.load(store, o, &keys.run),
+            self.wait.load(store, o, &keys.wait),
+            self.arb.load(store, o, &keys.arb),
+            self.jrnl.load(store, o, &keys.jrnl),
+            self.agg.load(store, o, &keys.agg),
+            self.aggf.load(store, o, &keys.aggf),
+            self.tstat.load(store, o, &keys.tstat),
+            self.quarix.load(store, o, &keys.quarix),
+            self.person.load(store, o, &keys.person),
+        )?;
         Ok(())
     }
 
