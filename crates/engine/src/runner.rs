@@ -191,7 +191,9 @@ impl<L: EventLog, S: StateStore, A: Appender> Runner<L, S, A> {
                 _ = tokio::time::sleep(wake.unwrap_or(Duration::from_secs(3600))), if wake.is_some() => {
                     self.tick().await;
                 }
-                _ = marks.asked(p) => {}
+                // Asked to move its clock (served at the top of the loop), or its held timer
+                // may fire now.
+                _ = marks.asked(p) => self.tick().await,
                 Some(req) = async { match self.commands.as_mut() { Some(rx) => rx.recv().await, None => std::future::pending().await } } => {
                     self.handle_commands(req).await;
                 }

@@ -59,11 +59,18 @@ impl Marks {
 
     /// Partition `p` has applied up to `clock` and appended what that forwards; with its
     /// watermark when known (after a commit).
+    /// A writer that holds a timer back for the clocks is woken once they let it fire.
     pub fn publish(&self, p: u32, clock: i64, watermark: Option<i64>) {
         let i = p as usize;
         self.clocks[i].fetch_max(clock, Ordering::AcqRel);
         if let Some(w) = watermark {
             self.watermarks[i].store(w, Ordering::Release);
+        }
+        for (j, held) in self.held.iter().enumerate() {
+            let due = held.load(Ordering::Acquire);
+            if j != i && due != NONE && self.available(j as u32) >= due {
+                self.wake[j].notify_one();
+            }
         }
     }
 
@@ -104,7 +111,8 @@ impl Marks {
         (n != NONE).then_some(n)
     }
 
-    /// Resolves when another partition asks `p` to move its clock.
+    /// Resolves when another partition asks `p` to move its clock, or when the clocks let a
+    /// timer `p` holds back fire.
     pub async fn asked(&self, p: u32) {
         self.wake[p as usize].notified().await;
     }
@@ -137,10 +145,25 @@ mod tests {
         assert_eq!(m.need(1), None, "partition 1 is past the due time already");
         assert_eq!(m.mark(2).held, Some(4_000));
         assert_eq!(m.mark(2).watermark, Some(4_000));
+        // The holder is woken when the clocks let its timer fire: not while partition 0 is
+        // behind, then once it moves past the due time plus the slack.
+        let waker = futures::task::noop_waker();
+        let mut cx = std::task::Context::from_waker(&waker);
+        m.publish(1, 6_000, None);
+        let mut early = std::pin::pin!(m.asked(2));
+        assert!(
+            early.as_mut().poll(&mut cx).is_pending(),
+            "partition 0 is still behind"
+        );
+        m.publish(0, 4_000 + SLACK_MS, None);
+        assert!(
+            early.as_mut().poll(&mut cx).is_ready(),
+            "the holder is woken"
+        );
         m.released(2);
         assert_eq!(m.mark(2).held, None);
         // Clocks never go back.
         m.publish(1, 3_000, None);
-        assert_eq!(m.mark(1).clock, 5_000);
+        assert_eq!(m.mark(1).clock, 6_000);
     }
 }
