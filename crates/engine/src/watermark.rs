@@ -59,6 +59,7 @@ impl Marks {
 
     /// Partition `p` has applied up to `clock` and appended what that forwards; with its
     /// watermark when known (after a commit).
+    ///
     /// A writer that holds a timer back for the clocks is woken once they let it fire.
     pub fn publish(&self, p: u32, clock: i64, watermark: Option<i64>) {
         let i = p as usize;
