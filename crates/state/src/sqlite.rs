@@ -504,17 +504,21 @@ impl StateStore for SqliteStore {
         let inner = self.inner.clone();
         inner.closed.store(true, Ordering::Release);
         inner.checkpoint_wake.notify_all();
-        // Waits for a running commit; closing the last connection checkpoints the WAL.
+        // Closing the last connection checkpoints the WAL and removes it, but only if no other
+        // connection holds its shared lock at that moment: two connections closing at once on
+        // different threads both fail to get the exclusive lock and leave the WAL behind. So the
+        // checkpoint thread ends first, then the readers, then the writer (after a running
+        // commit), one after another.
         let _ = blocking(move || {
+            let checkpointer = inner.checkpointer.lock().take();
+            if let Some(t) = checkpointer {
+                let _ = t.join();
+            }
             inner.readers.lock().clear();
             if let Some(c) = inner.writer.lock().take()
                 && let Err((_, e)) = c.close()
             {
                 tracing::warn!(path = %inner.path, error = %e, "closing the sqlite state store");
-            }
-            let checkpointer = inner.checkpointer.lock().take();
-            if let Some(t) = checkpointer {
-                let _ = t.join();
             }
             Ok(())
         })
