@@ -41,6 +41,10 @@ pub enum Error {
     #[error("the log is closed")]
     Closed,
 
+    /// A networked backend's servers did not answer (or answered with an error worth retrying).
+    #[error("partition {partition}: the log's servers are unavailable: {reason}")]
+    Unavailable { partition: u32, reason: String },
+
     #[error("i/o error on {path}: {source}")]
     Io {
         path: PathBuf,
@@ -55,7 +59,7 @@ pub enum Error {
 impl Error {
     /// Whether the same call may succeed later without anyone changing anything.
     pub fn is_retryable(&self) -> bool {
-        matches!(self, Error::DiskFull { .. })
+        matches!(self, Error::DiskFull { .. } | Error::Unavailable { .. })
     }
 
     /// A copy of this error (I/O sources are copied by kind and message), so one failure can be
@@ -105,6 +109,10 @@ impl Error {
                 limit: *limit,
             },
             Error::Closed => Error::Closed,
+            Error::Unavailable { partition, reason } => Error::Unavailable {
+                partition: *partition,
+                reason: reason.clone(),
+            },
             Error::Io { path, source } => Error::Io {
                 path: path.clone(),
                 source: io(source),

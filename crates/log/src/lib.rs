@@ -1,7 +1,7 @@
 //! Storeline's log: the durable, partitioned, replayable record of every event.
 //!
 //! [`EventLog`] is the contract every backend keeps (the embedded [`FileLog`], the [`MemoryLog`]
-//! for tests, Kafka later); [`conformance`] is the test suite that checks it, run against each.
+//! for tests, the [`KafkaLog`] for clusters); [`conformance`] is the test suite that checks it, run against each.
 //!
 //! ```text
 //!  partition 3:   start                                  end (next offset)
@@ -19,16 +19,20 @@ use tokio::sync::watch;
 
 mod error;
 pub mod file;
+mod kafka;
 mod memory;
 
 #[cfg(any(test, feature = "conformance"))]
 pub mod conformance;
+#[cfg(any(test, feature = "conformance"))]
+pub mod tansu;
 
 pub use error::{Error, Result};
 pub use file::{
     FileLog, FileLogConfig,
     verify::{PartitionReport, VerifyReport, verify_dir},
 };
+pub use kafka::{KafkaLog, KafkaLogConfig};
 pub use memory::MemoryLog;
 
 /// A record to append: the partition key it was routed by and its bytes, with the time the
