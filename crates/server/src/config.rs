@@ -196,6 +196,8 @@ pub enum LogBackend {
     File,
     /// In memory: nothing survives a restart. For tests and demos.
     Memory,
+    /// A topic on Apache Kafka or a Kafka-protocol broker (`[log.kafka]`). For clusters.
+    Kafka,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -212,6 +214,47 @@ pub struct LogConfig {
     /// everything. Must be at least `ingest.dedup_window`.
     #[serde(with = "retention_str")]
     pub retention: Option<Duration>,
+    /// Used when `backend = "kafka"`.
+    pub kafka: LogKafkaConfig,
+}
+
+/// `[log.kafka]`: where the Kafka log lives.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogKafkaConfig {
+    /// `host:port,…` of the bootstrap brokers.
+    pub brokers: String,
+    pub topic: String,
+    /// Partitions of the topic when Storeline creates it (default: `[log] partitions`). An
+    /// existing topic keeps its own count.
+    pub partitions: Option<u32>,
+    /// Replicas of each partition when Storeline creates the topic. 3 with
+    /// `min.insync.replicas = 2` survives a broker's loss; 1 is for a single test broker.
+    pub replication_factor: i32,
+    /// How long an append waits for its acknowledgement, and a read for an answer.
+    #[serde(with = "humantime_serde_str")]
+    pub timeout: Duration,
+    /// How often each partition's end is read again, to see other nodes' appends.
+    #[serde(with = "humantime_serde_str")]
+    pub refresh: Duration,
+    /// librdkafka settings (`"security.protocol" = "SASL_SSL"`, …), applied to every client
+    /// the log makes, after Storeline's own.
+    pub properties: std::collections::BTreeMap<String, String>,
+}
+
+impl Default for LogKafkaConfig {
+    fn default() -> Self {
+        let k = storeline_log::KafkaLogConfig::default();
+        LogKafkaConfig {
+            brokers: String::new(),
+            topic: k.topic,
+            partitions: None,
+            replication_factor: k.replication_factor,
+            timeout: k.timeout,
+            refresh: k.refresh,
+            properties: Default::default(),
+        }
+    }
 }
 
 impl Default for LogConfig {
@@ -225,11 +268,28 @@ impl Default for LogConfig {
             fsync: f.fsync,
             journal_bytes: f.journal_bytes,
             retention: None,
+            kafka: LogKafkaConfig::default(),
         }
     }
 }
 
 impl LogConfig {
+    /// The Kafka log's settings; `[log] retention` becomes the topic's `retention.ms` when
+    /// Storeline creates the topic.
+    pub fn kafka(&self) -> storeline_log::KafkaLogConfig {
+        let k = &self.kafka;
+        storeline_log::KafkaLogConfig {
+            brokers: k.brokers.clone(),
+            topic: k.topic.clone(),
+            partitions: k.partitions.unwrap_or(self.partitions),
+            replication_factor: k.replication_factor,
+            properties: k.properties.clone(),
+            timeout: k.timeout,
+            refresh: k.refresh,
+            retention: self.retention,
+        }
+    }
+
     pub fn file(&self) -> FileLogConfig {
         FileLogConfig {
             partitions: self.partitions,
@@ -537,6 +597,28 @@ impl Config {
                 humantime::format_duration(self.ingest.dedup_window)
             ));
         }
+        if self.log.backend == LogBackend::Kafka {
+            let k = &self.log.kafka;
+            if k.brokers.trim().is_empty() {
+                problems.push(
+                    "log.kafka.brokers: required with log.backend = \"kafka\" (e.g. \"kafka-1:9092,kafka-2:9092\")"
+                        .into(),
+                );
+            }
+            if k.topic.trim().is_empty() {
+                problems.push("log.kafka.topic: must not be empty".into());
+            }
+            if k.replication_factor < 1 {
+                problems.push(format!(
+                    "log.kafka.replication_factor: must be at least 1, got {}",
+                    k.replication_factor
+                ));
+            }
+            if k.timeout.is_zero() || k.refresh.is_zero() {
+                problems
+                    .push("log.kafka.timeout and log.kafka.refresh: must be more than 0".into());
+            }
+        }
         if let Some(r) = self.log.retention
             && r < self.ingest.dedup_window
         {
@@ -667,6 +749,34 @@ mod tests {
                 .any(|p| p.starts_with("ingest.dedup_window"))
         );
         assert!(problems.iter().any(|p| p.starts_with("log.partitions")));
+    }
+
+    #[test]
+    fn the_kafka_log_needs_its_brokers() {
+        let mut c = Config::default();
+        c.log.backend = LogBackend::Kafka;
+        c.log.kafka.replication_factor = 0;
+        let ConfigError::Invalid(problems) = c.validate().unwrap_err() else {
+            panic!()
+        };
+        assert!(
+            problems.iter().any(|p| p.starts_with("log.kafka.brokers")),
+            "{problems:?}"
+        );
+        assert!(
+            problems
+                .iter()
+                .any(|p| p.starts_with("log.kafka.replication_factor"))
+        );
+        let c: Config = toml::from_str(
+            "[log]\nbackend = \"kafka\"\npartitions = 6\n[log.kafka]\nbrokers = \"k1:9092\"\n\
+             [log.kafka.properties]\n\"security.protocol\" = \"SSL\"\n",
+        )
+        .unwrap();
+        c.validate().unwrap();
+        let k = c.log.kafka();
+        assert_eq!((k.brokers.as_str(), k.partitions), ("k1:9092", 6));
+        assert_eq!(k.properties["security.protocol"], "SSL");
     }
 
     #[test]

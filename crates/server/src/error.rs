@@ -97,6 +97,15 @@ impl From<storeline_log::Error> for ApiError {
                 ))
                 .with_code("log_unavailable")
             }
+            E::Unavailable { partition, .. } => {
+                tracing::warn!(error = %e, "log request failed: its servers are unavailable");
+                ApiError::unavailable(format!(
+                    "the log's servers did not answer for partition {partition}; the events \
+                     may or may not have been stored: retry later (if they were stored, the \
+                     log then holds them twice, with the same ids)"
+                ))
+                .with_code("log_unavailable")
+            }
             E::Corrupt { offset, .. } => {
                 tracing::error!(error = %e, "request refused: corrupt log partition");
                 ApiError::unavailable(format!(

@@ -23,7 +23,9 @@ use std::sync::Arc;
 
 use axum::body::Body;
 use axum::http::HeaderMap;
-use storeline_log::{AppendAck, Bounds, EventLog, FileLog, MemoryLog, Record, StoredRecord};
+use storeline_log::{
+    AppendAck, Bounds, EventLog, FileLog, KafkaLog, MemoryLog, Record, StoredRecord,
+};
 use tokio::sync::watch;
 
 use crate::auth::{KeyStore, Scope};
@@ -37,6 +39,7 @@ pub use crate::wiring::{ServerError, Started, engine_config, open_store, run};
 pub enum Log {
     File(FileLog),
     Memory(MemoryLog),
+    Kafka(KafkaLog),
 }
 
 macro_rules! each_log {
@@ -44,6 +47,7 @@ macro_rules! each_log {
         match $self {
             Log::File($l) => $e,
             Log::Memory($l) => $e,
+            Log::Kafka($l) => $e,
         }
     };
 }

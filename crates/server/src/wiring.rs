@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use storeline_log::{EventLog, FileLog, MemoryLog};
+use storeline_log::{EventLog, FileLog, KafkaLog, MemoryLog};
 use storeline_state::StateStore;
 use tokio::sync::watch;
 
@@ -107,6 +107,7 @@ pub async fn run(
             Log::File(log)
         }
         LogBackend::Memory => Log::Memory(MemoryLog::new(config.log.partitions)),
+        LogBackend::Kafka => Log::Kafka(KafkaLog::open(config.log.kafka()).await?),
     };
     let log = Arc::new(log);
     let opened = async {

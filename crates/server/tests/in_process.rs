@@ -1,6 +1,6 @@
 //! The server in this process (`storeline_server::run`), without spawning the binary: on the
-//! memory log for speed, and on the file log where what matters is that a start failing half-way
-//! stops everything it started (the log's lock is free again).
+//! memory log for speed, on the file log where what matters is that a start failing half-way
+//! stops everything it started (the log's lock is free again), and on the Kafka log (tansu).
 
 use std::path::Path;
 use std::time::Duration;
@@ -159,5 +159,82 @@ async fn a_start_that_fails_after_the_engine_started_stops_everything_it_started
         .expect("the data directory is free again");
     let (status, _) = s.get("/v1/engine").await;
     assert_eq!(status, 200);
+    s.shutdown().await;
+}
+
+/// A server whose log is a topic on a Kafka-protocol broker (tansu): it creates the topic,
+/// ingests, applies and serves; after a restart the events are there and the deduplication
+/// index, rebuilt from Kafka, still knows them; a server with a new data directory on the same
+/// topic rebuilds the views from Kafka alone.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_server_on_the_kafka_log_keeps_its_events_across_restarts() {
+    let broker = storeline_log::tansu::Broker::start();
+    let on_kafka = |data: &Path| {
+        let mut c = config(data, LogBackend::Kafka, "127.0.0.1:0");
+        c.log.kafka.brokers = broker.brokers();
+        c.log.kafka.topic = "in-process".into();
+        c.log.kafka.replication_factor = 1;
+        c
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let s = start(on_kafka(dir.path()))
+        .await
+        .expect("the server starts and creates the topic");
+    let (status, ack) = s
+        .post(
+            "/v1/events",
+            json!([signup("e1", "cus-1"), signup("e2", "cus-2")]),
+        )
+        .await;
+    assert_eq!(status, 200, "{ack}");
+    let cursor = ack["events"]
+        .as_array()
+        .expect("one ack per event")
+        .iter()
+        .map(|a| format!("{}:{}", a["partition"], a["offset"]))
+        .collect::<Vec<_>>()
+        .join(",");
+    let (status, customer) = s
+        .get(&format!("/v1/customers/cus-1?min_offset={cursor}"))
+        .await;
+    assert_eq!(status, 200, "{customer}");
+    assert_eq!(customer["traits"]["email"], "cus-1@example.com");
+    s.shutdown().await;
+
+    let s = start(on_kafka(dir.path()))
+        .await
+        .expect("the server restarts");
+    let (status, again) = s.post("/v1/events", json!([signup("e1", "cus-1")])).await;
+    assert_eq!(
+        (status, &again["events"][0]["duplicate"]),
+        (200, &json!(true)),
+        "the dedup index was rebuilt from Kafka: {again}"
+    );
+    let (status, ack) = s.post("/v1/events", json!([signup("e3", "cus-3")])).await;
+    assert_eq!(status, 200, "{ack}");
+    s.shutdown().await;
+
+    let fresh = tempfile::tempdir().unwrap();
+    let s = start(on_kafka(fresh.path()))
+        .await
+        .expect("a server with an empty data directory starts on the same topic");
+    let (status, customer) = s
+        .get(&format!("/v1/customers/cus-1?min_offset={cursor}"))
+        .await;
+    assert_eq!(
+        (status, &customer["traits"]["email"]),
+        (200, &json!("cus-1@example.com")),
+        "the views are rebuilt from the Kafka log: {customer}"
+    );
+    let (status, events) = s.get("/v1/events?type=customer.signed_up&limit=10").await;
+    assert_eq!(status, 200, "{events}");
+    let mut ids: Vec<&str> = events["events"]
+        .as_array()
+        .expect("a page of events")
+        .iter()
+        .filter_map(|e| e["id"].as_str())
+        .collect();
+    ids.sort_unstable();
+    assert_eq!(ids, ["e1", "e2", "e3"], "each event once: {events}");
     s.shutdown().await;
 }
