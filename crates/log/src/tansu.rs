@@ -44,6 +44,15 @@ pub fn free_port() -> u16 {
         .expect("a free port")
 }
 
+/// Waits (up to 10 s) until a broker just started listens on `port`.
+pub fn wait_listening(port: u16) {
+    let until = Instant::now() + Duration::from_secs(10);
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < until, "tansu did not listen on {port}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 impl Broker {
     /// Starts a broker and waits until it listens.
     pub fn start() -> Broker {
@@ -67,11 +76,7 @@ impl Broker {
             port,
             _dir: dir,
         };
-        let until = Instant::now() + Duration::from_secs(10);
-        while TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < until, "tansu did not listen on {port}");
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        wait_listening(port);
         b
     }
 

@@ -83,6 +83,25 @@ impl Running {
         (r.status().as_u16(), r.json().await.unwrap_or(Value::Null))
     }
 
+    /// Signs up cus-1 and cus-2 (events e1 and e2); returns the acknowledged positions as a
+    /// `min_offset` cursor.
+    async fn sign_up_two(&self) -> String {
+        let (status, ack) = self
+            .post(
+                "/v1/events",
+                json!([signup("e1", "cus-1"), signup("e2", "cus-2")]),
+            )
+            .await;
+        assert_eq!(status, 200, "{ack}");
+        ack["events"]
+            .as_array()
+            .expect("one ack per event")
+            .iter()
+            .map(|a| format!("{}:{}", a["partition"], a["offset"]))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
     async fn shutdown(self) {
         let _ = self.stop.send(());
         tokio::time::timeout(Duration::from_secs(30), self.done)
@@ -107,24 +126,9 @@ async fn a_server_on_the_memory_log_ingests_and_serves_the_customer_view() {
     let s = start(config(dir.path(), LogBackend::Memory, "127.0.0.1:0"))
         .await
         .expect("the server starts");
-    let (status, ack) = s
-        .post(
-            "/v1/events",
-            json!([signup("e1", "cus-1"), signup("e2", "cus-2")]),
-        )
-        .await;
-    assert_eq!(status, 200, "{ack}");
-    let cursor: Vec<String> = ack["events"]
-        .as_array()
-        .expect("one ack per event")
-        .iter()
-        .map(|a| format!("{}:{}", a["partition"], a["offset"]))
-        .collect();
+    let cursor = s.sign_up_two().await;
     let (status, customer) = s
-        .get(&format!(
-            "/v1/customers/cus-1?min_offset={}",
-            cursor.join(",")
-        ))
+        .get(&format!("/v1/customers/cus-1?min_offset={cursor}"))
         .await;
     assert_eq!(status, 200, "{customer}");
     assert_eq!(
@@ -180,20 +184,7 @@ async fn a_server_on_the_kafka_log_keeps_its_events_across_restarts() {
     let s = start(on_kafka(dir.path()))
         .await
         .expect("the server starts and creates the topic");
-    let (status, ack) = s
-        .post(
-            "/v1/events",
-            json!([signup("e1", "cus-1"), signup("e2", "cus-2")]),
-        )
-        .await;
-    assert_eq!(status, 200, "{ack}");
-    let cursor = ack["events"]
-        .as_array()
-        .expect("one ack per event")
-        .iter()
-        .map(|a| format!("{}:{}", a["partition"], a["offset"]))
-        .collect::<Vec<_>>()
-        .join(",");
+    let cursor = s.sign_up_two().await;
     let (status, customer) = s
         .get(&format!("/v1/customers/cus-1?min_offset={cursor}"))
         .await;

@@ -3,13 +3,11 @@
 //! (`tests/kafka/consume.py`), to read back what was produced. Optionally with tansu's schema
 //! registry, whose JSON schemas make the broker itself refuse records (`INVALID_RECORD`).
 //!
-//! tansu is found at `$TANSU`, else `~/.cargo/bin/tansu`, else on the `PATH`.
+//! tansu is found as `storeline_log::tansu::executable` finds it.
 
-use std::net::TcpStream;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
@@ -24,16 +22,7 @@ pub struct Broker {
 }
 
 pub fn tansu() -> String {
-    if let Ok(t) = std::env::var("TANSU") {
-        return t;
-    }
-    let home = std::env::var("HOME").unwrap_or_default();
-    let installed = format!("{home}/.cargo/bin/tansu");
-    if std::path::Path::new(&installed).exists() {
-        installed
-    } else {
-        "tansu".into()
-    }
+    storeline_log::tansu::executable()
 }
 
 impl Broker {
@@ -71,11 +60,7 @@ impl Broker {
             port,
             paused: AtomicBool::new(false),
         };
-        let until = Instant::now() + Duration::from_secs(10);
-        while TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < until, "tansu did not listen on {port}");
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        storeline_log::tansu::wait_listening(port);
         b
     }
 
