@@ -239,10 +239,6 @@ impl KafkaLog {
         &self.inner.config.topic
     }
 
-    fn part(&self, p: u32) -> Result<&Part> {
-        self.inner.part(p)
-    }
-
     /// The bounds as the brokers have them now (also updating the cached ones).
     async fn fresh_bounds(&self, p: u32) -> Result<Bounds> {
         let inner = Arc::clone(&self.inner);
@@ -406,7 +402,7 @@ impl EventLog for KafkaLog {
     }
 
     async fn append(&self, partition: u32, records: Vec<Record>) -> Result<AppendAck> {
-        let part = self.part(partition)?;
+        let part = self.inner.part(partition)?;
         if self.inner.closed.load(Ordering::Acquire) {
             return Err(Error::Closed);
         }
@@ -508,7 +504,7 @@ impl EventLog for KafkaLog {
     }
 
     async fn read(&self, partition: u32, from: u64, max: usize) -> Result<Vec<StoredRecord>> {
-        self.part(partition)?;
+        self.inner.part(partition)?;
         let mut b = self.bounds(partition)?;
         if from > b.end || from < b.start {
             b = self.fresh_bounds(partition).await?;
@@ -530,7 +526,7 @@ impl EventLog for KafkaLog {
     }
 
     async fn offset_for_time(&self, partition: u32, timestamp: i64) -> Result<u64> {
-        self.part(partition)?;
+        self.inner.part(partition)?;
         let b = self.fresh_bounds(partition).await?;
         if b.start == b.end {
             return Ok(b.end);
@@ -577,7 +573,7 @@ impl EventLog for KafkaLog {
     }
 
     fn bounds(&self, partition: u32) -> Result<Bounds> {
-        let part = self.part(partition)?;
+        let part = self.inner.part(partition)?;
         Ok(Bounds {
             start: part.start.load(Ordering::Acquire),
             end: *part.end.borrow(),
@@ -585,12 +581,12 @@ impl EventLog for KafkaLog {
     }
 
     fn watch(&self, partition: u32) -> Result<watch::Receiver<u64>> {
-        Ok(self.part(partition)?.end.subscribe())
+        Ok(self.inner.part(partition)?.end.subscribe())
     }
 
     async fn trim(&self, partition: u32, _before: u64) -> Result<u64> {
         // Retention is the topic's: nothing is deleted from here.
-        self.part(partition)?;
+        self.inner.part(partition)?;
         Ok(self.fresh_bounds(partition).await?.start)
     }
 
@@ -598,7 +594,7 @@ impl EventLog for KafkaLog {
         if let Some(reason) = self.inner.stopped.lock().clone() {
             return Some(reason);
         }
-        self.part(partition).ok()?.unreachable.lock().clone()
+        self.inner.part(partition).ok()?.unreachable.lock().clone()
     }
 
     async fn close(&self) -> Result<()> {
